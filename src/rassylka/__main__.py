@@ -1,0 +1,3 @@
+from rassylka.cli import main
+
+main()

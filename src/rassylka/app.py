@@ -1,0 +1,94 @@
+"""create_app(): the routers, the error envelope, the lifespan and the API docs."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+
+from rassylka import __version__
+from rassylka.clients.router import router as client_router
+from rassylka.config import Settings, get_settings
+from rassylka.db import create_engine, create_sessionmaker
+from rassylka.errors import error_response, install_handlers
+from rassylka.http import BodyLimitMiddleware, require_api_key
+from rassylka.mailings.router import router as mailing_router
+from rassylka.projects.router import router as project_router
+from rassylka.templates.router import router as template_router
+
+TAGS = [
+    {"name": "Projects", "description": "Проекты: у каждого свои клиенты, шаблоны и рассылки"},
+    {"name": "Clients", "description": "Клиенты проекта и их контакты"},
+    {"name": "Templates", "description": "Шаблоны сообщений для email и SMS"},
+    {"name": "Mailing", "description": "Рассылки"},
+    {"name": "Service", "description": "Состояние сервиса"},
+]
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = create_engine(settings.database_url, pool_pre_ping=True)
+        app.state.engine = engine
+        app.state.sessionmaker = create_sessionmaker(engine)
+        try:
+            yield
+        finally:
+            await engine.dispose()
+
+    app = FastAPI(
+        title="Rassylka",
+        summary="Сервис рассылки сообщений: email и SMS по расписанию со статусами доставки",
+        version=__version__,
+        openapi_tags=TAGS,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    install_handlers(app)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        default=settings.max_body_bytes,
+        per_path={"/client/import": settings.max_import_bytes},
+    )
+    protected = [Depends(require_api_key)]
+    for router in (project_router, client_router, template_router, mailing_router):
+        app.include_router(router, dependencies=protected)
+
+    @app.get("/health", tags=["Service"], summary="Проверка доступности базы данных")
+    async def health(request: Request) -> JSONResponse:
+        try:
+            async with request.app.state.engine.connect() as connection:
+                await connection.execute(text("SELECT 1"))
+        except Exception:
+            return error_response(503)
+        return JSONResponse({"status": 200, "message": "Ok", "data": {"database": "ok"}})
+
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return app
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's schema without its 422 responses: validation errors here are 400 envelopes."""
+    if app.openapi_schema is None:
+        schema = get_openapi(
+            title=app.title,
+            version=app.version,
+            summary=app.summary,
+            routes=app.routes,
+            tags=app.openapi_tags,
+        )
+        for path in schema.get("paths", {}).values():
+            for operation in path.values():
+                operation.get("responses", {}).pop("422", None)
+        components = schema.get("components", {}).get("schemas", {})
+        components.pop("HTTPValidationError", None)
+        components.pop("ValidationError", None)
+        app.openapi_schema = schema
+    return app.openapi_schema

@@ -1,0 +1,69 @@
+"""The ``rassylka`` command: serve, db upgrade/downgrade."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Annotated
+
+import typer
+import uvicorn
+from rich.console import Console
+
+from rassylka import migrate
+from rassylka.config import get_settings
+from rassylka.db import create_engine
+
+app = typer.Typer(help="Rassylka: рассылка email и SMS по расписанию.", no_args_is_help=True)
+db_app = typer.Typer(help="Схема базы данных.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+console = Console(stderr=True)
+
+
+async def _migrate(revision: str, *, down: bool = False) -> None:
+    engine = create_engine(get_settings().database_url)
+    try:
+        if down:
+            await migrate.downgrade(engine, revision)
+        else:
+            await migrate.upgrade(engine, revision)
+    finally:
+        await engine.dispose()
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Адрес для входящих соединений")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Порт HTTP API")] = 8000,
+) -> None:
+    """All in one process: the HTTP API on the database (its schema upgraded first)."""
+    settings = get_settings()
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    asyncio.run(_migrate("head"))
+    if not settings.api_keys and host not in {"127.0.0.1", "localhost", "::1"}:
+        console.print(
+            f"[yellow]Внимание:[/] API открыт без ключей на {host}. "
+            "Задайте RASSYLKA_API_KEYS, чтобы требовать ключ."
+        )
+    console.print(f"Rassylka: http://{host}:{port}  (документация API: http://{host}:{port}/docs)")
+    uvicorn.run("rassylka.app:create_app", factory=True, host=host, port=port, log_level="info")
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
+    """Bring the schema up to ``revision`` (the newest by default)."""
+    asyncio.run(_migrate(revision))
+    console.print(f"Схема обновлена до {revision}")
+
+
+@db_app.command("downgrade")
+def db_downgrade(revision: Annotated[str, typer.Argument(help="Например -1 или base")]) -> None:
+    """Take the schema back to ``revision``."""
+    asyncio.run(_migrate(revision, down=True))
+    console.print(f"Схема возвращена к {revision}")
+
+
+def main() -> None:
+    app()

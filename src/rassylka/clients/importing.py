@@ -1,0 +1,163 @@
+"""Reading an import (JSON rows or a CSV file) and checking it row by row.
+
+Pure and synchronous: the router runs it in a worker thread so a 100,000-row file does not
+stall the event loop. A bad row is reported (row, field, message) and never sinks the others.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from rassylka.clients.schemas import ClientFields, ImportResult, ImportRowError, contact_problems
+from rassylka.errors import FieldError, ValidationFailed, details_from_pydantic
+
+CSV_COLUMNS = frozenset(ClientFields.model_fields) - {"attributes"}
+ATTRIBUTE_PREFIX = "attributes."
+TAG_SEPARATORS = re.compile(r"[;,|]")
+MAX_REPORTED_ERRORS = 1000
+
+
+@dataclass(frozen=True)
+class ValidRow:
+    row: int
+    fields: dict[str, Any]
+
+
+@dataclass
+class CheckedRows:
+    valid: list[ValidRow] = field(default_factory=list)
+    errors: list[ImportRowError] = field(default_factory=list)
+    rejected: int = 0
+
+    def reject(self, row: int, details: Iterable[FieldError]) -> None:
+        self.rejected += 1
+        for detail in details:
+            if len(self.errors) < MAX_REPORTED_ERRORS:
+                self.errors.append(
+                    ImportRowError(row=row, field=detail.field, message=detail.message)
+                )
+
+    def result(self, *, created: int, updated: int) -> ImportResult:
+        return ImportResult(
+            created=created,
+            updated=updated,
+            rejected=self.rejected,
+            errors=self.errors,
+            errors_truncated=len(self.errors) >= MAX_REPORTED_ERRORS,
+        )
+
+
+def check_rows(rows: Iterable[tuple[int, Any]]) -> CheckedRows:
+    checked = CheckedRows()
+    for number, raw in rows:
+        if isinstance(raw, FieldError):  # the reader already found this row unreadable
+            checked.reject(number, [raw])
+            continue
+        if not isinstance(raw, Mapping):
+            checked.reject(number, [FieldError(field="row", message="Ожидается объект JSON")])
+            continue
+        try:
+            client = ClientFields.model_validate(raw)
+        except ValidationError as error:
+            checked.reject(number, details_from_pydantic(error.errors()))
+            continue
+        if problems := contact_problems(email=client.email, phone=client.phone):
+            checked.reject(number, problems)
+            continue
+        checked.valid.append(ValidRow(row=number, fields=client.model_dump()))
+    return checked
+
+
+def decode(data: bytes) -> str:
+    """UTF-8 (with or without BOM), else Windows-1251, which Russian Excel still writes."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        pass
+    try:
+        return data.decode("cp1251")
+    except UnicodeDecodeError:
+        raise ValidationFailed.on("file", "Файл должен быть в кодировке UTF-8") from None
+
+
+def read_csv(data: bytes) -> list[tuple[int, dict[str, Any] | FieldError]]:
+    """Rows of a CSV file, each with its line number as a spreadsheet shows it (header = 1).
+
+    Columns: the client fields (``tags`` separated by ``;``, ``,`` or ``|``) and
+    ``attributes.<name>`` for each attribute. The delimiter (``,``, ``;`` or tab) is guessed
+    from the header line. An empty cell means "not given". A row with the wrong number of
+    cells comes back as the error that rejects it.
+    """
+    text = decode(data)
+    header_line = text.split("\n", 1)[0]
+    delimiter = max(",;\t", key=header_line.count)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise ValidationFailed.on("file", "Файл пуст: нужна строка заголовка") from None
+    except csv.Error as error:
+        raise ValidationFailed.on("file", f"Не удалось прочитать CSV: {error}") from None
+    columns = [_column(name) for name in header]
+    problems = [
+        FieldError(field=name, message="Неизвестный столбец")
+        for name in columns
+        if name not in CSV_COLUMNS and not name.startswith(ATTRIBUTE_PREFIX)
+    ]
+    if "guid" not in columns:
+        problems.append(FieldError(field="guid", message="Нет обязательного столбца guid"))
+    if duplicated := {name for name in columns if columns.count(name) > 1}:
+        problems += [FieldError(field=name, message="Столбец повторяется") for name in duplicated]
+    if problems:
+        raise ValidationFailed(problems)
+    rows: list[tuple[int, dict[str, Any] | FieldError]] = []
+    line = reader.line_num
+    while True:
+        start = line + 1
+        try:
+            cells = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as error:
+            raise ValidationFailed.on("file", f"Строка {start}: {error}") from None
+        line = reader.line_num
+        if not any(cell.strip() for cell in cells):
+            continue
+        if len(cells) != len(columns):
+            message = f"Ожидается ячеек: {len(columns)}, в строке: {len(cells)}"
+            rows.append((start, FieldError(field="row", message=message)))
+            continue
+        rows.append((start, _record(columns, cells)))
+    return rows
+
+
+def _column(name: str) -> str:
+    name = name.strip()
+    if name.lower().startswith(ATTRIBUTE_PREFIX):
+        return ATTRIBUTE_PREFIX + name[len(ATTRIBUTE_PREFIX) :]
+    return name.lower()
+
+
+def _record(columns: list[str], cells: list[str]) -> dict[str, Any]:
+    record: dict[str, Any] = {}
+    attributes: dict[str, str] = {}
+    for name, cell in zip(columns, cells, strict=True):
+        value = cell.strip()
+        if not value:
+            continue
+        if name.startswith(ATTRIBUTE_PREFIX):
+            attributes[name[len(ATTRIBUTE_PREFIX) :]] = value
+        elif name == "tags":
+            record["tags"] = [tag for tag in TAG_SEPARATORS.split(value) if tag.strip()]
+        else:
+            record[name] = value
+    if attributes:
+        record["attributes"] = attributes
+    return record

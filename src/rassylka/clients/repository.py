@@ -1,0 +1,99 @@
+"""Every query on the client table, the bulk upsert of imports among them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from rassylka.clients.models import Client
+from rassylka.db import utcnow
+
+UPSERT_COLUMNS = (
+    "first_name",
+    "last_name",
+    "middle_name",
+    "email",
+    "phone",
+    "timezone",
+    "tags",
+    "attributes",
+)
+
+
+async def get(session: AsyncSession, client_id: int) -> Client | None:
+    return await session.get(Client, client_id)
+
+
+async def get_by_guid(session: AsyncSession, *, project_id: int, guid: str) -> Client | None:
+    result = await session.execute(
+        select(Client).where(Client.project_id == project_id, Client.guid == guid)
+    )
+    return result.scalar_one_or_none()
+
+
+async def page(
+    session: AsyncSession,
+    *,
+    project_id: int | None,
+    guid: str | None,
+    limit: int,
+    offset: int,
+) -> tuple[Sequence[Client], int]:
+    query = select(Client)
+    if project_id is not None:
+        query = query.where(Client.project_id == project_id)
+    if guid is not None:
+        query = query.where(Client.guid == guid)
+    total = await session.scalar(select(func.count()).select_from(query.subquery()))
+    rows = await session.scalars(query.order_by(Client.id).limit(limit).offset(offset))
+    return rows.all(), total or 0
+
+
+async def add(session: AsyncSession, client: Client) -> Client:
+    session.add(client)
+    await session.flush()
+    return client
+
+
+async def delete(session: AsyncSession, client: Client) -> None:
+    await session.delete(client)
+    await session.flush()
+
+
+async def existing_guids(
+    session: AsyncSession, *, project_id: int, guids: Iterable[str]
+) -> set[str]:
+    result = await session.scalars(
+        select(Client.guid).where(Client.project_id == project_id, Client.guid.in_(list(guids)))
+    )
+    return set(result.all())
+
+
+async def upsert_many(
+    session: AsyncSession, *, project_id: int, rows: Sequence[dict[str, Any]]
+) -> None:
+    """Insert or update ``rows`` (each a client's fields with its guid) in one statement.
+
+    ``rows`` must not repeat a guid: one statement may not touch a row twice.
+    """
+    if not rows:
+        return
+    now = utcnow()
+    values = [
+        {**row, "project_id": project_id, "created_at": now, "updated_at": now} for row in rows
+    ]
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    statement = insert(Client).values(values)
+    statement = statement.on_conflict_do_update(
+        index_elements=[Client.project_id, Client.guid],
+        set_={
+            **{column: statement.excluded[column] for column in UPSERT_COLUMNS},
+            "updated_at": statement.excluded.updated_at,
+        },
+    )
+    await session.execute(statement)

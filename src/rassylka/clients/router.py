@@ -1,0 +1,174 @@
+"""HTTP endpoints of clients: the manual's create, plus update, list, read, delete and import."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from anyio import to_thread
+from fastapi import APIRouter, Path, Query, Request
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+
+from rassylka.clients import importing, service
+from rassylka.clients.schemas import (
+    ClientCreate,
+    ClientImport,
+    ClientRead,
+    ClientUpdate,
+    ImportResult,
+)
+from rassylka.db import SessionDep
+from rassylka.errors import ValidationFailed, details_from_pydantic, openapi_error_responses
+from rassylka.projects import service as project_service
+from rassylka.schemas import MAX_ID, Envelope, Page, PageDep, ok
+
+router = APIRouter(prefix="/client", tags=["Clients"])
+ClientId = Annotated[int, Path(ge=1, le=MAX_ID, description="Идентификатор клиента")]
+
+
+@router.post(
+    "/create",
+    status_code=201,
+    summary="Создание нового клиента",
+    description="Экшен для создания нового клиента",
+    response_model=Envelope[ClientRead],
+    responses=openapi_error_responses(400, 403, 405, 409, 413, 500),
+)
+async def create_client(session: SessionDep, data: ClientCreate) -> dict[str, object]:
+    client = await service.create(session, data=data)
+    return ok(ClientRead.model_validate(client))
+
+
+_IMPORT_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": ClientImport.model_json_schema()},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {"file": {"type": "string", "format": "binary"}},
+                }
+            },
+            "text/csv": {"schema": {"type": "string"}},
+        },
+    }
+}
+
+
+@router.post(
+    "/import",
+    status_code=201,
+    summary="Массовая загрузка клиентов",
+    description=(
+        'Создаёт или обновляет клиентов по guid: JSON `{"project": CODE, "clients": [...]}`,'
+        " или CSV-файл (multipart, поле `file`, либо тело `text/csv`) с `?project=CODE`."
+        " Корректные строки сохраняются, ошибочные перечисляются в `errors`."
+    ),
+    response_model=Envelope[ImportResult],
+    responses=openapi_error_responses(400, 403, 405, 413, 500),
+    openapi_extra=_IMPORT_BODY,
+)
+async def import_clients(
+    request: Request,
+    session: SessionDep,
+    project: Annotated[str | None, Query(description="Код проекта (для CSV)")] = None,
+) -> dict[str, object]:
+    settings = request.app.state.settings
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type in {"multipart/form-data", "text/csv"}:
+        if project is None:
+            raise ValidationFailed.on("project", "Укажите проект: ?project=CODE")
+        if content_type == "text/csv":
+            data = await request.body()
+        else:
+            form = await request.form(max_files=1, max_fields=4)
+            upload = form.get("file")
+            if not isinstance(upload, UploadFile):
+                raise ValidationFailed.on("file", "Приложите CSV-файл в поле file")
+            data = await upload.read()
+        rows = await to_thread.run_sync(importing.read_csv, data)
+        reference: str | int = project
+    elif content_type in {"application/json", ""}:
+        body = await _json_body(request)
+        reference = body.project
+        rows = list(enumerate(body.clients))
+    else:
+        raise ValidationFailed.on(
+            "Content-Type", "Ожидается application/json, multipart/form-data или text/csv"
+        )
+    if len(rows) > settings.max_import_rows:
+        raise ValidationFailed.on(
+            "clients", f"Не больше {settings.max_import_rows} клиентов за один запрос"
+        )
+    target = await project_service.resolve(session, reference=reference, field="project")
+    checked = await to_thread.run_sync(importing.check_rows, rows)
+    created, updated = await service.upsert(session, project_id=target.id, rows=checked.valid)
+    return ok(checked.result(created=created, updated=updated))
+
+
+async def _json_body(request: Request) -> ClientImport:
+    raw = await request.body()
+    try:
+        parsed = await to_thread.run_sync(json.loads, raw)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ValidationFailed.on("body", f"Некорректный JSON: {error}") from None
+    try:
+        return ClientImport.model_validate(parsed)
+    except ValidationError as error:
+        raise ValidationFailed(details_from_pydantic(error.errors())) from None
+
+
+@router.put(
+    "/{id:int}/update",
+    status_code=201,
+    summary="Обновление данных клиента",
+    description="Меняет только переданные поля; `null` очищает необязательное поле.",
+    response_model=Envelope[ClientRead],
+    responses=openapi_error_responses(400, 403, 404, 405, 409, 413, 500),
+)
+async def update_client(session: SessionDep, id: ClientId, data: ClientUpdate) -> dict[str, object]:
+    client = await service.update(session, client_id=id, data=data)
+    return ok(ClientRead.model_validate(client))
+
+
+@router.get(
+    "/list",
+    summary="Список клиентов",
+    response_model=Envelope[Page[ClientRead]],
+    responses=openapi_error_responses(400, 403, 500),
+)
+async def list_clients(
+    session: SessionDep,
+    page: PageDep,
+    project: Annotated[str | None, Query(description="Код или id проекта")] = None,
+    guid: Annotated[str | None, Query(description="guid клиента")] = None,
+) -> dict[str, object]:
+    clients, total = await service.page(
+        session, project=project, guid=guid, limit=page.limit, offset=page.offset
+    )
+    return ok(page.of([ClientRead.model_validate(c) for c in clients], total), status=200)
+
+
+@router.get(
+    "/{id:int}",
+    summary="Данные клиента",
+    response_model=Envelope[ClientRead],
+    responses=openapi_error_responses(403, 404, 500),
+)
+async def read_client(session: SessionDep, id: ClientId) -> dict[str, object]:
+    return ok(ClientRead.model_validate(await service.get(session, client_id=id)), status=200)
+
+
+@router.delete(
+    "/{id:int}",
+    summary="Удаление клиента",
+    response_model=Envelope[ClientRead],
+    responses=openapi_error_responses(403, 404, 500),
+)
+async def delete_client(session: SessionDep, id: ClientId) -> dict[str, object]:
+    client = ClientRead.model_validate(await service.get(session, client_id=id))
+    await service.delete(session, client_id=id)
+    return ok(client, status=200)

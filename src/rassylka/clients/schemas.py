@@ -1,0 +1,145 @@
+"""Request and response bodies of the client endpoints (manual §3.1.14) and of the import."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+import phonenumbers
+from email_validator import EmailNotValidError, validate_email
+from pydantic import AfterValidator, BaseModel, Field, StringConstraints
+
+from rassylka.config import get_settings
+from rassylka.errors import FieldError
+from rassylka.schemas import EntityId, Name, ReadModel, RequestModel, TimeZoneName
+
+MAX_TAGS = 100
+
+
+def normalize_phone(value: str) -> str:
+    """E.164 form of a phone number; numbers without ``+`` are read in the default region."""
+    try:
+        number = phonenumbers.parse(value, get_settings().default_phone_region)
+    except phonenumbers.NumberParseException:
+        raise ValueError(f"Некорректный номер телефона «{value}»") from None
+    if not phonenumbers.is_valid_number(number):
+        raise ValueError(f"Некорректный номер телефона «{value}»")
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def normalize_email(value: str) -> str:
+    try:
+        return validate_email(value, check_deliverability=False).normalized
+    except EmailNotValidError as error:
+        raise ValueError(f"Некорректный email «{value}»: {error}") from None
+
+
+def _clean_tags(tags: list[str]) -> list[str]:
+    cleaned = list(dict.fromkeys(tag.strip() for tag in tags if tag.strip()))
+    if len(cleaned) > MAX_TAGS:
+        raise ValueError(f"Не больше {MAX_TAGS} тегов")
+    return cleaned
+
+
+def contact_problems(*, email: str | None, phone: str | None) -> list[FieldError]:
+    """Why a client cannot be reached, if it has neither an email nor a phone."""
+    if email or phone:
+        return []
+    message = "Укажите email или phone: без контакта сообщение отправить некуда"
+    return [FieldError(field="email", message=message), FieldError(field="phone", message=message)]
+
+
+Guid = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255)]
+PersonName = Annotated[str, StringConstraints(strip_whitespace=True, max_length=255)]
+Email = Annotated[
+    str, StringConstraints(strip_whitespace=True, max_length=320), AfterValidator(normalize_email)
+]
+Phone = Annotated[
+    str, StringConstraints(strip_whitespace=True, max_length=32), AfterValidator(normalize_phone)
+]
+Tag = Annotated[str, StringConstraints(max_length=64)]
+Tags = Annotated[list[Tag], AfterValidator(_clean_tags)]
+
+
+class ClientFields(RequestModel):
+    """A client as the CRM sends it, without the project (a row of an import)."""
+
+    guid: Guid = Field(description="guid клиента", examples=["lisjrfengghb^&Tgfb4*Tasdf"])
+    first_name: Name = Field(description="Имя клиента", examples=["Иван"])
+    last_name: Name = Field(description="Фамилия клиента", examples=["Иванов"])
+    middle_name: PersonName = Field(
+        default="", description="Отчество клиента", examples=["Иванович"]
+    )
+    email: Email | None = Field(default=None, description="Email; нужен email или phone")
+    phone: Phone | None = Field(
+        default=None, description="Телефон; приводится к E.164", examples=["+79161234567"]
+    )
+    timezone: TimeZoneName | None = Field(
+        default=None, description="Часовой пояс клиента (IANA)", examples=["Europe/Moscow"]
+    )
+    tags: Tags = Field(default_factory=list, description="Теги для выбора аудитории")
+    attributes: dict[str, Any] = Field(
+        default_factory=dict, description="Произвольные данные, доступные в шаблонах"
+    )
+
+
+class ClientCreate(ClientFields):
+    project: str | EntityId = Field(
+        description="Код проекта (или его числовой id)", examples=["ОСМ"]
+    )
+
+
+class ClientUpdate(RequestModel):
+    """Only the fields present change; ``null`` clears an optional field."""
+
+    primary_key: EntityId | None = Field(default=None, alias="primary key")
+    guid: Guid | None = None
+    first_name: Name | None = None
+    last_name: Name | None = None
+    middle_name: PersonName | None = None
+    email: Email | None = None
+    phone: Phone | None = None
+    timezone: TimeZoneName | None = None
+    tags: Tags | None = None
+    attributes: dict[str, Any] | None = None
+
+
+class ClientRead(ReadModel):
+    id: int
+    project_id: int
+    guid: str
+    first_name: str
+    last_name: str
+    middle_name: str
+    email: str | None
+    phone: str | None
+    timezone: str | None
+    tags: list[str]
+    attributes: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+
+
+class ImportRowError(BaseModel):
+    row: int = Field(
+        description="CSV: номер строки файла (заголовок — строка 1); JSON: индекс в clients"
+    )
+    field: str
+    message: str
+
+
+class ImportResult(BaseModel):
+    created: int
+    updated: int
+    rejected: int
+    errors: list[ImportRowError]
+    errors_truncated: bool = Field(
+        default=False, description="true, если ошибок больше, чем показано в errors"
+    )
+
+
+class ClientImport(RequestModel):
+    """JSON body of ``POST /client/import``; rows are checked one by one, not here."""
+
+    project: str | EntityId = Field(description="Код проекта (или его числовой id)")
+    clients: list[Any] = Field(description="Клиенты, как в /client/create, без project")

@@ -1,0 +1,109 @@
+"""Client rules: a guid is unique within its project; a client has an email or a phone."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from rassylka.clients import repository
+from rassylka.clients.importing import ValidRow
+from rassylka.clients.models import Client
+from rassylka.clients.schemas import ClientCreate, ClientUpdate, contact_problems
+from rassylka.errors import Conflict, NotFound, ValidationFailed
+from rassylka.projects import service as project_service
+
+IMPORT_CHUNK = 500
+
+
+async def create(session: AsyncSession, *, data: ClientCreate) -> Client:
+    project = await project_service.resolve(session, reference=data.project, field="project")
+    if problems := contact_problems(email=data.email, phone=data.phone):
+        raise ValidationFailed(problems)
+    await _ensure_guid_free(session, project_id=project.id, guid=data.guid)
+    fields = data.model_dump(exclude={"project"})
+    return await repository.add(session, Client(project_id=project.id, **fields))
+
+
+async def update(session: AsyncSession, *, client_id: int, data: ClientUpdate) -> Client:
+    if data.primary_key is not None and data.primary_key != client_id:
+        raise ValidationFailed.on(
+            "primary key", f"Не совпадает с идентификатором в пути ({client_id})"
+        )
+    client = await get(session, client_id=client_id)
+    changes = data.model_dump(exclude_unset=True, exclude={"primary_key"})
+    for required in ("guid", "first_name", "last_name", "middle_name", "tags", "attributes"):
+        if required in changes and changes[required] is None:
+            raise ValidationFailed.on(required, "Поле нельзя очистить")
+    if "guid" in changes and changes["guid"] != client.guid:
+        await _ensure_guid_free(session, project_id=client.project_id, guid=changes["guid"])
+    email = changes.get("email", client.email)
+    phone = changes.get("phone", client.phone)
+    if problems := contact_problems(email=email, phone=phone):
+        raise ValidationFailed(problems)
+    for name, value in changes.items():
+        setattr(client, name, value)
+    await session.flush()
+    return client
+
+
+async def get(session: AsyncSession, *, client_id: int) -> Client:
+    client = await repository.get(session, client_id)
+    if client is None:
+        raise NotFound.on("id", f"Клиент {client_id} не найден")
+    return client
+
+
+async def page(
+    session: AsyncSession,
+    *,
+    project: str | None,
+    guid: str | None,
+    limit: int,
+    offset: int,
+) -> tuple[Sequence[Client], int]:
+    project_id = None
+    if project is not None:
+        project_id = (await project_service.resolve(session, reference=project, field="project")).id
+    return await repository.page(
+        session, project_id=project_id, guid=guid, limit=limit, offset=offset
+    )
+
+
+async def delete(session: AsyncSession, *, client_id: int) -> None:
+    await repository.delete(session, await get(session, client_id=client_id))
+
+
+async def upsert(
+    session: AsyncSession, *, project_id: int, rows: Sequence[ValidRow]
+) -> tuple[int, int]:
+    """Write validated import rows, a guid seen twice keeping its last; (created, updated).
+
+    Counted as if the rows were applied one after another: the first sight of a new guid
+    creates, every later row with a guid that exists by then updates.
+    """
+    latest: dict[str, ValidRow] = {}
+    occurrences: dict[str, int] = {}
+    for row in rows:
+        latest[row.fields["guid"]] = row
+        occurrences[row.fields["guid"]] = occurrences.get(row.fields["guid"], 0) + 1
+    created = updated = 0
+    guids = list(latest)
+    for start in range(0, len(guids), IMPORT_CHUNK):
+        chunk = guids[start : start + IMPORT_CHUNK]
+        existing = await repository.existing_guids(session, project_id=project_id, guids=chunk)
+        for guid in chunk:
+            if guid in existing:
+                updated += occurrences[guid]
+            else:
+                created += 1
+                updated += occurrences[guid] - 1
+        await repository.upsert_many(
+            session, project_id=project_id, rows=[latest[guid].fields for guid in chunk]
+        )
+    return created, updated
+
+
+async def _ensure_guid_free(session: AsyncSession, *, project_id: int, guid: str) -> None:
+    if await repository.get_by_guid(session, project_id=project_id, guid=guid) is not None:
+        raise Conflict.on("guid", f"Клиент с guid «{guid}» уже есть в этом проекте")

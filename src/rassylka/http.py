@@ -1,0 +1,71 @@
+"""Cross-cutting HTTP pieces: the request body limit and the optional API key check."""
+
+from __future__ import annotations
+
+import hmac
+
+from fastapi import Request
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from rassylka.errors import Forbidden, error_response
+
+
+class BodyLimitMiddleware:
+    """Refuses request bodies over the limit with the manual's envelope and 413.
+
+    A declared Content-Length is refused before the body is read; a chunked body is counted
+    as it arrives. Some paths (the bulk import) get their own, larger limit.
+    """
+
+    def __init__(self, app: ASGIApp, *, default: int, per_path: dict[str, int]) -> None:
+        self.app = app
+        self.default = default
+        self.per_path = per_path
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.per_path.get(scope["path"], self.default)
+        declared = _content_length(scope)
+        if declared is not None and declared > limit:
+            response = error_response(413, headers={"Connection": "close"})
+            await response(scope, receive, send)
+            return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    # FastAPI re-raises an HTTPException met while reading the body.
+                    raise HTTPException(status_code=413)
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+async def require_api_key(request: Request) -> None:
+    """With ``RASSYLKA_API_KEYS`` set, every API call carries one: ``X-API-Key`` or Bearer."""
+    keys: list[str] = request.app.state.settings.api_keys
+    if not keys:
+        return
+    given = request.headers.get("x-api-key")
+    if given is None:
+        scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+        given = credentials.strip() if scheme.lower() == "bearer" else None
+    if given is None or not any(hmac.compare_digest(given.encode(), key.encode()) for key in keys):
+        raise Forbidden()

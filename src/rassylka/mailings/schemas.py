@@ -1,0 +1,144 @@
+"""Request and response bodies of the mailing endpoints (manual §3.1.17)."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, time
+from typing import Annotated, Any
+from zoneinfo import ZoneInfo
+
+from pydantic import AfterValidator, BeforeValidator, Field, WithJsonSchema
+
+from rassylka.mailings.models import Channel, MailingStatus
+from rassylka.schemas import EntityId, Name, ReadModel, RequestModel, TimeZoneName
+
+_CHANNEL_NAMES = {"email": Channel.EMAIL, "sms": Channel.SMS}
+
+
+def _parse_channels(value: Any) -> list[int]:
+    """Channel ids or names, as a list or (the manual's example ``"1"``) a single value."""
+    items = value if isinstance(value, list) else [value]
+    channels: list[int] = []
+    for item in items:
+        channel: Channel | None = None
+        if (
+            isinstance(item, int)
+            and not isinstance(item, bool)
+            and item in Channel._value2member_map_
+        ):
+            channel = Channel(item)
+        elif isinstance(item, str):
+            text = item.strip().lower()
+            channel = _CHANNEL_NAMES.get(text)
+            if channel is None and text.isdigit() and int(text) in Channel._value2member_map_:
+                channel = Channel(int(text))
+        if channel is None:
+            raise ValueError(f'Неизвестный канал {item!r}: допустимы 1 или "email", 2 или "sms"')
+        if channel not in channels:
+            channels.append(channel)
+    if not channels:
+        raise ValueError("Укажите хотя бы один канал: 1 (email) или 2 (sms)")
+    return channels
+
+
+def parse_event(value: str) -> date | datetime:
+    """A date (``2020-08-02``) or an ISO 8601 date-time, with or without an offset."""
+    text = value.strip()
+    try:
+        if len(text) == 10:
+            return date.fromisoformat(text)
+        return datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(
+            f"Ожидается дата ГГГГ-ММ-ДД или дата-время ISO 8601, получено «{value}»"
+        ) from None
+
+
+def event_moment(value: str, timezone: str) -> datetime:
+    """The UTC moment an ``event`` names; a date or a time without offset is in ``timezone``."""
+    parsed = parse_event(value)
+    zone = ZoneInfo(timezone)
+    if not isinstance(parsed, datetime):
+        parsed = datetime.combine(parsed, time.min)
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=zone)
+    return parsed.astimezone(UTC)
+
+
+def _check_event(value: str) -> str:
+    parse_event(value)
+    return value
+
+
+def _check_status(value: int) -> int:
+    if value not in MailingStatus._value2member_map_:
+        raise ValueError(
+            "Допустимые статусы: 0 — черновик, 1 — активна, 2 — приостановлена,"
+            " 3 — завершена, 4 — отменена"
+        )
+    return value
+
+
+Channels = Annotated[
+    list[int],
+    BeforeValidator(_parse_channels),
+    WithJsonSchema(
+        {
+            "type": "array",
+            "description": 'Каналы: 1 или "email", 2 или "sms"; одно значение тоже принимается',
+            "items": {"anyOf": [{"type": "integer", "enum": [1, 2]}, {"type": "string"}]},
+            "examples": [[1], ["email", "sms"]],
+        }
+    ),
+]
+Event = Annotated[
+    str,
+    AfterValidator(_check_event),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "description": "Дата (в часовом поясе рассылки) или дата-время ISO 8601",
+            "examples": ["2020-08-02", "2020-08-02T10:00:00+03:00"],
+        }
+    ),
+]
+Status = Annotated[int, AfterValidator(_check_status)]
+
+
+class MailingCreate(RequestModel):
+    name: Name = Field(description="Наименование рассылки", examples=["SMSMailing"])
+    project_id: EntityId = Field(description="Идентификатор проекта", examples=[236])
+    template_id: EntityId = Field(description="Идентификатор шаблона", examples=[156])
+    status: Status = Field(
+        description="Статус рассылки: 0 черновик, 1 активна, 2 пауза, 3 завершена, 4 отменена",
+        examples=[1],
+    )
+    channels: Channels
+    event: Event
+    timezone: TimeZoneName | None = Field(
+        default=None, description="Часовой пояс рассылки (IANA); по умолчанию — настройка сервера"
+    )
+
+
+class MailingUpdate(RequestModel):
+    """Only the fields present change."""
+
+    primary_key: EntityId | None = Field(default=None, alias="primary key")
+    name: Name | None = None
+    template_id: EntityId | None = None
+    status: Status | None = None
+    channels: Channels | None = None
+    event: Event | None = None
+    timezone: TimeZoneName | None = None
+
+
+class MailingRead(ReadModel):
+    id: int
+    project_id: int
+    template_id: int
+    name: str
+    status: int
+    channels: list[int]
+    event: str
+    timezone: str
+    created_at: datetime
+    updated_at: datetime

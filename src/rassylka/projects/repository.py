@@ -1,0 +1,36 @@
+"""Every query on the project table."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from rassylka.projects.models import Project
+
+
+async def get(session: AsyncSession, project_id: int) -> Project | None:
+    return await session.get(Project, project_id)
+
+
+async def get_by_code(session: AsyncSession, code: str) -> Project | None:
+    result = await session.execute(select(Project).where(Project.code == code))
+    return result.scalar_one_or_none()
+
+
+async def page(session: AsyncSession, *, limit: int, offset: int) -> tuple[Sequence[Project], int]:
+    total = await session.scalar(select(func.count()).select_from(Project))
+    rows = await session.scalars(select(Project).order_by(Project.id).limit(limit).offset(offset))
+    return rows.all(), total or 0
+
+
+async def add(session: AsyncSession, project: Project) -> Project:
+    session.add(project)
+    await session.flush()
+    return project
+
+
+async def delete(session: AsyncSession, project: Project) -> None:
+    await session.delete(project)
+    await session.flush()

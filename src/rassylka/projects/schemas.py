@@ -1,0 +1,42 @@
+"""Request and response bodies of the project endpoints (manual §3.1.1, §3.1.7)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from pydantic import Field, StringConstraints, model_validator
+
+from rassylka.schemas import EntityId, Name, ReadModel, RequestModel
+
+Code = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
+
+
+class ProjectCreate(RequestModel):
+    name: Name = Field(description="The project name", examples=["OCM"])
+    code: Code = Field(description="The project code", examples=["010"])
+
+
+class ProjectUpdate(RequestModel):
+    primary_key: EntityId | None = Field(
+        default=None,
+        alias="primary key",
+        description="Первичный ключ; если указан, должен совпадать с {id} в пути",
+        examples=[74892489],
+    )
+    name: Name | None = Field(default=None, description="Наименование проекта", examples=["ОСМ"])
+    code: Code | None = Field(default=None, description="Код проекта (уникальный)")
+
+    @model_validator(mode="after")
+    def _something_to_change(self) -> ProjectUpdate:
+        if self.name is None and self.code is None:
+            raise ValueError("Укажите name (или code), чтобы было что обновить")
+        return self
+
+
+class ProjectRead(ReadModel):
+    id: int
+    name: str
+    code: str
+    created_at: datetime
+    updated_at: datetime

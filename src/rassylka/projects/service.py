@@ -1,0 +1,70 @@
+"""Project rules: codes are unique; a project is referenced by its code or its id."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from rassylka.errors import Conflict, NotFound, ValidationFailed
+from rassylka.projects import repository
+from rassylka.projects.models import Project
+from rassylka.projects.schemas import ProjectCreate, ProjectUpdate
+from rassylka.schemas import MAX_ID
+
+
+async def create(session: AsyncSession, *, data: ProjectCreate) -> Project:
+    await _ensure_code_free(session, code=data.code)
+    return await repository.add(session, Project(name=data.name, code=data.code))
+
+
+async def update(session: AsyncSession, *, project_id: int, data: ProjectUpdate) -> Project:
+    if data.primary_key is not None and data.primary_key != project_id:
+        raise ValidationFailed.on(
+            "primary key", f"Не совпадает с идентификатором в пути ({project_id})"
+        )
+    project = await get(session, project_id=project_id)
+    if data.code is not None and data.code != project.code:
+        await _ensure_code_free(session, code=data.code)
+        project.code = data.code
+    if data.name is not None:
+        project.name = data.name
+    await session.flush()
+    return project
+
+
+async def get(session: AsyncSession, *, project_id: int) -> Project:
+    project = await repository.get(session, project_id)
+    if project is None:
+        raise NotFound.on("id", f"Проект {project_id} не найден")
+    return project
+
+
+async def resolve(session: AsyncSession, *, reference: str | int, field: str) -> Project:
+    """The project a request names by code (the manual's way) or by numeric id.
+
+    An unknown reference is the request's fault, so it is a 400 naming ``field``.
+    """
+    project = None
+    if isinstance(reference, str):
+        project = await repository.get_by_code(session, reference)
+        if project is None and reference.isdigit() and int(reference) <= MAX_ID:
+            project = await repository.get(session, int(reference))
+    else:
+        project = await repository.get(session, reference)
+    if project is None:
+        raise ValidationFailed.on(field, f"Проект «{reference}» не найден")
+    return project
+
+
+async def page(session: AsyncSession, *, limit: int, offset: int) -> tuple[Sequence[Project], int]:
+    return await repository.page(session, limit=limit, offset=offset)
+
+
+async def delete(session: AsyncSession, *, project_id: int) -> None:
+    await repository.delete(session, await get(session, project_id=project_id))
+
+
+async def _ensure_code_free(session: AsyncSession, *, code: str) -> None:
+    if await repository.get_by_code(session, code) is not None:
+        raise Conflict.on("code", f"Проект с кодом «{code}» уже существует")

@@ -1,0 +1,78 @@
+"""Shapes shared by every domain: the success envelope, list pages, and common field checks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any, Generic, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from fastapi import Depends, Query
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+
+T = TypeVar("T")
+
+
+class Envelope(BaseModel, Generic[T]):
+    """The manual's success response ``{"status": 201, "message": "Ok"}``, plus ``data``."""
+
+    status: int = 201
+    message: str = "Ok"
+    data: T
+
+
+class Page(BaseModel, Generic[T]):
+    items: list[T]
+    total: int
+    limit: int
+    offset: int
+
+
+class RequestModel(BaseModel):
+    """Base of request bodies: unknown fields are an error, so a typo never passes silently."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, coerce_numbers_to_str=True)
+
+
+class ReadModel(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+def ok(data: Any, status: int = 201) -> dict[str, Any]:
+    return {"status": status, "message": "Ok", "data": data}
+
+
+def _check_timezone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(
+            f"Неизвестный часовой пояс «{value}» (ожидается имя IANA, например Europe/Moscow)"
+        ) from None
+    return value
+
+
+MAX_ID = 2**63 - 1
+EntityId = Annotated[int, Field(ge=1, le=MAX_ID)]
+Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255)]
+TimeZoneName = Annotated[
+    str, StringConstraints(strip_whitespace=True, max_length=64), AfterValidator(_check_timezone)
+]
+
+
+@dataclass(frozen=True)
+class PageParams:
+    limit: int
+    offset: int
+
+    def of(self, items: list[T], total: int) -> Page[T]:
+        return Page(items=items, total=total, limit=self.limit, offset=self.offset)
+
+
+def _page_params(
+    limit: Annotated[int, Query(ge=1, le=1000, description="Сколько записей вернуть")] = 50,
+    offset: Annotated[int, Query(ge=0, description="Сколько записей пропустить")] = 0,
+) -> PageParams:
+    return PageParams(limit=limit, offset=offset)
+
+
+PageDep = Annotated[PageParams, Depends(_page_params)]

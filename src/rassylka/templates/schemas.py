@@ -1,0 +1,66 @@
+"""Request and response bodies of the template endpoints (the manual's ``template_id``)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from pydantic import AfterValidator, Field, model_validator
+
+from rassylka.schemas import EntityId, Name, ReadModel, RequestModel
+from rassylka.templates.rendering import syntax_problem
+
+MAX_TEMPLATE_CHARS = 512 * 1024
+
+
+def _valid_syntax(source: str) -> str:
+    if len(source) > MAX_TEMPLATE_CHARS:
+        raise ValueError(f"Не длиннее {MAX_TEMPLATE_CHARS} символов")
+    if problem := syntax_problem(source):
+        raise ValueError(problem)
+    return source
+
+
+Source = Annotated[str, AfterValidator(_valid_syntax)]
+
+
+class TemplateContent(RequestModel):
+    email_subject: Source | None = Field(
+        default=None, description="Тема письма", examples=["Здравствуйте, {{ first_name }}!"]
+    )
+    email_html: Source | None = Field(default=None, description="HTML-текст письма")
+    email_text: Source | None = Field(default=None, description="Текстовая версия письма")
+    sms_text: Source | None = Field(
+        default=None, description="Текст SMS", examples=["{{ first_name }}, ваш заказ готов"]
+    )
+
+
+class TemplateCreate(TemplateContent):
+    project_id: EntityId | None = Field(default=None, description="Идентификатор проекта")
+    project: str | None = Field(default=None, description="Код проекта (вместо project_id)")
+    name: Name = Field(description="Название шаблона", examples=["Напоминание"])
+
+    @model_validator(mode="after")
+    def _names_a_project(self) -> TemplateCreate:
+        if self.project_id is None and self.project is None:
+            raise ValueError("Укажите project_id (или код проекта в project)")
+        return self
+
+
+class TemplateUpdate(TemplateContent):
+    """Only the fields present change; ``null`` clears a text."""
+
+    primary_key: EntityId | None = Field(default=None, alias="primary key")
+    name: Name | None = None
+
+
+class TemplateRead(ReadModel):
+    id: int
+    project_id: int
+    name: str
+    email_subject: str | None
+    email_html: str | None
+    email_text: str | None
+    sms_text: str | None
+    created_at: datetime
+    updated_at: datetime

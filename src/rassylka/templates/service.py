@@ -1,0 +1,91 @@
+"""Template rules: each text is valid sandboxed Jinja2; an email has a subject and a body."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from rassylka.errors import Conflict, FieldError, NotFound, ValidationFailed
+from rassylka.mailings import repository as mailing_repository
+from rassylka.projects import service as project_service
+from rassylka.templates import repository
+from rassylka.templates.models import Template
+from rassylka.templates.schemas import TemplateCreate, TemplateUpdate
+
+CONTENT_FIELDS = ("email_subject", "email_html", "email_text", "sms_text")
+
+
+def content_problems(template: Template) -> list[FieldError]:
+    has_body = bool(template.email_html or template.email_text)
+    if template.email_subject and not has_body:
+        return [
+            FieldError(
+                field="email_html",
+                message="У письма есть тема, но нет текста: укажите email_html или email_text",
+            )
+        ]
+    if has_body and not template.email_subject:
+        return [FieldError(field="email_subject", message="У письма есть текст, но нет темы")]
+    if not template.has_email and not template.has_sms:
+        message = "Шаблону нужен текст хотя бы для одного канала: письмо или SMS"
+        return [
+            FieldError(field="email_subject", message=message),
+            FieldError(field="sms_text", message=message),
+        ]
+    return []
+
+
+async def create(session: AsyncSession, *, data: TemplateCreate) -> Template:
+    if data.project_id is not None:
+        reference: str | int = data.project_id
+        field = "project_id"
+    else:
+        assert data.project is not None  # the schema requires one of the two
+        reference, field = data.project, "project"
+    project = await project_service.resolve(session, reference=reference, field=field)
+    template = Template(project_id=project.id, **data.model_dump(include={"name", *CONTENT_FIELDS}))
+    if problems := content_problems(template):
+        raise ValidationFailed(problems)
+    return await repository.add(session, template)
+
+
+async def update(session: AsyncSession, *, template_id: int, data: TemplateUpdate) -> Template:
+    if data.primary_key is not None and data.primary_key != template_id:
+        raise ValidationFailed.on(
+            "primary key", f"Не совпадает с идентификатором в пути ({template_id})"
+        )
+    template = await get(session, template_id=template_id)
+    changes = data.model_dump(exclude_unset=True, exclude={"primary_key"})
+    if "name" in changes and changes["name"] is None:
+        raise ValidationFailed.on("name", "Поле нельзя очистить")
+    for name, value in changes.items():
+        setattr(template, name, value)
+    if problems := content_problems(template):
+        raise ValidationFailed(problems)
+    await session.flush()
+    return template
+
+
+async def get(session: AsyncSession, *, template_id: int) -> Template:
+    template = await repository.get(session, template_id)
+    if template is None:
+        raise NotFound.on("id", f"Шаблон {template_id} не найден")
+    return template
+
+
+async def page(
+    session: AsyncSession, *, project: str | None, limit: int, offset: int
+) -> tuple[Sequence[Template], int]:
+    project_id = None
+    if project is not None:
+        project_id = (await project_service.resolve(session, reference=project, field="project")).id
+    return await repository.page(session, project_id=project_id, limit=limit, offset=offset)
+
+
+async def delete(session: AsyncSession, *, template_id: int) -> None:
+    template = await get(session, template_id=template_id)
+    if used_by := await mailing_repository.ids_using_template(session, template_id=template_id):
+        listed = ", ".join(str(mailing_id) for mailing_id in used_by[:10])
+        raise Conflict.on("id", f"Шаблон используется рассылками: {listed}")
+    await repository.delete(session, template)
