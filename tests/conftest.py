@@ -16,9 +16,11 @@ import os
 import shutil
 import socket
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
@@ -56,6 +58,12 @@ class PostgresServer:
     url: str
     template: str | None = None
     problem: str | None = None
+    # Dropping a database waits for a checkpoint (~0.5 s here); done off the tests' path.
+    dropper: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1))
+
+    def drop_later(self, name: str) -> None:
+        sql = f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'
+        self.dropper.submit(asyncio.run, self.execute(sql))
 
     def database_url(self, name: str) -> str:
         return make_url(self.url).set(database=name).render_as_string(hide_password=False)
@@ -75,13 +83,14 @@ def postgres() -> Iterator[PostgresServer]:
     try:
         asyncio.run(server.execute(f'DROP DATABASE IF EXISTS "{template}"'))
         asyncio.run(server.execute(f'CREATE DATABASE "{template}"'))
-    except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as error:
+    except (TimeoutError, OSError, asyncpg.PostgresError) as error:
         server.problem = f"PostgreSQL at {make_url(POSTGRES_URL).host} unreachable: {error!r}"
         yield server
         return
     asyncio.run(_migrate(server.database_url(template)))
     server.template = template
     yield server
+    server.dropper.shutdown(wait=True)
     asyncio.run(server.execute(f'DROP DATABASE IF EXISTS "{template}" WITH (FORCE)'))
 
 
@@ -114,7 +123,7 @@ def database_url(
     name = f"rassylka_test_{uuid.uuid4().hex[:12]}"
     asyncio.run(postgres.execute(f'CREATE DATABASE "{name}" TEMPLATE "{postgres.template}"'))
     yield postgres.database_url(name)
-    asyncio.run(postgres.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    postgres.drop_later(name)
 
 
 @pytest.fixture
@@ -169,6 +178,24 @@ async def live_server(settings: Settings) -> AsyncIterator[LiveServer]:
     server = await serve(settings)
     yield server
     await server.stop()
+
+
+StartServer = Callable[..., Awaitable[LiveServer]]
+
+
+@pytest.fixture
+async def start_server(database_url: str) -> AsyncIterator[StartServer]:
+    """Start servers on this test's database with other settings: ``start(api_keys=[...])``."""
+    servers: list[LiveServer] = []
+
+    async def start(**overrides: Any) -> LiveServer:
+        server = await serve(Settings(database_url=database_url, **overrides))
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        await server.stop()
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ from rassylka.projects.models import Project
 from rassylka.templates.models import Template
 
 
-
 def assert_ok(response: httpx.Response, status: int = 201) -> dict[str, Any]:
     assert response.status_code == status, response.text
     body = response.json()

@@ -8,8 +8,9 @@ The ids the examples reference (project 74892489, project 0236, template 156) ar
 from __future__ import annotations
 
 import httpx
-from helpers import assert_error, assert_ok, insert_project, insert_template
 from sqlalchemy.ext.asyncio import AsyncEngine
+
+from helpers import assert_error, assert_ok, insert_project, insert_template
 
 OK_KEYS = {"status", "message", "data"}
 
@@ -50,12 +51,16 @@ async def test_project_update_example_with_integer_key(
     api: httpx.AsyncClient, engine: AsyncEngine
 ) -> None:
     await insert_project(engine, id=74892489, code="010")
-    data = assert_ok(await api.put("/project/74892489/update", json={"primary key": 74892489, "name": "ОСМ"}))
+    data = assert_ok(
+        await api.put("/project/74892489/update", json={"primary key": 74892489, "name": "ОСМ"})
+    )
     assert data["name"] == "ОСМ"
 
 
 async def test_project_update_example_unknown_id_is_404(api: httpx.AsyncClient) -> None:
-    response = await api.put("/project/74892489/update", json={"primary key": "74892489", "name": "ОСМ"})
+    response = await api.put(
+        "/project/74892489/update", json={"primary key": "74892489", "name": "ОСМ"}
+    )
     assert_error(response, 404, "Страница не найдена")
 
 
@@ -73,7 +78,9 @@ async def test_client_create_example_needs_a_contact(
 ) -> None:
     """The manual's client has no email or phone; DESIGN §2.1 requires one (docs/api.md)."""
     await insert_project(engine, id=1, code="ОСМ")
-    details = assert_error(await api.post("/client/create", json=CLIENT_EXAMPLE), 400, "Ошибка валидации")
+    details = assert_error(
+        await api.post("/client/create", json=CLIENT_EXAMPLE), 400, "Ошибка валидации"
+    )
     assert {d["field"] for d in details} == {"email", "phone"}
 
 
@@ -81,7 +88,9 @@ async def test_client_create_example_with_a_contact(
     api: httpx.AsyncClient, engine: AsyncEngine
 ) -> None:
     await insert_project(engine, id=1, code="ОСМ")
-    response = await api.post("/client/create", json={**CLIENT_EXAMPLE, "phone": "+7 916 123-45-67"})
+    response = await api.post(
+        "/client/create", json={**CLIENT_EXAMPLE, "phone": "+7 916 123-45-67"}
+    )
     assert response.status_code == 201
     body = response.json()
     assert set(body) == OK_KEYS
@@ -128,7 +137,10 @@ async def test_error_examples_have_the_manuals_shape(api: httpx.AsyncClient) -> 
     assert bad.json()["error"]["message"] == "Ошибка валидации"
     assert bad.json()["error"]["status"] == 400
     missing = await api.get("/nowhere")
-    assert missing.json() == {"code": 404, "error": {"message": "Страница не найдена", "status": 404}}
+    assert missing.json() == {
+        "code": 404,
+        "error": {"message": "Страница не найдена", "status": 404},
+    }
     wrong_method = await api.get("/project/create")
     assert wrong_method.json() == {
         "code": 405,

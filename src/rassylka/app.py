@@ -15,7 +15,7 @@ from rassylka import __version__
 from rassylka.clients.router import router as client_router
 from rassylka.config import Settings, get_settings
 from rassylka.db import create_engine, create_sessionmaker
-from rassylka.errors import error_response, install_handlers
+from rassylka.errors import error_response, install_handlers, openapi_error_responses
 from rassylka.http import BodyLimitMiddleware, require_api_key
 from rassylka.mailings.router import router as mailing_router
 from rassylka.projects.router import router as project_router
@@ -61,7 +61,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (project_router, client_router, template_router, mailing_router):
         app.include_router(router, dependencies=protected)
 
-    @app.get("/health", tags=["Service"], summary="Проверка доступности базы данных")
+    @app.get(
+        "/health",
+        tags=["Service"],
+        summary="Проверка доступности базы данных",
+        responses=openapi_error_responses(503),
+    )
     async def health(request: Request) -> JSONResponse:
         try:
             async with request.app.state.engine.connect() as connection:

@@ -36,7 +36,7 @@ def serve(
     host: Annotated[str, typer.Option(help="Адрес для входящих соединений")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Порт HTTP API")] = 8000,
 ) -> None:
-    """All in one process: the HTTP API on the database (its schema upgraded first)."""
+    """Всё в одном процессе: HTTP API (схема базы данных обновляется при старте)."""
     settings = get_settings()
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -53,14 +53,14 @@ def serve(
 
 @db_app.command("upgrade")
 def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
-    """Bring the schema up to ``revision`` (the newest by default)."""
+    """Обновить схему до ревизии (по умолчанию — до последней)."""
     asyncio.run(_migrate(revision))
     console.print(f"Схема обновлена до {revision}")
 
 
-@db_app.command("downgrade")
+@db_app.command("downgrade", context_settings={"ignore_unknown_options": True})
 def db_downgrade(revision: Annotated[str, typer.Argument(help="Например -1 или base")]) -> None:
-    """Take the schema back to ``revision``."""
+    """Вернуть схему к ревизии."""
     asyncio.run(_migrate(revision, down=True))
     console.print(f"Схема возвращена к {revision}")
 

@@ -1,0 +1,169 @@
+"""Clients: contacts normalised and checked, guid unique per project, partial updates."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+
+from helpers import assert_error, assert_ok, fields, make_project
+
+CLIENT: dict[str, Any] = {
+    "project": "010",
+    "guid": "crm-1",
+    "first_name": "Иван",
+    "last_name": "Иванов",
+    "middle_name": "Иванович",
+}
+
+
+@pytest.fixture
+async def project_id(api: httpx.AsyncClient) -> int:
+    return await make_project(api, code="010")
+
+
+@pytest.mark.parametrize(
+    ("phone", "stored"),
+    [
+        ("+7 (916) 123-45-67", "+79161234567"),
+        ("8 916 123 45 67", "+79161234567"),
+        ("9161234567", "+79161234567"),
+        ("+44 20 7946 0958", "+442079460958"),
+        (79161234567, "+79161234567"),
+    ],
+)
+async def test_phone_is_stored_in_e164(
+    api: httpx.AsyncClient, project_id: int, phone: object, stored: str
+) -> None:
+    data = assert_ok(await api.post("/client/create", json={**CLIENT, "phone": phone}))
+    assert data["phone"] == stored
+    assert data["project_id"] == project_id
+
+
+@pytest.mark.parametrize("phone", ["12345", "not a phone", "+7 916 123", "+999 123 456 789"])
+async def test_bad_phone_is_400_naming_the_field(
+    api: httpx.AsyncClient, project_id: int, phone: str
+) -> None:
+    response = await api.post("/client/create", json={**CLIENT, "phone": phone})
+    details = assert_error(response, 400, "Ошибка валидации")
+    assert fields(details) == {"phone"}
+    assert "телефон" in details[0]["message"]
+
+
+@pytest.mark.parametrize(
+    "email", ["ivan", "ivan@", "@example.com", "ivan@@example.com", "a b@c.ru"]
+)
+async def test_bad_email_is_400_naming_the_field(
+    api: httpx.AsyncClient, project_id: int, email: str
+) -> None:
+    response = await api.post("/client/create", json={**CLIENT, "email": email})
+    assert fields(assert_error(response, 400, "Ошибка валидации")) == {"email"}
+
+
+async def test_email_domain_is_normalised(api: httpx.AsyncClient, project_id: int) -> None:
+    data = assert_ok(await api.post("/client/create", json={**CLIENT, "email": "Ivan@EXAMPLE.com"}))
+    assert data["email"] == "Ivan@example.com"
+
+
+async def test_timezone_tags_and_attributes(api: httpx.AsyncClient, project_id: int) -> None:
+    body = {
+        **CLIENT,
+        "email": "ivan@example.com",
+        "timezone": "Asia/Vladivostok",
+        "tags": ["vip", " vip ", "moscow", ""],
+        "attributes": {"city": "Москва", "orders": 3, "nested": {"a": [1, 2]}},
+    }
+    data = assert_ok(await api.post("/client/create", json=body))
+    assert data["timezone"] == "Asia/Vladivostok"
+    assert data["tags"] == ["vip", "moscow"]
+    assert data["attributes"] == {"city": "Москва", "orders": 3, "nested": {"a": [1, 2]}}
+    assert assert_ok(await api.get(f"/client/{data['id']}"), 200) == data
+
+
+@pytest.mark.parametrize("zone", ["Moscow", "Europe/Nowhere", "+03:00", "../../etc/passwd"])
+async def test_unknown_timezone_is_400(api: httpx.AsyncClient, project_id: int, zone: str) -> None:
+    response = await api.post(
+        "/client/create", json={**CLIENT, "email": "a@b.ru", "timezone": zone}
+    )
+    assert fields(assert_error(response, 400, "Ошибка валидации")) == {"timezone"}
+
+
+async def test_attributes_must_be_an_object(api: httpx.AsyncClient, project_id: int) -> None:
+    response = await api.post(
+        "/client/create", json={**CLIENT, "email": "a@b.ru", "attributes": [1]}
+    )
+    assert fields(assert_error(response, 400, "Ошибка валидации")) == {"attributes"}
+
+
+async def test_project_by_code_or_by_id(api: httpx.AsyncClient, project_id: int) -> None:
+    by_id = assert_ok(
+        await api.post("/client/create", json={**CLIENT, "project": project_id, "email": "a@b.ru"})
+    )
+    assert by_id["project_id"] == project_id
+    response = await api.post(
+        "/client/create", json={**CLIENT, "guid": "crm-2", "project": "999", "email": "a@b.ru"}
+    )
+    details = assert_error(response, 400, "Ошибка валидации")
+    assert details == [{"field": "project", "message": "Проект «999» не найден"}]
+
+
+async def test_update_changes_only_the_given_fields(
+    api: httpx.AsyncClient, project_id: int
+) -> None:
+    created = assert_ok(
+        await api.post("/client/create", json={**CLIENT, "email": "a@b.ru", "tags": ["x"]})
+    )
+    path = f"/client/{created['id']}/update"
+    data = assert_ok(await api.put(path, json={"phone": "+79161234567", "email": None}))
+    assert data["phone"] == "+79161234567"
+    assert data["email"] is None
+    assert data["tags"] == ["x"]
+    assert data["first_name"] == "Иван"
+
+
+async def test_update_cannot_leave_a_client_without_contacts(
+    api: httpx.AsyncClient, project_id: int
+) -> None:
+    created = assert_ok(await api.post("/client/create", json={**CLIENT, "email": "a@b.ru"}))
+    response = await api.put(f"/client/{created['id']}/update", json={"email": None})
+    assert fields(assert_error(response, 400, "Ошибка валидации")) == {"email", "phone"}
+    assert assert_ok(await api.get(f"/client/{created['id']}"), 200)["email"] == "a@b.ru"
+
+
+async def test_update_to_a_taken_guid_is_409(api: httpx.AsyncClient, project_id: int) -> None:
+    assert_ok(await api.post("/client/create", json={**CLIENT, "email": "a@b.ru"}))
+    other = assert_ok(
+        await api.post("/client/create", json={**CLIENT, "guid": "crm-2", "email": "a@b.ru"})
+    )
+    response = await api.put(f"/client/{other['id']}/update", json={"guid": "crm-1"})
+    assert fields(assert_error(response, 409, "Конфликт: запись уже существует")) == {"guid"}
+
+
+async def test_list_filters_by_project_and_guid(api: httpx.AsyncClient, project_id: int) -> None:
+    await make_project(api, code="020")
+    for guid in ("a", "b"):
+        assert_ok(
+            await api.post("/client/create", json={**CLIENT, "guid": guid, "email": "a@b.ru"})
+        )
+    assert_ok(
+        await api.post(
+            "/client/create", json={**CLIENT, "project": "020", "guid": "a", "email": "a@b.ru"}
+        )
+    )
+    assert assert_ok(await api.get("/client/list"), 200)["total"] == 3
+    in_010 = assert_ok(await api.get("/client/list", params={"project": "010"}), 200)
+    assert {item["guid"] for item in in_010["items"]} == {"a", "b"}
+    one = assert_ok(await api.get("/client/list", params={"project": "020", "guid": "a"}), 200)
+    assert one["total"] == 1
+    assert one["items"][0]["project_id"] != project_id
+    unknown = await api.get("/client/list", params={"project": "nope"})
+    assert fields(assert_error(unknown, 400, "Ошибка валидации")) == {"project"}
+
+
+async def test_delete(api: httpx.AsyncClient, project_id: int) -> None:
+    created = assert_ok(await api.post("/client/create", json={**CLIENT, "email": "a@b.ru"}))
+    assert assert_ok(await api.delete(f"/client/{created['id']}"), 200)["guid"] == "crm-1"
+    assert_error(await api.get(f"/client/{created['id']}"), 404, "Страница не найдена")
+    # The guid is free again.
+    assert_ok(await api.post("/client/create", json={**CLIENT, "email": "a@b.ru"}))
