@@ -35,6 +35,7 @@ class CheckedRows:
     valid: list[ValidRow] = field(default_factory=list)
     errors: list[ImportRowError] = field(default_factory=list)
     rejected: int = 0
+    errors_dropped: bool = False
 
     def reject(self, row: int, details: Iterable[FieldError]) -> None:
         self.rejected += 1
@@ -43,6 +44,8 @@ class CheckedRows:
                 self.errors.append(
                     ImportRowError(row=row, field=detail.field, message=detail.message)
                 )
+            else:
+                self.errors_dropped = True
 
     def result(self, *, created: int, updated: int) -> ImportResult:
         return ImportResult(
@@ -50,7 +53,7 @@ class CheckedRows:
             updated=updated,
             rejected=self.rejected,
             errors=self.errors,
-            errors_truncated=len(self.errors) >= MAX_REPORTED_ERRORS,
+            errors_truncated=self.errors_dropped,
         )
 
 
@@ -88,7 +91,7 @@ def decode(data: bytes) -> str:
 
 
 def read_csv(data: bytes) -> list[tuple[int, dict[str, Any] | FieldError]]:
-    """Rows of a CSV file, each with its line number as a spreadsheet shows it (header = 1).
+    """Rows of a CSV file, each with its row number as a spreadsheet shows it (header = 1).
 
     Columns: the client fields (``tags`` separated by ``;``, ``,`` or ``|``) and
     ``attributes.<name>`` for each attribute. The delimiter (``,``, ``;`` or tab) is guessed
@@ -118,23 +121,22 @@ def read_csv(data: bytes) -> list[tuple[int, dict[str, Any] | FieldError]]:
     if problems:
         raise ValidationFailed(problems)
     rows: list[tuple[int, dict[str, Any] | FieldError]] = []
-    line = reader.line_num
+    row = 1  # the header; a spreadsheet numbers records, whatever line breaks a cell holds
     while True:
-        start = line + 1
+        row += 1
         try:
             cells = next(reader)
         except StopIteration:
             break
         except csv.Error as error:
-            raise ValidationFailed.on("file", f"Строка {start}: {error}") from None
-        line = reader.line_num
+            raise ValidationFailed.on("file", f"Строка {row}: {error}") from None
         if not any(cell.strip() for cell in cells):
             continue
         if len(cells) != len(columns):
             message = f"Ожидается ячеек: {len(columns)}, в строке: {len(cells)}"
-            rows.append((start, FieldError(field="row", message=message)))
+            rows.append((row, FieldError(field="row", message=message)))
             continue
-        rows.append((start, _record(columns, cells)))
+        rows.append((row, _record(columns, cells)))
     return rows
 
 

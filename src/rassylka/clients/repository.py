@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, cast
 
-from sqlalchemy import func, select
+from sqlalchemy import Table, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from rassylka.clients.models import Client
 from rassylka.db import utcnow
 
+CLIENT_TABLE = cast(Table, Client.__table__)
 UPSERT_COLUMNS = (
     "first_name",
     "last_name",
@@ -64,36 +65,30 @@ async def delete(session: AsyncSession, client: Client) -> None:
     await session.flush()
 
 
-async def existing_guids(
-    session: AsyncSession, *, project_id: int, guids: Iterable[str]
-) -> set[str]:
-    result = await session.scalars(
-        select(Client.guid).where(Client.project_id == project_id, Client.guid.in_(list(guids)))
-    )
-    return set(result.all())
-
-
 async def upsert_many(
     session: AsyncSession, *, project_id: int, rows: Sequence[dict[str, Any]]
-) -> None:
-    """Insert or update ``rows`` (each a client's fields with its guid) in one statement.
+) -> set[str]:
+    """Insert or update ``rows`` (each a client's fields with its guid); the guids inserted.
 
-    ``rows`` must not repeat a guid: one statement may not touch a row twice.
+    One statement for all rows (batched by the driver). ``rows`` must not repeat a guid: one
+    statement may not touch a row twice. A row is new when its ``created_at`` comes back as
+    the moment this call stamped: an update keeps the old ``created_at``.
     """
     if not rows:
-        return
+        return set()
     now = utcnow()
     values = [
         {**row, "project_id": project_id, "created_at": now, "updated_at": now} for row in rows
     ]
     dialect = session.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    statement = insert(Client).values(values)
-    statement = statement.on_conflict_do_update(
-        index_elements=[Client.project_id, Client.guid],
+    statement = insert(CLIENT_TABLE)
+    upsert = statement.on_conflict_do_update(
+        index_elements=[CLIENT_TABLE.c.project_id, CLIENT_TABLE.c.guid],
         set_={
             **{column: statement.excluded[column] for column in UPSERT_COLUMNS},
             "updated_at": statement.excluded.updated_at,
         },
-    )
-    await session.execute(statement)
+    ).returning(CLIENT_TABLE.c.guid, CLIENT_TABLE.c.created_at)
+    result = await session.execute(upsert, values)
+    return {guid for guid, created_at in result if created_at == now}

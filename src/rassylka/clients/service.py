@@ -13,7 +13,7 @@ from rassylka.clients.schemas import ClientCreate, ClientUpdate, contact_problem
 from rassylka.errors import Conflict, NotFound, ValidationFailed
 from rassylka.projects import service as project_service
 
-IMPORT_CHUNK = 500
+IMPORT_CHUNK = 5000
 
 
 async def create(session: AsyncSession, *, data: ClientCreate) -> Client:
@@ -91,16 +91,11 @@ async def upsert(
     guids = list(latest)
     for start in range(0, len(guids), IMPORT_CHUNK):
         chunk = guids[start : start + IMPORT_CHUNK]
-        existing = await repository.existing_guids(session, project_id=project_id, guids=chunk)
-        for guid in chunk:
-            if guid in existing:
-                updated += occurrences[guid]
-            else:
-                created += 1
-                updated += occurrences[guid] - 1
-        await repository.upsert_many(
+        inserted = await repository.upsert_many(
             session, project_id=project_id, rows=[latest[guid].fields for guid in chunk]
         )
+        created += len(inserted)
+        updated += sum(occurrences[guid] for guid in chunk) - len(inserted)
     return created, updated
 
 

@@ -1,0 +1,427 @@
+"""How fast POST /client/import stores clients, against the database's own insert speed.
+
+Starts ``rassylka serve`` on 127.0.0.1 (a subprocess, as in production) on a scratch database,
+imports N generated clients in one request as CSV and as JSON (each into its own project), then
+imports them again changed (all updates), and prints rows/s for each phase. The yardstick is
+a plain Core ``INSERT`` of the same N rows (SQLAlchemy ``executemany``, one transaction) on the
+same database: the ratio says which share of that physical limit the whole import path reaches.
+
+    .venv/bin/python bench/import_clients.py [--rows N] [--database-url URL] [--budget S]
+
+Without ``--database-url`` it runs on a temporary SQLite file and, if reachable, on a database
+of its own created (and dropped) on the PostgreSQL server at ``--postgres-url``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+import asyncpg
+import httpx
+from sqlalchemy import Table, insert, text
+from sqlalchemy.engine import make_url
+
+from rassylka.clients.models import Client
+from rassylka.db import create_engine, utcnow
+
+DEFAULT_ROWS = 100_000
+DEFAULT_POSTGRES = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
+DEFAULT_BUDGET = 70.0
+"""Seconds of import phases per database; past it the rows are cut and phases skipped."""
+PROBE_ROWS = 5_000
+PHASES = ("csv create", "json create", "csv update", "json update")
+CLIENT_TABLE = cast(Table, Client.__table__)
+CSV_COLUMNS = (
+    "guid,first_name,last_name,middle_name,email,phone,timezone,tags,attributes.city,attributes.n"
+)
+
+
+# -- the clients --------------------------------------------------------------------------------
+
+
+def clients(count: int, version: int) -> list[dict[str, Any]]:
+    """Clients as a CRM sends them, already in the form they are stored (E.164, lower domain).
+
+    ``version`` changes the name and the tags, so a second import really updates every row.
+    """
+    suffix = "" if version == 0 else f"-{version}"
+    return [
+        {
+            "guid": f"b{i:07d}",
+            "first_name": f"Имя{i}{suffix}",
+            "last_name": "Фамилия",
+            "middle_name": "Отчество",
+            "email": f"user{i}@example.com",
+            "phone": f"+7916{i:07d}",
+            "timezone": "Europe/Moscow",
+            "tags": ["bench", f"v{version}"],
+            "attributes": {"city": "Москва", "n": str(i)},
+        }
+        for i in range(count)
+    ]
+
+
+def as_csv(rows: list[dict[str, Any]]) -> bytes:
+    lines = [CSV_COLUMNS]
+    lines += [
+        ",".join(
+            (
+                row["guid"],
+                row["first_name"],
+                row["last_name"],
+                row["middle_name"],
+                row["email"],
+                row["phone"],
+                row["timezone"],
+                "|".join(row["tags"]),
+                row["attributes"]["city"],
+                row["attributes"]["n"],
+            )
+        )
+        for row in rows
+    ]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def as_json(project: str, rows: list[dict[str, Any]]) -> bytes:
+    return json.dumps({"project": project, "clients": rows}, ensure_ascii=False).encode()
+
+
+# -- the server ---------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextmanager
+def running_server(database_url: str, rows: int, workdir: Path) -> Iterator[httpx.Client]:
+    """``rassylka serve`` on ``database_url`` (migrated on start), and a client for it."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "RASSYLKA_DATABASE_URL": database_url,
+        "RASSYLKA_API_KEYS": "",
+        "RASSYLKA_MAX_IMPORT_ROWS": str(max(rows, DEFAULT_ROWS)),
+        "RASSYLKA_MAX_IMPORT_BYTES": str(max(64 * 1024 * 1024, rows * 1024)),
+    }
+    log_path = workdir / f"server-{port}.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "rassylka", "serve", "--port", str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=None) as http:
+            deadline = time.monotonic() + 60
+            while True:
+                if process.poll() is not None:
+                    raise RuntimeError(f"the server exited:\n{log_path.read_text()[-3000:]}")
+                with suppress(httpx.TransportError):
+                    if http.get("/health").status_code == 200:
+                        break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the server did not start:\n{log_path.read_text()[-3000:]}")
+                time.sleep(0.1)
+            yield http
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def make_project(http: httpx.Client, code: str) -> int:
+    response = http.post("/project/create", json={"name": f"Бенчмарк {code}", "code": code})
+    if response.status_code != 201:
+        raise RuntimeError(f"cannot create project {code}: {response.text}")
+    return int(response.json()["data"]["id"])
+
+
+# -- the measurements ---------------------------------------------------------------------------
+
+
+@dataclass
+class Phase:
+    name: str
+    rows: int
+    seconds: float | None = None
+    problem: str | None = None
+
+    @property
+    def rate(self) -> float | None:
+        return self.rows / self.seconds if self.seconds else None
+
+
+@dataclass
+class Report:
+    backend: str
+    version: str = ""
+    phases: list[Phase] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def import_request(
+    http: httpx.Client, *, kind: str, project: str, body: bytes
+) -> tuple[float, dict[str, Any]]:
+    """Seconds from sending the request to its answer, and the answer's data."""
+    start = time.perf_counter()
+    if kind == "csv":
+        response = http.post(
+            "/client/import",
+            params={"project": project},
+            files={"file": ("clients.csv", body, "text/csv")},
+        )
+    else:
+        response = http.post(
+            "/client/import", content=body, headers={"Content-Type": "application/json"}
+        )
+    seconds = time.perf_counter() - start
+    if response.status_code != 201:
+        raise RuntimeError(f"{kind} import answered {response.status_code}: {response.text[:500]}")
+    data: dict[str, Any] = response.json()["data"]
+    return seconds, data
+
+
+def check_counts(data: dict[str, Any], *, created: int, updated: int) -> str | None:
+    got = (data["created"], data["updated"], data["rejected"])
+    if got != (created, updated, 0):
+        first = data["errors"][:1]
+        return f"expected created/updated/rejected {created}/{updated}/0, got {got} {first}"
+    return None
+
+
+async def core_insert_seconds(database_url: str, rows: list[dict[str, Any]]) -> float:
+    """A plain INSERT of ``rows`` (executemany, one transaction, committed): the yardstick."""
+    engine = create_engine(database_url)
+    try:
+        async with engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))  # connected before the clock starts
+            await connection.commit()
+            start = time.perf_counter()
+            async with connection.begin():
+                await connection.execute(insert(CLIENT_TABLE), rows)
+            return time.perf_counter() - start
+    finally:
+        await engine.dispose()
+
+
+def planned_rows(rows: int, probe_rate: float, budget: float) -> int:
+    """As many rows as the phases can import within ``budget`` at the probe's pace."""
+    if budget <= 0 or len(PHASES) * rows / probe_rate <= budget:
+        return rows
+    return min(rows, max(1_000, int(budget * probe_rate / len(PHASES)) // 1_000 * 1_000))
+
+
+def measure(
+    database_url: str,
+    report: Report,
+    *,
+    rows: int,
+    budget: float,
+    workdir: Path,
+    clean_up: bool,
+) -> None:
+    """Fill ``report`` with the phases; ``clean_up`` deletes the bench's projects at the end."""
+    tag = uuid.uuid4().hex[:6]
+    codes = {name: f"bench-{tag}-{name}" for name in ("probe", "core", "csv", "json")}
+    with running_server(database_url, rows, workdir) as http:
+        ids = {name: make_project(http, code) for name, code in codes.items()}
+        try:
+            probe = clients(min(rows, PROBE_ROWS), 0)
+            seconds, _ = import_request(
+                http, kind="csv", project=codes["probe"], body=as_csv(probe)
+            )
+            rows_now = planned_rows(rows, len(probe) / seconds, budget)
+            if rows_now < rows:
+                report.notes.append(
+                    f"{report.backend}: a probe of {len(probe):,} rows ran at"
+                    f" {len(probe) / seconds:,.0f} rows/s, so {rows_now:,} rows instead of"
+                    f" {rows:,} to stay within --budget {budget:.0f} s"
+                )
+            first, second = clients(rows_now, 0), clients(rows_now, 1)
+
+            stored = [
+                {**row, "project_id": ids["core"], "created_at": utcnow(), "updated_at": utcnow()}
+                for row in first
+            ]
+            core = Phase("core INSERT", rows_now)
+            core.seconds = asyncio.run(core_insert_seconds(database_url, stored))
+            report.phases.append(core)
+            _progress(report.backend, core)
+
+            bodies = {
+                "csv create": ("csv", codes["csv"], as_csv(first)),
+                "json create": ("json", codes["json"], as_json(codes["json"], first)),
+                "csv update": ("csv", codes["csv"], as_csv(second)),
+                "json update": ("json", codes["json"], as_json(codes["json"], second)),
+            }
+            spent, pace = 0.0, len(probe) / seconds
+            for name in PHASES:
+                phase = Phase(name, rows_now)
+                report.phases.append(phase)
+                if budget > 0 and spent + rows_now / pace > budget * 1.25:
+                    phase.problem = "skipped: over --budget"
+                    continue
+                kind, code, body = bodies[name]
+                phase.seconds, data = import_request(http, kind=kind, project=code, body=body)
+                creating = name.endswith("create")
+                phase.problem = check_counts(
+                    data,
+                    created=rows_now if creating else 0,
+                    updated=0 if creating else rows_now,
+                )
+                spent += phase.seconds
+                pace = rows_now / phase.seconds
+                _progress(report.backend, phase)
+        finally:
+            if clean_up:
+                for project_id in ids.values():  # the clients go with their project
+                    http.delete(f"/project/{project_id}")
+
+
+def _progress(backend: str, phase: Phase) -> None:
+    print(
+        f"  {backend}: {phase.name} {phase.rows:,} rows in {phase.seconds:.2f} s", file=sys.stderr
+    )
+
+
+# -- the databases ------------------------------------------------------------------------------
+
+
+def _dsn(url: str) -> str:
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+async def _postgres(url: str, *statements: str) -> str:
+    """Run ``statements`` on the server at ``url``; its version."""
+    connection = await asyncpg.connect(_dsn(url), timeout=5)
+    try:
+        for statement in statements:
+            await connection.execute(statement)
+        return str(await connection.fetchval("SHOW server_version")).split()[0]
+    finally:
+        await connection.close()
+
+
+def bench_postgres(admin_url: str, *, rows: int, budget: float, workdir: Path) -> Report:
+    report = Report("postgresql")
+    name = f"rassylka_bench_{os.getpid()}"
+    try:
+        report.version = asyncio.run(_postgres(admin_url, f'CREATE DATABASE "{name}"'))
+    except (TimeoutError, OSError, asyncpg.PostgresError) as error:
+        report.notes.append(f"postgresql: skipped, {make_url(admin_url).host} unreachable: {error}")
+        return report
+    try:
+        url = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+        measure(url, report, rows=rows, budget=budget, workdir=workdir, clean_up=False)
+    finally:
+        asyncio.run(_postgres(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    return report
+
+
+def bench_url(
+    url: str, *, rows: int, budget: float, workdir: Path, clean_up: bool = False
+) -> Report:
+    backend = make_url(url).get_backend_name()
+    report = Report(backend)
+    if backend == "sqlite":
+        report.version = sqlite3.sqlite_version
+    else:
+        with suppress(Exception):
+            report.version = asyncio.run(_postgres(url))
+    measure(url, report, rows=rows, budget=budget, workdir=workdir, clean_up=clean_up)
+    return report
+
+
+# -- the table ----------------------------------------------------------------------------------
+
+
+def print_table(reports: list[Report], rows: int) -> None:
+    print()
+    print(f"POST /client/import, {rows:,} clients per request ({os.cpu_count()} CPUs)")
+    print()
+    print(f"{'database':<18} {'phase':<12} {'rows':>8} {'seconds':>8} {'rows/s':>9} {'÷ core':>7}")
+    print("-" * 67)
+    for report in reports:
+        database = f"{report.backend} {report.version}".strip()
+        core = next((p.rate for p in report.phases if p.name == "core INSERT"), None)
+        for phase in report.phases:
+            if phase.rate is None:
+                figures = f"{'—':>8} {'—':>9} {'—':>7}"
+            else:
+                ratio = f"{phase.rate / core:7.3f}" if core else f"{'—':>7}"
+                figures = f"{phase.seconds:8.2f} {phase.rate:9,.0f} {ratio}"
+            print(f"{database:<18} {phase.name:<12} {phase.rows:>8,} {figures}")
+            if phase.problem:
+                print(f"{'':<18}   ! {phase.problem}")
+            database = ""
+    notes = [note for report in reports for note in report.notes]
+    if notes:
+        print()
+        for note in notes:
+            print(f"note: {note}")
+    print()
+    print("÷ core: rows/s of the phase over rows/s of a plain Core INSERT executemany of the")
+    print("same rows on the same database (1.000 = the physical limit; update phases too).")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=DEFAULT_ROWS, help="clients per import")
+    parser.add_argument(
+        "--database-url",
+        help="benchmark only this database (its bench projects are deleted afterwards)",
+    )
+    parser.add_argument(
+        "--postgres-url",
+        default=DEFAULT_POSTGRES,
+        help="PostgreSQL server to create a scratch database on ('' to skip PostgreSQL)",
+    )
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=DEFAULT_BUDGET,
+        help="seconds of import phases per database before rows are cut (0: no limit)",
+    )
+    args = parser.parse_args()
+    if args.rows < 1:
+        parser.error("--rows must be positive")
+
+    reports: list[Report] = []
+    with tempfile.TemporaryDirectory(prefix="rassylka-bench-") as tmp:
+        workdir = Path(tmp)
+        options = {"rows": args.rows, "budget": args.budget, "workdir": workdir}
+        if args.database_url:
+            reports.append(bench_url(args.database_url, clean_up=True, **options))
+        else:
+            sqlite_url = f"sqlite+aiosqlite:///{workdir / 'bench.db'}"
+            reports.append(bench_url(sqlite_url, **options))
+            if args.postgres_url:
+                reports.append(bench_postgres(args.postgres_url, **options))
+    print_table(reports, args.rows)
+
+
+if __name__ == "__main__":
+    main()
