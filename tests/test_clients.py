@@ -7,6 +7,7 @@ from typing import Any
 import httpx
 import pytest
 
+from conftest import StartServer
 from helpers import assert_error, assert_ok, fields, make_project
 
 CLIENT: dict[str, Any] = {
@@ -167,3 +168,25 @@ async def test_delete(api: httpx.AsyncClient, project_id: int) -> None:
     assert_error(await api.get(f"/client/{created['id']}"), 404, "Страница не найдена")
     # The guid is free again.
     assert_ok(await api.post("/client/create", json={**CLIENT, "email": "a@b.ru"}))
+
+
+async def test_each_app_reads_phones_in_its_own_region(start_server: StartServer) -> None:
+    """RASSYLKA_DEFAULT_PHONE_REGION of the serving app, not of the process's environment."""
+    server = await start_server(default_phone_region="US")
+    async with httpx.AsyncClient(base_url=server.url) as us_api:
+        await make_project(us_api, code="010")
+        data = assert_ok(
+            await us_api.post("/client/create", json={**CLIENT, "phone": "(201) 555-0123"})
+        )
+        assert data["phone"] == "+12015550123"
+        row = {key: value for key, value in CLIENT.items() if key != "project"}
+        imported = await us_api.post(
+            "/client/import",
+            json={
+                "project": "010",
+                "clients": [{**row, "guid": "crm-2", "phone": "201 555 0124"}],
+            },
+        )
+        assert assert_ok(imported)["created"] == 1, imported.text
+        client = assert_ok(await us_api.get("/client/list", params={"guid": "crm-2"}), 200)
+        assert client["items"][0]["phone"] == "+12015550124"

@@ -13,10 +13,10 @@ from sqlalchemy import text
 
 from rassylka import __version__
 from rassylka.clients.router import router as client_router
-from rassylka.config import Settings, get_settings
+from rassylka.config import Settings, environment_settings
 from rassylka.db import create_engine, create_sessionmaker
 from rassylka.errors import error_response, install_handlers, openapi_error_responses
-from rassylka.http import BodyLimitMiddleware, require_api_key
+from rassylka.http import BodyLimitMiddleware, SettingsMiddleware, require_api_key
 from rassylka.mailings.router import router as mailing_router
 from rassylka.projects.router import router as project_router
 from rassylka.templates.router import router as template_router
@@ -31,7 +31,7 @@ TAGS = [
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    settings = settings or get_settings()
+    settings = settings or environment_settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -57,6 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         default=settings.max_body_bytes,
         per_path={"/client/import": settings.max_import_bytes},
     )
+    app.add_middleware(SettingsMiddleware, settings=settings)
     protected = [Depends(require_api_key)]
     for router in (project_router, client_router, template_router, mailing_router):
         app.include_router(router, dependencies=protected)

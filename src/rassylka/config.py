@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from functools import lru_cache
 from typing import Annotated
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -57,5 +58,15 @@ class Settings(BaseSettings):
 
 
 @lru_cache
-def get_settings() -> Settings:
+def environment_settings() -> Settings:
     return Settings()
+
+
+# The settings of the app serving the current request (set by create_app's middleware), so
+# that two apps in one process (tests, embedding) each see their own.
+current_settings: ContextVar[Settings | None] = ContextVar("rassylka_settings", default=None)
+
+
+def get_settings() -> Settings:
+    """The serving app's settings inside a request, else those of the environment."""
+    return current_settings.get() or environment_settings()

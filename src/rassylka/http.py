@@ -8,6 +8,7 @@ from fastapi import Request
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from rassylka.config import Settings, current_settings
 from rassylka.errors import Forbidden, error_response
 
 
@@ -56,6 +57,21 @@ def _content_length(scope: Scope) -> int | None:
             except ValueError:
                 return None
     return None
+
+
+class SettingsMiddleware:
+    """Makes ``get_settings()`` answer this app's settings while it handles a request."""
+
+    def __init__(self, app: ASGIApp, *, settings: Settings) -> None:
+        self.app = app
+        self.settings = settings
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        token = current_settings.set(self.settings)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            current_settings.reset(token)
 
 
 async def require_api_key(request: Request) -> None:

@@ -28,6 +28,8 @@ MAX_REPORTED_ERRORS = 1000
 class ValidRow:
     row: int
     fields: dict[str, Any]
+    given: frozenset[str]
+    """The fields the row itself carries: only these change when the client exists."""
 
 
 @dataclass
@@ -74,7 +76,8 @@ def check_rows(rows: Iterable[tuple[int, Any]]) -> CheckedRows:
         if problems := contact_problems(email=client.email, phone=client.phone):
             checked.reject(number, problems)
             continue
-        checked.valid.append(ValidRow(row=number, fields=client.model_dump()))
+        given = frozenset(client.model_fields_set)
+        checked.valid.append(ValidRow(row=number, fields=client.model_dump(), given=given))
     return checked
 
 
@@ -95,7 +98,8 @@ def read_csv(data: bytes) -> list[tuple[int, dict[str, Any] | FieldError]]:
 
     Columns: the client fields (``tags`` separated by ``;``, ``,`` or ``|``) and
     ``attributes.<name>`` for each attribute. The delimiter (``,``, ``;`` or tab) is guessed
-    from the header line. An empty cell means "not given". A row with the wrong number of
+    from the header line. An empty cell means "not given"; a column with an empty header (as a
+    trailing delimiter makes) is skipped. A row with the wrong number of
     cells comes back as the error that rejects it.
     """
     text = decode(data)
@@ -112,11 +116,13 @@ def read_csv(data: bytes) -> list[tuple[int, dict[str, Any] | FieldError]]:
     problems = [
         FieldError(field=name, message="Неизвестный столбец")
         for name in columns
-        if name not in CSV_COLUMNS and not name.startswith(ATTRIBUTE_PREFIX)
+        if name and name not in CSV_COLUMNS and not name.startswith(ATTRIBUTE_PREFIX)
     ]
+    if ATTRIBUTE_PREFIX in columns:
+        problems.append(FieldError(field=ATTRIBUTE_PREFIX, message="Нет имени атрибута"))
     if "guid" not in columns:
         problems.append(FieldError(field="guid", message="Нет обязательного столбца guid"))
-    if duplicated := {name for name in columns if columns.count(name) > 1}:
+    if duplicated := {name for name in columns if name and columns.count(name) > 1}:
         problems += [FieldError(field=name, message="Столбец повторяется") for name in duplicated]
     if problems:
         raise ValidationFailed(problems)
@@ -152,7 +158,7 @@ def _record(columns: list[str], cells: list[str]) -> dict[str, Any]:
     attributes: dict[str, str] = {}
     for name, cell in zip(columns, cells, strict=True):
         value = cell.strip()
-        if not value:
+        if not value or not name:  # a column without a header (a trailing delimiter) is skipped
             continue
         if name.startswith(ATTRIBUTE_PREFIX):
             attributes[name[len(ATTRIBUTE_PREFIX) :]] = value

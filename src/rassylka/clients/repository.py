@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any, cast
 
 from sqlalchemy import Table, func, select
@@ -66,9 +66,14 @@ async def delete(session: AsyncSession, client: Client) -> None:
 
 
 async def upsert_many(
-    session: AsyncSession, *, project_id: int, rows: Sequence[dict[str, Any]]
+    session: AsyncSession,
+    *,
+    project_id: int,
+    rows: Sequence[dict[str, Any]],
+    update: Collection[str],
 ) -> set[str]:
-    """Insert or update ``rows`` (each a client's fields with its guid); the guids inserted.
+    """Insert ``rows`` (each a client's fields with its guid), or update the ``update`` columns
+    of the clients that exist; returns the guids inserted.
 
     One statement for all rows (batched by the driver). ``rows`` must not repeat a guid: one
     statement may not touch a row twice. A row is new when its ``created_at`` comes back as
@@ -86,7 +91,7 @@ async def upsert_many(
     upsert = statement.on_conflict_do_update(
         index_elements=[CLIENT_TABLE.c.project_id, CLIENT_TABLE.c.guid],
         set_={
-            **{column: statement.excluded[column] for column in UPSERT_COLUMNS},
+            **{column: statement.excluded[column] for column in UPSERT_COLUMNS if column in update},
             "updated_at": statement.excluded.updated_at,
         },
     ).returning(CLIENT_TABLE.c.guid, CLIENT_TABLE.c.created_at)

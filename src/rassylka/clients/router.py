@@ -91,17 +91,19 @@ async def import_clients(
             data = await upload.read()
         rows = await to_thread.run_sync(importing.read_csv, data)
         reference: str | int = project
+        rows_field = "file"
     elif content_type in {"application/json", ""}:
         body = await _json_body(request)
         reference = body.project
         rows = list(enumerate(body.clients))
+        rows_field = "clients"
     else:
         raise ValidationFailed.on(
             "Content-Type", "Ожидается application/json, multipart/form-data или text/csv"
         )
     if len(rows) > settings.max_import_rows:
         raise ValidationFailed.on(
-            "clients", f"Не больше {settings.max_import_rows} клиентов за один запрос"
+            rows_field, f"Не больше {settings.max_import_rows} клиентов за один запрос"
         )
     target = await project_service.resolve(session, reference=reference, field="project")
     checked = await to_thread.run_sync(importing.check_rows, rows)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -79,8 +81,9 @@ async def upsert(
 ) -> tuple[int, int]:
     """Write validated import rows, a guid seen twice keeping its last; (created, updated).
 
-    Counted as if the rows were applied one after another: the first sight of a new guid
-    creates, every later row with a guid that exists by then updates.
+    A new client gets its row with defaults for what the row leaves out; an existing one
+    changes only in the fields its row carries. Counted as if the rows were applied one after
+    another: the first sight of a new guid creates, every later row with it updates.
     """
     latest: dict[str, ValidRow] = {}
     occurrences: dict[str, int] = {}
@@ -90,12 +93,18 @@ async def upsert(
     created = updated = 0
     guids = list(latest)
     for start in range(0, len(guids), IMPORT_CHUNK):
-        chunk = guids[start : start + IMPORT_CHUNK]
-        inserted = await repository.upsert_many(
-            session, project_id=project_id, rows=[latest[guid].fields for guid in chunk]
-        )
-        created += len(inserted)
-        updated += sum(occurrences[guid] for guid in chunk) - len(inserted)
+        # Rows that carry the same fields share one statement: an existing client keeps
+        # whatever its row leaves out (a CSV without an email column wipes no emails).
+        batches: dict[frozenset[str], list[dict[str, Any]]] = defaultdict(list)
+        for guid in guids[start : start + IMPORT_CHUNK]:
+            batches[latest[guid].given].append(latest[guid].fields)
+            updated += occurrences[guid]
+        for given, batch in batches.items():
+            inserted = await repository.upsert_many(
+                session, project_id=project_id, rows=batch, update=given
+            )
+            created += len(inserted)
+            updated -= len(inserted)
     return created, updated
 
 
