@@ -9,7 +9,11 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from fastapi import Depends, Query
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
+from rassylka.errors import ValidationFailed
+
 T = TypeVar("T")
+MAX_ID = 2**63 - 1
+EntityId = Annotated[int, Field(ge=1, le=MAX_ID)]
 
 
 class Envelope(BaseModel, Generic[T]):
@@ -33,6 +37,24 @@ class RequestModel(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, coerce_numbers_to_str=True)
 
 
+class UpdateModel(RequestModel):
+    """Base of ``/{entity}/{id}/update`` bodies: the manual's ``"primary key"``, if given, is
+    the id of the path."""
+
+    primary_key: EntityId | None = Field(
+        default=None,
+        alias="primary key",
+        description="Первичный ключ; если указан, должен совпадать с {id} в пути",
+        examples=[74892489],
+    )
+
+    def check_path_id(self, path_id: int) -> None:
+        if self.primary_key is not None and self.primary_key != path_id:
+            raise ValidationFailed.on(
+                "primary key", f"Не совпадает с идентификатором в пути ({path_id})"
+            )
+
+
 class ReadModel(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
@@ -51,8 +73,6 @@ def _check_timezone(value: str) -> str:
     return value
 
 
-MAX_ID = 2**63 - 1
-EntityId = Annotated[int, Field(ge=1, le=MAX_ID)]
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255)]
 TimeZoneName = Annotated[
     str, StringConstraints(strip_whitespace=True, max_length=64), AfterValidator(_check_timezone)

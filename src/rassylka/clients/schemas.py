@@ -11,7 +11,7 @@ from pydantic import AfterValidator, BaseModel, Field, StringConstraints
 
 from rassylka.config import get_settings
 from rassylka.errors import FieldError
-from rassylka.schemas import EntityId, Name, ReadModel, RequestModel, TimeZoneName
+from rassylka.schemas import EntityId, Name, ReadModel, RequestModel, TimeZoneName, UpdateModel
 
 MAX_TAGS = 100
 
@@ -89,10 +89,9 @@ class ClientCreate(ClientFields):
     )
 
 
-class ClientUpdate(RequestModel):
+class ClientUpdate(UpdateModel):
     """Only the fields present change; ``null`` clears an optional field."""
 
-    primary_key: EntityId | None = Field(default=None, alias="primary key")
     guid: Guid | None = None
     first_name: Name | None = None
     last_name: Name | None = None

@@ -28,10 +28,7 @@ async def create(session: AsyncSession, *, data: ClientCreate) -> Client:
 
 
 async def update(session: AsyncSession, *, client_id: int, data: ClientUpdate) -> Client:
-    if data.primary_key is not None and data.primary_key != client_id:
-        raise ValidationFailed.on(
-            "primary key", f"Не совпадает с идентификатором в пути ({client_id})"
-        )
+    data.check_path_id(client_id)
     client = await get(session, client_id=client_id)
     changes = data.model_dump(exclude_unset=True, exclude={"primary_key"})
     for required in ("guid", "first_name", "last_name", "middle_name", "tags", "attributes"):

@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 from pydantic import AfterValidator, BeforeValidator, Field, WithJsonSchema
 
 from rassylka.mailings.models import Channel, MailingStatus
-from rassylka.schemas import EntityId, Name, ReadModel, RequestModel, TimeZoneName
+from rassylka.schemas import EntityId, Name, ReadModel, RequestModel, TimeZoneName, UpdateModel
 
 _CHANNEL_NAMES = {"email": Channel.EMAIL, "sms": Channel.SMS}
 
@@ -119,10 +119,9 @@ class MailingCreate(RequestModel):
     )
 
 
-class MailingUpdate(RequestModel):
+class MailingUpdate(UpdateModel):
     """Only the fields present change."""
 
-    primary_key: EntityId | None = Field(default=None, alias="primary key")
     name: Name | None = None
     template_id: EntityId | None = None
     status: Status | None = None

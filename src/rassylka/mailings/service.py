@@ -38,10 +38,7 @@ async def create(session: AsyncSession, *, data: MailingCreate) -> Mailing:
 
 
 async def update(session: AsyncSession, *, mailing_id: int, data: MailingUpdate) -> Mailing:
-    if data.primary_key is not None and data.primary_key != mailing_id:
-        raise ValidationFailed.on(
-            "primary key", f"Не совпадает с идентификатором в пути ({mailing_id})"
-        )
+    data.check_path_id(mailing_id)
     mailing = await get(session, mailing_id=mailing_id)
     changes = data.model_dump(exclude_unset=True, exclude={"primary_key"})
     if cleared := [name for name, value in changes.items() if value is None]:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from pydantic import Field, StringConstraints, model_validator
 
-from rassylka.schemas import EntityId, Name, ReadModel, RequestModel
+from rassylka.schemas import Name, ReadModel, RequestModel, UpdateModel
 
 Code = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
 
@@ -17,13 +17,7 @@ class ProjectCreate(RequestModel):
     code: Code = Field(description="The project code", examples=["010"])
 
 
-class ProjectUpdate(RequestModel):
-    primary_key: EntityId | None = Field(
-        default=None,
-        alias="primary key",
-        description="Первичный ключ; если указан, должен совпадать с {id} в пути",
-        examples=[74892489],
-    )
+class ProjectUpdate(UpdateModel):
     name: Name | None = Field(default=None, description="Наименование проекта", examples=["ОСМ"])
     code: Code | None = Field(default=None, description="Код проекта (уникальный)")
 

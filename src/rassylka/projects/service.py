@@ -19,10 +19,7 @@ async def create(session: AsyncSession, *, data: ProjectCreate) -> Project:
 
 
 async def update(session: AsyncSession, *, project_id: int, data: ProjectUpdate) -> Project:
-    if data.primary_key is not None and data.primary_key != project_id:
-        raise ValidationFailed.on(
-            "primary key", f"Не совпадает с идентификатором в пути ({project_id})"
-        )
+    data.check_path_id(project_id)
     project = await get(session, project_id=project_id)
     if data.code is not None and data.code != project.code:
         await _ensure_code_free(session, code=data.code)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, Field, model_validator
 
-from rassylka.schemas import EntityId, Name, ReadModel, RequestModel
+from rassylka.schemas import EntityId, Name, ReadModel, RequestModel, UpdateModel
 from rassylka.templates.rendering import syntax_problem
 
 MAX_TEMPLATE_CHARS = 512 * 1024
@@ -47,10 +47,9 @@ class TemplateCreate(TemplateContent):
         return self
 
 
-class TemplateUpdate(TemplateContent):
+class TemplateUpdate(TemplateContent, UpdateModel):
     """Only the fields present change; ``null`` clears a text."""
 
-    primary_key: EntityId | None = Field(default=None, alias="primary key")
     name: Name | None = None
 
 

@@ -51,10 +51,7 @@ async def create(session: AsyncSession, *, data: TemplateCreate) -> Template:
 
 
 async def update(session: AsyncSession, *, template_id: int, data: TemplateUpdate) -> Template:
-    if data.primary_key is not None and data.primary_key != template_id:
-        raise ValidationFailed.on(
-            "primary key", f"Не совпадает с идентификатором в пути ({template_id})"
-        )
+    data.check_path_id(template_id)
     template = await get(session, template_id=template_id)
     changes = data.model_dump(exclude_unset=True, exclude={"primary_key"})
     if "name" in changes and changes["name"] is None:
