@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from contextvars import ContextVar
 from functools import lru_cache
-from typing import Annotated
+from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, field_validator
@@ -34,6 +34,18 @@ class Settings(BaseSettings):
 
     default_timezone: str = "UTC"
     """IANA zone of a mailing that names none; a bare ``event`` date is midnight there."""
+
+    outbox_dir: str = "./outbox"
+    """Where the outbox transport writes messages when neither SMTP nor SMPP is configured."""
+
+    smtp_host: str | None = None
+    smtp_port: int = 25
+    smtp_username: str | None = None
+    smtp_password: str | None = None
+    smtp_tls: Literal["none", "starttls", "tls"] = "none"
+    smtp_pool_size: int = Field(default=4, ge=1, le=256)
+    smtp_timeout: float = Field(default=30.0, gt=0)
+    email_from: str = "Rassylka <rassylka@localhost>"
 
     @field_validator("api_keys", mode="before")
     @classmethod

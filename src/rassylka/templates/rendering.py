@@ -1,12 +1,26 @@
-"""The one Jinja2 environment: sandboxed, since template text comes from the CRM's users."""
+"""The sandboxed Jinja2 environments, syntax checks, and rendering of a template for one client.
+
+Template text comes from the CRM's users, so it runs in Jinja2's sandbox with undefined names
+as errors (a typo must fail the message, not send "Здравствуйте, !"). A template is compiled
+once per version of its texts and reused for every recipient.
+"""
 
 from __future__ import annotations
 
-from jinja2 import StrictUndefined, TemplateSyntaxError
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from html.parser import HTMLParser
+from typing import Any
+
+from jinja2 import StrictUndefined, Template, TemplateError, TemplateSyntaxError
 from jinja2.sandbox import SandboxedEnvironment
 
 environment = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
 html_environment = SandboxedEnvironment(undefined=StrictUndefined, autoescape=True)
+
+TEXT_FIELDS = ("email_subject", "email_text", "sms_text")
+HTML_FIELDS = ("email_html",)
 
 
 def syntax_problem(source: str) -> str | None:
@@ -16,3 +30,93 @@ def syntax_problem(source: str) -> str | None:
     except TemplateSyntaxError as error:
         return f"Ошибка синтаксиса шаблона в строке {error.lineno}: {error.message}"
     return None
+
+
+class RenderError(Exception):
+    """One recipient's message could not be rendered; ``reason`` says why, for the operator."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = f"Шаблон, поле {field}: {reason}"
+
+
+@dataclass(frozen=True)
+class TemplateSources:
+    email_subject: str | None = None
+    email_html: str | None = None
+    email_text: str | None = None
+    sms_text: str | None = None
+
+
+@dataclass(frozen=True)
+class RenderedEmail:
+    subject: str
+    text: str
+    html: str | None
+
+
+class CompiledTemplate:
+    def __init__(self, sources: TemplateSources) -> None:
+        self._compiled: dict[str, Template] = {}
+        for name in TEXT_FIELDS + HTML_FIELDS:
+            source = getattr(sources, name)
+            if source is not None:
+                chosen = html_environment if name in HTML_FIELDS else environment
+                self._compiled[name] = chosen.from_string(source)
+
+    def _render(self, name: str, context: Mapping[str, Any]) -> str | None:
+        template = self._compiled.get(name)
+        if template is None:
+            return None
+        try:
+            return template.render(context)
+        except TemplateError as error:
+            raise RenderError(name, error.message or type(error).__name__) from None
+        except Exception as error:  # a filter or operation failing on this client's data
+            raise RenderError(name, f"{type(error).__name__}: {error}") from None
+
+    def render_email(self, context: Mapping[str, Any]) -> RenderedEmail:
+        subject = self._render("email_subject", context)
+        html = self._render("email_html", context)
+        text = self._render("email_text", context)
+        if subject is None or (html is None and text is None):
+            raise RenderError("email_subject", "в шаблоне нет письма (темы и текста)")
+        # A mail with only HTML still carries a plain part: some clients show nothing else.
+        return RenderedEmail(subject=subject.strip(), text=text or _plain(html or ""), html=html)
+
+    def render_sms(self, context: Mapping[str, Any]) -> str:
+        text = self._render("sms_text", context)
+        if text is None:
+            raise RenderError("sms_text", "в шаблоне нет текста SMS")
+        return text.strip()
+
+
+@lru_cache(maxsize=256)
+def compiled(sources: TemplateSources) -> CompiledTemplate:
+    """The compiled template, from a cache keyed by the texts themselves: an edited template
+    compiles anew, every recipient of one version shares one compilation."""
+    return CompiledTemplate(sources)
+
+
+def context_for(
+    *, client: Mapping[str, Any], project: Mapping[str, Any], mailing: Mapping[str, Any]
+) -> dict[str, Any]:
+    """What a template sees: ``client``, ``project``, ``mailing``, and the client's fields
+    at the top level too (``{{ first_name }}``, ``{{ attributes.city }}``)."""
+    return {**client, "client": client, "project": project, "mailing": mailing}
+
+
+class _TextCollector(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.chunks: list[str] = []
+
+    def handle_data(self, data: str) -> None:
+        self.chunks.append(data)
+
+
+def _plain(html: str) -> str:
+    collector = _TextCollector()
+    collector.feed(html)
+    return " ".join(" ".join(collector.chunks).split())

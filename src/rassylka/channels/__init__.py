@@ -1,0 +1,1 @@
+"""Transports that carry one message envelope to a peer; no database, no HTTP here."""

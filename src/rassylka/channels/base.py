@@ -1,0 +1,79 @@
+"""The channel interface the dispatcher uses, the outbound envelope, and the transport errors.
+
+    ChannelError                 a message could not be handed to the peer
+    ├── TransientChannelError    worth retrying later (SMTP 4xx, timeouts, connection lost,
+    │                            SMPP throttling); the message goes back to the queue
+    └── PermanentChannelError    retrying cannot help (SMTP 5xx, SMPP invalid destination);
+                                 the message fails with the peer's reply kept
+
+Transports take a batch and answer per message, so a bulk path (SMTP pipelining, an SMPP
+window) fits behind the same call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Protocol
+
+
+class ChannelKind(StrEnum):
+    EMAIL = "email"
+    SMS = "sms"
+
+
+@dataclass(frozen=True)
+class OutboundMessage:
+    """One rendered message to one recipient; ``id`` is the message row's id."""
+
+    id: int
+    kind: ChannelKind
+    to: str
+    text: str
+    subject: str | None = None
+    html: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """The peer took the message: its own id for it (for receipts) and its reply."""
+
+    peer_message_id: str | None
+    reply: str
+    parts: int = 1
+
+
+class ChannelError(Exception):
+    def __init__(self, reply: str, *, code: int | None = None) -> None:
+        super().__init__(reply)
+        self.reply = reply
+        self.code = code
+
+
+class TransientChannelError(ChannelError):
+    pass
+
+
+class PermanentChannelError(ChannelError):
+    pass
+
+
+Outcome = Accepted | ChannelError
+
+
+class Channel(Protocol):
+    kind: ChannelKind
+
+    async def send(self, messages: Sequence[OutboundMessage]) -> list[Outcome]:
+        """Hand ``messages`` to the peer; one outcome per message, in the same order.
+
+        Raises nothing for a message's own failure (that is its outcome); cancellation
+        propagates.
+        """
+        ...
+
+    async def close(self) -> None:
+        """Release connections; in-flight sends have finished or been cancelled."""
+        ...
