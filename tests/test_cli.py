@@ -27,13 +27,15 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import make_url
 
+import rassylka.models  # noqa: F401  (every table onto the metadata)
 from rassylka import migrate
+from rassylka.db import metadata
 
 if TYPE_CHECKING:
     from conftest import PostgresServer
 
 RASSYLKA = Path(sys.executable).with_name("rassylka")
-MODEL_TABLES = {"project", "client", "template", "mailing"}
+MODEL_TABLES = set(metadata.tables)
 START_TIMEOUT = 20.0
 REQUIRE_POSTGRES = bool(os.environ.get("RASSYLKA_TEST_REQUIRE_POSTGRES"))
 

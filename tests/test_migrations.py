@@ -15,15 +15,12 @@ from sqlalchemy import inspect
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+import rassylka.models  # noqa: F401  (every table onto the metadata)
 from rassylka import migrate
-from rassylka.clients import models as _clients  # noqa: F401  (tables onto the metadata)
 from rassylka.db import metadata
-from rassylka.mailings import models as _mailings  # noqa: F401
-from rassylka.projects import models as _projects  # noqa: F401
-from rassylka.templates import models as _templates  # noqa: F401
 
 VERSION_TABLE = "alembic_version"
-MODEL_TABLES = {"project", "client", "template", "mailing"}
+MODEL_TABLES = {"project", "client", "template", "mailing", "run", "message"}
 
 
 def _script() -> ScriptDirectory:

@@ -7,12 +7,9 @@ import asyncio
 from alembic import context
 from sqlalchemy.engine import Connection
 
-from rassylka.clients import models as _clients  # noqa: F401  (tables onto the metadata)
+import rassylka.models  # noqa: F401  (every table onto the metadata)
 from rassylka.config import get_settings
 from rassylka.db import create_engine, metadata
-from rassylka.mailings import models as _mailings  # noqa: F401
-from rassylka.projects import models as _projects  # noqa: F401
-from rassylka.templates import models as _templates  # noqa: F401
 
 config = context.config
 

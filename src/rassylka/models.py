@@ -1,0 +1,9 @@
+"""Every table's model in one import, so the metadata knows them all (migrations, tests)."""
+
+from rassylka.clients.models import Client
+from rassylka.mailings.models import Mailing
+from rassylka.messages.models import Message, Run
+from rassylka.projects.models import Project
+from rassylka.templates.models import Template
+
+__all__ = ["Client", "Mailing", "Message", "Project", "Run", "Template"]
