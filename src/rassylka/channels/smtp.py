@@ -1,0 +1,350 @@
+"""The email transport: MIME messages over a pool of persistent SMTP connections (aiosmtplib).
+
+Each message is its own SMTP transaction (one MAIL FROM, one RCPT TO), so one recipient's
+refusal is that message's outcome alone; up to ``pool_size`` transactions run at once, each on
+a connection kept open and reused across messages and across ``send`` calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import re
+import ssl
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email import policy
+from email.errors import NonASCIILocalPartDefect
+from email.generator import BytesGenerator
+from email.headerregistry import Address, AddressHeader, HeaderRegistry
+from email.message import EmailMessage
+from email.utils import format_datetime
+from typing import TYPE_CHECKING, Literal
+
+from aiosmtplib import (
+    SMTP,
+    SMTPException,
+    SMTPHeloError,
+    SMTPResponse,
+    SMTPResponseException,
+    SMTPServerDisconnected,
+)
+
+from rassylka.channels.base import (
+    Accepted,
+    ChannelError,
+    ChannelKind,
+    OutboundMessage,
+    Outcome,
+    PermanentChannelError,
+    TransientChannelError,
+)
+
+if TYPE_CHECKING:
+    from rassylka.config import Settings
+
+TlsMode = Literal["none", "starttls", "tls"]
+
+# Headers ``OutboundMessage.headers`` may not set: the MIME ones would break the structure
+# built here, and a Bcc would be sent along (the envelope has one recipient anyway).
+_RESERVED_HEADERS = re.compile(r"(?i)^(content-.*|mime-version|bcc|resent-bcc)$")
+# RFC 5322 §2.2: a field name is printable ASCII except the colon.
+_FIELD_NAME = re.compile(r"^[!-9;-~]+$")
+# QUIT is a courtesy; a server that does not answer quickly must not hold up shutdown.
+_QUIT_TIMEOUT = 2.0
+_SERVICE_CLOSING = 421
+_HEADER_REGISTRY = HeaderRegistry()
+
+
+@dataclass(frozen=True)
+class SmtpConfig:
+    host: str
+    port: int = 25
+    username: str | None = None
+    password: str | None = None
+    tls: TlsMode = "none"
+    pool_size: int = 4
+    timeout: float = 30.0
+    sender: str = "Rassylka <rassylka@localhost>"
+    """The From header; its address is also the envelope sender (where bounces go)."""
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SmtpConfig:
+        if not settings.smtp_host:
+            raise ValueError("RASSYLKA_SMTP_HOST is not set")
+        return cls(
+            host=settings.smtp_host,
+            port=settings.smtp_port,
+            username=settings.smtp_username,
+            password=settings.smtp_password,
+            tls=settings.smtp_tls,
+            pool_size=settings.smtp_pool_size,
+            timeout=settings.smtp_timeout,
+            sender=settings.email_from,
+        )
+
+
+@dataclass(frozen=True)
+class _Envelope:
+    """A message ready for any connection; flattened per connection (8BITMIME or not)."""
+
+    recipient: str
+    mail: EmailMessage
+    message_id: str
+    utf8: bool
+
+
+class _StaleConnection(Exception):
+    """A reused connection turned out closed before the server took anything."""
+
+
+class SmtpChannel:
+    """The ``Channel`` for email; ``tls_context`` replaces the system's trust store."""
+
+    kind = ChannelKind.EMAIL
+
+    def __init__(self, config: SmtpConfig, *, tls_context: ssl.SSLContext | None = None) -> None:
+        if config.pool_size < 1:
+            raise ValueError("pool_size must be at least 1")
+        self._config = config
+        sender = _ascii_domain(_parse_address(config.sender, "sender"))
+        self._sender = sender.addr_spec
+        self._sender_utf8 = not self._sender.isascii()
+        self._from_header = sender
+        self._message_id_domain = sender.domain
+        self._clients = [self._new_client(tls_context) for _ in range(config.pool_size)]
+        # LIFO: the connection just used is the next one taken, so a trickle of messages keeps
+        # reusing one open connection instead of opening all ``pool_size`` of them.
+        self._idle: asyncio.LifoQueue[SMTP] = asyncio.LifoQueue()
+        for client in self._clients:
+            self._idle.put_nowait(client)
+
+    def _new_client(self, tls_context: ssl.SSLContext | None) -> SMTP:
+        config = self._config
+        return SMTP(
+            hostname=config.host,
+            port=config.port,
+            username=config.username or None,
+            password=config.password if config.username else None,
+            timeout=config.timeout,
+            use_tls=config.tls == "tls",
+            # False, not None, for "none": aiosmtplib's default upgrades opportunistically,
+            # which fails outright against a server with a certificate we cannot verify.
+            start_tls=config.tls == "starttls",
+            tls_context=tls_context,
+        )
+
+    async def send(self, messages: Sequence[OutboundMessage]) -> list[Outcome]:
+        async with asyncio.TaskGroup() as group:
+            tasks = [
+                group.create_task(self._send_one(message), name=f"smtp-send-{message.id}")
+                for message in messages
+            ]
+        return [task.result() for task in tasks]
+
+    async def close(self) -> None:
+        """QUIT and close every pooled connection; a later ``send`` would reconnect."""
+        async with asyncio.TaskGroup() as group:
+            for client in self._clients:
+                if client.is_connected:
+                    group.create_task(self._quit(client), name="smtp-quit")
+
+    async def _quit(self, client: SMTP) -> None:
+        try:
+            await client.quit(timeout=min(_QUIT_TIMEOUT, self._config.timeout))
+        except (SMTPException, OSError):
+            pass  # the server has gone already; only our socket is left to release
+        finally:
+            client.close()
+
+    async def _send_one(self, message: OutboundMessage) -> Outcome:
+        try:
+            envelope = self._compose(message)
+        except ChannelError as error:
+            return error
+        client = await self._idle.get()
+        finished = False
+        try:
+            outcome = await self._deliver(client, envelope)
+            finished = True
+            return outcome
+        finally:
+            if not finished:
+                # Cancelled mid-transaction: the server's view of this connection is unknown,
+                # so it must not carry the next message.
+                client.close()
+            self._idle.put_nowait(client)
+
+    async def _deliver(self, client: SMTP, envelope: _Envelope) -> Outcome:
+        try:
+            try:
+                return await self._attempt(client, envelope)
+            except _StaleConnection:
+                # Closed by the server while idle (timeout, restart, 421): nothing was taken,
+                # so the message goes once more on a fresh connection, which cannot be stale.
+                client.close()
+                return await self._attempt(client, envelope)
+        except ChannelError as error:
+            return error
+        except SMTPResponseException as error:
+            if not 400 <= error.code < 600:
+                client.close()  # a garbled reply: we may be out of step with the server
+            return _failure(error)
+        except (SMTPException, OSError, ValueError) as error:
+            # Whatever the connection was in the middle of, it is not worth trusting.
+            client.close()
+            return _failure(error)
+
+    async def _attempt(self, client: SMTP, envelope: _Envelope) -> Accepted:
+        reused = client.is_connected
+        if not reused:
+            await client.connect()
+        try:
+            await _greet(client)
+            utf8 = envelope.utf8 or self._sender_utf8
+            if utf8 and not client.supports_extension("smtputf8"):
+                raise PermanentChannelError(
+                    f"{envelope.recipient} needs SMTPUTF8, which the server does not offer"
+                )
+            eight_bit = client.supports_extension("8bitmime")
+            data = _flatten(envelope.mail, utf8=utf8, eight_bit=eight_bit)
+            options = []
+            if client.supports_extension("size"):
+                options.append(f"SIZE={len(data)}")
+            if eight_bit:
+                options.append("BODY=8BITMIME")
+            if utf8:
+                options.append("SMTPUTF8")
+            encoding = "utf-8" if utf8 else "ascii"
+            await client.mail(self._sender, options=options, encoding=encoding)
+        except SMTPServerDisconnected as error:
+            if reused:
+                raise _StaleConnection from error
+            raise
+        except SMTPResponseException as error:
+            if reused and error.code == _SERVICE_CLOSING:
+                raise _StaleConnection from error
+            await _reset(client)
+            raise
+        try:
+            await client.rcpt(envelope.recipient, encoding=encoding)
+            response = await client.data(data)
+        except SMTPResponseException:
+            await _reset(client)
+            raise
+        return Accepted(peer_message_id=envelope.message_id, reply=_reply(response))
+
+    def _compose(self, message: OutboundMessage) -> _Envelope:
+        if message.kind is not ChannelKind.EMAIL:
+            raise PermanentChannelError(f"an {message.kind} message cannot go by email")
+        recipient = _ascii_domain(_parse_address(message.to, "recipient"))
+        message_id = f"<{uuid.uuid4().hex}@{self._message_id_domain}>"
+        mail = EmailMessage(policy=policy.SMTP)
+        try:
+            mail["From"] = self._from_header
+            mail["To"] = recipient
+            if message.subject is not None:
+                mail["Subject"] = message.subject
+            mail["Date"] = format_datetime(datetime.now(UTC))
+            mail["Message-ID"] = message_id
+            for name, value in message.headers.items():
+                if not _FIELD_NAME.match(name) or _RESERVED_HEADERS.match(name):
+                    raise PermanentChannelError(f"header {name!r} cannot be set on a message")
+                del mail[name]
+                mail[name] = value
+            mail.set_content(message.text)
+            if message.html is not None:
+                mail.add_alternative(message.html, subtype="html")
+        except ValueError as error:  # a header value with a line break, for one
+            raise PermanentChannelError(f"cannot build the message: {error}") from error
+        return _Envelope(
+            recipient=recipient.addr_spec,
+            mail=mail,
+            # A caller's own Message-ID header wins; the peer id must be the one sent.
+            message_id=str(mail["Message-ID"]),
+            utf8=not recipient.addr_spec.isascii(),
+        )
+
+
+async def _greet(client: SMTP) -> None:
+    """EHLO unless connect() already did (it does for STARTTLS and AUTH); HELO if refused."""
+    if not client.is_ehlo_or_helo_needed:
+        return
+    try:
+        await client.ehlo()
+    except SMTPHeloError:
+        if not client.is_connected:
+            raise
+        await client.helo()
+
+
+async def _reset(client: SMTP) -> None:
+    """End a refused transaction so the connection can carry the next message."""
+    if not client.is_connected:
+        return
+    try:
+        await client.rset()
+    except (SMTPException, OSError):
+        client.close()
+
+
+def _flatten(mail: EmailMessage, *, utf8: bool, eight_bit: bool) -> bytes:
+    chosen = policy.SMTPUTF8 if utf8 else policy.SMTP
+    if not eight_bit:
+        # Without 8BITMIME the generator re-encodes 8-bit bodies (base64 for UTF-8).
+        chosen = chosen.clone(cte_type="7bit")
+    buffer = io.BytesIO()
+    BytesGenerator(buffer, policy=chosen).flatten(mail)
+    return buffer.getvalue()
+
+
+def _parse_address(value: str, role: str) -> Address:
+    try:
+        header = _HEADER_REGISTRY("To", value)
+    except (ValueError, IndexError) as error:  # the parser's IndexError: "a@"
+        raise PermanentChannelError(f"invalid {role} address {value!r}") from error
+    addresses = header.addresses if isinstance(header, AddressHeader) else ()
+    # A non-ASCII local part is valid (RFC 6531) and handled with SMTPUTF8; any other defect
+    # means the parser had to guess, and a guessed address is not where to send mail.
+    defects = [d for d in header.defects if not isinstance(d, NonASCIILocalPartDefect)]
+    if len(addresses) != 1 or defects:
+        raise PermanentChannelError(f"{role} must be one valid address, not {value!r}")
+    address = addresses[0]
+    if not address.username or not address.domain:
+        raise PermanentChannelError(f"invalid {role} address {value!r}")
+    return address
+
+
+def _ascii_domain(address: Address) -> Address:
+    """The address with an internationalised domain (``пример.рф``) in its ASCII form, so
+    only a non-ASCII local part needs SMTPUTF8."""
+    if address.domain.isascii():
+        return address
+    try:
+        domain = address.domain.encode("idna").decode("ascii")
+    except UnicodeError as error:
+        raise PermanentChannelError(f"invalid domain in {address.addr_spec!r}") from error
+    return Address(address.display_name, address.username, domain)
+
+
+def _reply(response: SMTPResponse) -> str:
+    return f"{response.code} {response.message}"
+
+
+def _failure(error: Exception) -> ChannelError:
+    """SMTP 4xx and network trouble are worth retrying; 5xx and misconfiguration are not."""
+    if isinstance(error, SMTPResponseException):
+        reply = f"{error.code} {error.message}"
+        if 500 <= error.code < 600:
+            return PermanentChannelError(reply, code=error.code)
+        # 4xx, and a garbled reply (code -1), which a later try on a new connection may not see.
+        code = error.code if 400 <= error.code < 500 else None
+        return TransientChannelError(reply, code=code)
+    # Connection refused or reset, timeouts (TimeoutError is an OSError), TLS failures.
+    if isinstance(error, OSError):
+        return TransientChannelError(str(error) or type(error).__name__)
+    # SMTPNotSupported, AUTH or STARTTLS not offered, an address aiosmtplib rejects: retrying
+    # the same message against the same server cannot change the answer.
+    return PermanentChannelError(str(error) or type(error).__name__)
