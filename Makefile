@@ -25,6 +25,7 @@ run: $(VENV)/.installed
 	$(BIN)/rassylka serve --host $(HOST) --port $(PORT)
 
 test: $(VENV)/.installed-dev
+	tests/peers/install.sh
 	$(BIN)/pytest
 
 lint: $(VENV)/.installed-dev

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+import os
+from typing import Any, NoReturn
 
 import httpx
+import pytest
 from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -81,3 +83,11 @@ async def insert_template(engine: AsyncEngine, *, id: int, project_id: int) -> N
                 updated_at=now,
             )
         )
+
+
+def missing_peer(reason: str) -> NoReturn:
+    """Skip a test whose real peer is not installed here; CI (``RASSYLKA_TEST_REQUIRE_PEERS``)
+    fails instead, so no peer's tests go silently missing there."""
+    if os.environ.get("RASSYLKA_TEST_REQUIRE_PEERS"):
+        pytest.fail(f"{reason} (run tests/peers/install.sh)")
+    pytest.skip(f"{reason} (run tests/peers/install.sh)")

@@ -47,6 +47,63 @@ class Settings(BaseSettings):
     smtp_timeout: float = Field(default=30.0, gt=0)
     email_from: str = "Rassylka <rassylka@localhost>"
 
+    # SMS over SMPP 3.4 (a transceiver bind to the SMSC).
+    smpp_host: str | None = None
+    smpp_port: int = 2775
+    smpp_system_id: str = ""
+    smpp_password: str = ""
+    smpp_system_type: str = ""
+    smpp_source_addr: str = ""
+    """Sender: digits (an international number) or up to 11 letters (an alphanumeric name)."""
+    smpp_window: int = Field(default=10, ge=1, le=1000)
+    """Most ``submit_sm`` awaiting their response at once on the bind."""
+    smpp_enquire_link_interval: float = Field(default=30.0, gt=0)
+    smpp_timeout: float = Field(default=10.0, gt=0)
+    """Seconds to wait for a response PDU (bind, submit, enquire_link)."""
+
+    # SMS through a provider's HTTP API, for providers without SMPP.
+    sms_http_url: str | None = None
+    sms_http_format: Literal["json", "form"] = "json"
+    sms_http_headers: dict[str, str] = Field(default_factory=dict)
+    """JSON object of extra request headers, e.g. ``{"Authorization": "Bearer …"}``."""
+    sms_http_fields: dict[str, str] = Field(
+        default_factory=lambda: {"to": "{to}", "text": "{text}", "from": "{source}"}
+    )
+    """JSON object: request field → value, with ``{to}``, ``{text}``, ``{source}``, ``{id}``."""
+    sms_http_source: str = ""
+    sms_http_success_field: str | None = None
+    """Dotted path in the JSON answer that must equal ``sms_http_success_value`` (else only
+    the 2xx status is checked)."""
+    sms_http_success_value: str = "ok"
+    sms_http_id_field: str | None = None
+    """Dotted path in the JSON answer holding the provider's message id."""
+    sms_http_timeout: float = Field(default=10.0, gt=0)
+    sms_http_concurrency: int = Field(default=8, ge=1, le=256)
+
+    # The dispatcher.
+    dispatch_batch_size: int = Field(default=200, ge=1, le=10_000)
+    """Messages one claim takes at most."""
+    dispatch_lease: float = Field(default=300.0, gt=0)
+    """Seconds a claim holds its messages; a dead worker's claims return to the queue then."""
+    dispatch_poll_interval: float = Field(default=1.0, gt=0)
+    """Seconds between looks for due work when no notification arrives."""
+    email_concurrency: int = Field(default=16, ge=1, le=1024)
+    sms_concurrency: int = Field(default=16, ge=1, le=1024)
+    email_rate_limit: float = Field(default=0.0, ge=0)
+    """Most emails sent per second by one worker; 0 means no limit."""
+    sms_rate_limit: float = Field(default=0.0, ge=0)
+    """Most SMS sent per second by one worker; 0 means no limit."""
+    retry_max_attempts: int = Field(default=5, ge=1, le=100)
+    retry_base_delay: float = Field(default=30.0, gt=0)
+    """Seconds before the first retry; each next waits twice as long (with jitter)."""
+    retry_max_delay: float = Field(default=3600.0, gt=0)
+    retry_max_age: float = Field(default=86400.0, gt=0)
+    """Seconds after its creation when a message stops being retried and fails."""
+    error_rate_threshold: float = Field(default=0.5, gt=0, le=1)
+    """Share of failed messages in a mailing's latest sends at which it pauses itself."""
+    error_rate_min_messages: int = Field(default=50, ge=1)
+    """Sends a mailing must have had before its error rate is judged."""
+
     @field_validator("api_keys", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:

@@ -43,6 +43,9 @@ class Accepted:
     peer_message_id: str | None
     reply: str
     parts: int = 1
+    part_ids: tuple[str, ...] = ()
+    """The peer's id of every part of a concatenated SMS (receipts arrive per part);
+    ``peer_message_id`` is the first of them."""
 
 
 class ChannelError(Exception):

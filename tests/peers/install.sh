@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs the real peers the tests talk to on 127.0.0.1, when they are missing:
+#   - Postfix's smtp-sink (Debian package postfix, with no mail system configured);
+#   - npm's smpp package, for the SMSC script in this folder.
+# Safe to run again: each step checks first. Without root or apt, it says what it skipped,
+# and the tests that need the peer skip with that reason (CI requires every peer).
+set -euo pipefail
+cd "$(dirname "$0")"
+
+if ! command -v smtp-sink >/dev/null 2>&1 && [ ! -x /usr/sbin/smtp-sink ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing postfix (for smtp-sink), with no mail system configured"
+    echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q postfix >/dev/null \
+      || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postfix >/dev/null; }
+  else
+    echo "skipping postfix: needs root and apt-get (smtp-sink tests will skip)"
+  fi
+fi
+
+if command -v npm >/dev/null 2>&1; then
+  if [ ! -d node_modules/smpp ]; then
+    echo "installing npm smpp for the test SMSC"
+    npm install --no-audit --no-fund --silent >/dev/null
+  fi
+else
+  echo "skipping npm smpp: node and npm are not installed (SMPP tests will skip)"
+fi
