@@ -8,19 +8,9 @@ a connection kept open and reused across messages and across ``send`` calls.
 from __future__ import annotations
 
 import asyncio
-import io
-import re
 import ssl
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from email import policy
-from email.errors import NonASCIILocalPartDefect
-from email.generator import BytesGenerator
-from email.headerregistry import Address, AddressHeader, HeaderRegistry
-from email.message import EmailMessage
-from email.utils import format_datetime
 from typing import TYPE_CHECKING, Literal
 
 from aiosmtplib import (
@@ -41,21 +31,16 @@ from rassylka.channels.base import (
     PermanentChannelError,
     TransientChannelError,
 )
+from rassylka.channels.email_message import ComposedEmail, compose, flatten, parse_sender
 
 if TYPE_CHECKING:
     from rassylka.config import Settings
 
 TlsMode = Literal["none", "starttls", "tls"]
 
-# Headers ``OutboundMessage.headers`` may not set: the MIME ones would break the structure
-# built here, and a Bcc would be sent along (the envelope has one recipient anyway).
-_RESERVED_HEADERS = re.compile(r"(?i)^(content-.*|mime-version|bcc|resent-bcc)$")
-# RFC 5322 §2.2: a field name is printable ASCII except the colon.
-_FIELD_NAME = re.compile(r"^[!-9;-~]+$")
 # QUIT is a courtesy; a server that does not answer quickly must not hold up shutdown.
 _QUIT_TIMEOUT = 2.0
 _SERVICE_CLOSING = 421
-_HEADER_REGISTRY = HeaderRegistry()
 
 
 @dataclass(frozen=True)
@@ -86,16 +71,6 @@ class SmtpConfig:
         )
 
 
-@dataclass(frozen=True)
-class _Envelope:
-    """A message ready for any connection; flattened per connection (8BITMIME or not)."""
-
-    recipient: str
-    mail: EmailMessage
-    message_id: str
-    utf8: bool
-
-
 class _StaleConnection(Exception):
     """A reused connection turned out closed before the server took anything."""
 
@@ -109,11 +84,10 @@ class SmtpChannel:
         if config.pool_size < 1:
             raise ValueError("pool_size must be at least 1")
         self._config = config
-        sender = _ascii_domain(_parse_address(config.sender, "sender"))
+        sender = parse_sender(config.sender)
         self._sender = sender.addr_spec
         self._sender_utf8 = not self._sender.isascii()
         self._from_header = sender
-        self._message_id_domain = sender.domain
         self._clients = [self._new_client(tls_context) for _ in range(config.pool_size)]
         # LIFO: the connection just used is the next one taken, so a trickle of messages keeps
         # reusing one open connection instead of opening all ``pool_size`` of them.
@@ -161,7 +135,7 @@ class SmtpChannel:
 
     async def _send_one(self, message: OutboundMessage) -> Outcome:
         try:
-            envelope = self._compose(message)
+            envelope = compose(message, sender=self._from_header)
         except ChannelError as error:
             return error
         client = await self._idle.get()
@@ -177,7 +151,7 @@ class SmtpChannel:
                 client.close()
             self._idle.put_nowait(client)
 
-    async def _deliver(self, client: SMTP, envelope: _Envelope) -> Outcome:
+    async def _deliver(self, client: SMTP, envelope: ComposedEmail) -> Outcome:
         try:
             try:
                 return await self._attempt(client, envelope)
@@ -197,7 +171,7 @@ class SmtpChannel:
             client.close()
             return _failure(error)
 
-    async def _attempt(self, client: SMTP, envelope: _Envelope) -> Accepted:
+    async def _attempt(self, client: SMTP, envelope: ComposedEmail) -> Accepted:
         reused = client.is_connected
         if not reused:
             await client.connect()
@@ -209,7 +183,7 @@ class SmtpChannel:
                     f"{envelope.recipient} needs SMTPUTF8, which the server does not offer"
                 )
             eight_bit = client.supports_extension("8bitmime")
-            data = _flatten(envelope.mail, utf8=utf8, eight_bit=eight_bit)
+            data = flatten(envelope.mail, utf8=utf8, eight_bit=eight_bit)
             options = []
             if client.supports_extension("size"):
                 options.append(f"SIZE={len(data)}")
@@ -236,37 +210,6 @@ class SmtpChannel:
             raise
         return Accepted(peer_message_id=envelope.message_id, reply=_reply(response))
 
-    def _compose(self, message: OutboundMessage) -> _Envelope:
-        if message.kind is not ChannelKind.EMAIL:
-            raise PermanentChannelError(f"an {message.kind} message cannot go by email")
-        recipient = _ascii_domain(_parse_address(message.to, "recipient"))
-        message_id = f"<{uuid.uuid4().hex}@{self._message_id_domain}>"
-        mail = EmailMessage(policy=policy.SMTP)
-        try:
-            mail["From"] = self._from_header
-            mail["To"] = recipient
-            if message.subject is not None:
-                mail["Subject"] = message.subject
-            mail["Date"] = format_datetime(datetime.now(UTC))
-            mail["Message-ID"] = message_id
-            for name, value in message.headers.items():
-                if not _FIELD_NAME.match(name) or _RESERVED_HEADERS.match(name):
-                    raise PermanentChannelError(f"header {name!r} cannot be set on a message")
-                del mail[name]
-                mail[name] = value
-            mail.set_content(message.text)
-            if message.html is not None:
-                mail.add_alternative(message.html, subtype="html")
-        except ValueError as error:  # a header value with a line break, for one
-            raise PermanentChannelError(f"cannot build the message: {error}") from error
-        return _Envelope(
-            recipient=recipient.addr_spec,
-            mail=mail,
-            # A caller's own Message-ID header wins; the peer id must be the one sent.
-            message_id=str(mail["Message-ID"]),
-            utf8=not recipient.addr_spec.isascii(),
-        )
-
 
 async def _greet(client: SMTP) -> None:
     """EHLO unless connect() already did (it does for STARTTLS and AUTH); HELO if refused."""
@@ -288,45 +231,6 @@ async def _reset(client: SMTP) -> None:
         await client.rset()
     except (SMTPException, OSError):
         client.close()
-
-
-def _flatten(mail: EmailMessage, *, utf8: bool, eight_bit: bool) -> bytes:
-    chosen = policy.SMTPUTF8 if utf8 else policy.SMTP
-    if not eight_bit:
-        # Without 8BITMIME the generator re-encodes 8-bit bodies (base64 for UTF-8).
-        chosen = chosen.clone(cte_type="7bit")
-    buffer = io.BytesIO()
-    BytesGenerator(buffer, policy=chosen).flatten(mail)
-    return buffer.getvalue()
-
-
-def _parse_address(value: str, role: str) -> Address:
-    try:
-        header = _HEADER_REGISTRY("To", value)
-    except (ValueError, IndexError) as error:  # the parser's IndexError: "a@"
-        raise PermanentChannelError(f"invalid {role} address {value!r}") from error
-    addresses = header.addresses if isinstance(header, AddressHeader) else ()
-    # A non-ASCII local part is valid (RFC 6531) and handled with SMTPUTF8; any other defect
-    # means the parser had to guess, and a guessed address is not where to send mail.
-    defects = [d for d in header.defects if not isinstance(d, NonASCIILocalPartDefect)]
-    if len(addresses) != 1 or defects:
-        raise PermanentChannelError(f"{role} must be one valid address, not {value!r}")
-    address = addresses[0]
-    if not address.username or not address.domain:
-        raise PermanentChannelError(f"invalid {role} address {value!r}")
-    return address
-
-
-def _ascii_domain(address: Address) -> Address:
-    """The address with an internationalised domain (``пример.рф``) in its ASCII form, so
-    only a non-ASCII local part needs SMTPUTF8."""
-    if address.domain.isascii():
-        return address
-    try:
-        domain = address.domain.encode("idna").decode("ascii")
-    except UnicodeError as error:
-        raise PermanentChannelError(f"invalid domain in {address.addr_spec!r}") from error
-    return Address(address.display_name, address.username, domain)
 
 
 def _reply(response: SMTPResponse) -> str:
