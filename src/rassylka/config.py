@@ -100,9 +100,10 @@ class Settings(BaseSettings):
     retry_max_age: float = Field(default=86400.0, gt=0)
     """Seconds after its creation when a message stops being retried and fails."""
     error_rate_threshold: float = Field(default=0.5, gt=0, le=1)
-    """Share of failed messages in a mailing's latest sends at which it pauses itself."""
-    error_rate_min_messages: int = Field(default=50, ge=1)
-    """Sends a mailing must have had before its error rate is judged."""
+    """Share of failed sends among a mailing's latest ones at which it pauses itself."""
+    error_rate_window: int = Field(default=50, ge=1, le=100_000)
+    """How many of a mailing's latest sends (in one worker) the error rate is judged over;
+    nothing is judged before that many."""
 
     @field_validator("api_keys", mode="before")
     @classmethod

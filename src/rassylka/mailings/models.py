@@ -6,7 +6,7 @@ from datetime import datetime
 from enum import IntEnum
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import JSON, ForeignKey, SmallInteger, String
+from sqlalchemy import JSON, ForeignKey, SmallInteger, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from rassylka.db import Base, Id, UTCDateTime, utcnow
@@ -38,6 +38,8 @@ class Mailing(Base):
     )
     name: Mapped[str] = mapped_column(String(255))
     status: Mapped[int] = mapped_column(SmallInteger, default=MailingStatus.DRAFT)
+    # Why the service changed the status itself (e.g. paused on too many errors).
+    status_reason: Mapped[str | None] = mapped_column(Text)
     channels: Mapped[list[int]] = mapped_column(JSON)
     event_at: Mapped[datetime] = mapped_column(UTCDateTime)
     timezone: Mapped[str] = mapped_column(String(64))

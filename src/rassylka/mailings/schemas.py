@@ -136,6 +136,9 @@ class MailingRead(ReadModel):
     template_id: int
     name: str
     status: int
+    status_reason: str | None = Field(
+        default=None, description="Почему сервис сам сменил статус (например, пауза из-за ошибок)"
+    )
     channels: list[int]
     event: str
     timezone: str

@@ -54,6 +54,8 @@ async def update(session: AsyncSession, *, mailing_id: int, data: MailingUpdate)
     if "event" in changes:
         # An event given without an offset is read in the mailing's (possibly new) zone.
         mailing.event_at = event_moment(changes.pop("event"), mailing.timezone)
+    if "status" in changes:
+        mailing.status_reason = None  # a person chose the status now
     for name, value in changes.items():
         setattr(mailing, name, value)
     await session.flush()

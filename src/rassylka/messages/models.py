@@ -60,6 +60,8 @@ class Message(Base):
         UniqueConstraint("run_id", "client_id", "channel"),
         # The dispatcher's claim: due work of one channel, oldest first.
         Index("ix_message_due", "channel", "status", "next_attempt_at"),
+        # Whether a run has anything left to send.
+        Index("ix_message_run_status", "run_id", "status"),
     )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)

@@ -1,4 +1,4 @@
-"""Runs and messages.
+"""Runs and messages; a mailing's status reason.
 
 Revision ID: 0002
 Revises: 0001
@@ -81,8 +81,12 @@ def upgrade() -> None:
     op.create_index(op.f("ix_message_client_id"), "message", ["client_id"])
     op.create_index(op.f("ix_message_mailing_id"), "message", ["mailing_id"])
     op.create_index("ix_message_due", "message", ["channel", "status", "next_attempt_at"])
+    op.create_index("ix_message_run_status", "message", ["run_id", "status"])
+    op.add_column("mailing", sa.Column("status_reason", sa.Text(), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("mailing") as batch:
+        batch.drop_column("status_reason")
     op.drop_table("message")
     op.drop_table("run")

@@ -1,0 +1,509 @@
+"""The dispatcher: claims due messages, renders them, sends them, records what happened.
+
+One *lane* per channel, each a small pipeline:
+
+    claimer ──► queue of rendered messages ──► N senders ──► results ──► writer
+    (claim a batch with a lease,               (rate limit,   (one transaction per
+     render it, render failures                 one send       batch of outcomes,
+     go straight to results)                    each)          error-rate check)
+
+The dispatcher, not the transports, owns concurrency, rate limits and the error budget
+(listmonk's rule); a transport only says whether each message was accepted or why not.
+
+Stopping (SIGTERM): the claimer stops claiming, senders finish the send they are in, messages
+claimed but not yet sent are released to the queue (their attempt uncounted), and the writer
+records every outcome before the lane ends. Nothing claimed is left behind except by a crash,
+and then the lease brings it back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from rassylka.channels.base import (
+    Accepted,
+    Channel,
+    ChannelKind,
+    OutboundMessage,
+    Outcome,
+    PermanentChannelError,
+    TransientChannelError,
+)
+from rassylka.clients.models import Client
+from rassylka.config import Settings
+from rassylka.db import utcnow
+from rassylka.engine.ratelimit import RateLimiter
+from rassylka.engine.retry import RetryPolicy
+from rassylka.mailings.models import Channel as MailingChannel
+from rassylka.mailings.models import Mailing
+from rassylka.messages import queue
+from rassylka.projects.models import Project
+from rassylka.templates.models import Template
+from rassylka.templates.rendering import (
+    RenderError,
+    TemplateSources,
+    compiled,
+    context_for,
+)
+
+logger = logging.getLogger(__name__)
+
+KIND_OF = {MailingChannel.EMAIL: ChannelKind.EMAIL, MailingChannel.SMS: ChannelKind.SMS}
+CLIENT_GONE = "Клиент удалён до отправки"
+# How often results are written when they trickle in, and the batch that is written at once.
+FLUSH_INTERVAL = 0.2
+RECOVER_INTERVAL = 10.0
+DB_RETRY_DELAY = 1.0
+
+
+@dataclass(frozen=True)
+class DispatchConfig:
+    batch_size: int = 200
+    lease: float = 300.0
+    poll_interval: float = 1.0
+    concurrency: Mapping[int, int] | None = None
+    rate_limit: Mapping[int, float] | None = None
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    error_rate_threshold: float = 0.5
+    error_rate_window: int = 50
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> DispatchConfig:
+        return cls(
+            batch_size=settings.dispatch_batch_size,
+            lease=settings.dispatch_lease,
+            poll_interval=settings.dispatch_poll_interval,
+            concurrency={
+                MailingChannel.EMAIL: settings.email_concurrency,
+                MailingChannel.SMS: settings.sms_concurrency,
+            },
+            rate_limit={
+                MailingChannel.EMAIL: settings.email_rate_limit,
+                MailingChannel.SMS: settings.sms_rate_limit,
+            },
+            retry=RetryPolicy.from_settings(settings),
+            error_rate_threshold=settings.error_rate_threshold,
+            error_rate_window=settings.error_rate_window,
+        )
+
+
+@dataclass(frozen=True)
+class _Item:
+    claimed: queue.Claimed
+    message: OutboundMessage
+
+
+@dataclass(frozen=True)
+class _RenderFailure:
+    reason: str
+
+
+_Result = tuple[queue.Claimed, Outcome | _RenderFailure]
+
+
+class Dispatcher:
+    """Sends due messages through ``channels`` (keyed by the mailing channel: 1 email, 2 SMS)
+    until ``stop`` is set; ``wake()`` tells it new work is queued."""
+
+    def __init__(
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        channels: Mapping[int, Channel],
+        config: DispatchConfig | None = None,
+    ) -> None:
+        self._sessionmaker = sessionmaker
+        self._config = config or DispatchConfig()
+        self._lanes = [
+            _Lane(self, MailingChannel(channel), transport)
+            for channel, transport in channels.items()
+        ]
+        # Error budget per mailing over its latest sends in this worker: True = an error.
+        # A mailing over budget stops being sent at once (in memory); the writer then
+        # records the pause, and a later claim that takes its messages means a person
+        # resumed it.
+        self._recent: dict[int, deque[bool]] = {}
+        self._paused: set[int] = set()
+        self._pauses_to_write: dict[int, str] = {}
+        self._paused_at: dict[int, float] = {}
+
+    @property
+    def config(self) -> DispatchConfig:
+        return self._config
+
+    def wake(self) -> None:
+        for lane in self._lanes:
+            lane.wake.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        async with asyncio.TaskGroup() as group:
+            for lane in self._lanes:
+                group.create_task(lane.run(stop), name=f"lane-{lane.channel.name.lower()}")
+
+    def is_paused(self, mailing_id: int) -> bool:
+        return mailing_id in self._paused
+
+    def _resumed(self, mailing_ids: set[int], *, claimed_at: float) -> None:
+        """Claims take active mailings only: one claimed again, by a claim that began after
+        its pause was recorded, was resumed by a person."""
+        for mailing_id in mailing_ids & self._paused:
+            paused_at = self._paused_at.get(mailing_id)
+            if paused_at is not None and claimed_at > paused_at:
+                self._paused.discard(mailing_id)
+                del self._paused_at[mailing_id]
+                self._recent.pop(mailing_id, None)
+
+    def _note(self, mailing_id: int, outcome: Outcome | _RenderFailure) -> None:
+        """Count one send against its mailing's error budget, pausing it when spent."""
+        window = self._config.error_rate_window
+        recent = self._recent.setdefault(mailing_id, deque(maxlen=window))
+        is_error = not isinstance(outcome, Accepted)
+        recent.append(is_error)
+        if not is_error or mailing_id in self._paused or len(recent) < window:
+            return
+        errors = sum(recent)
+        if errors / len(recent) < self._config.error_rate_threshold:
+            return
+        self._paused.add(mailing_id)
+        self._pauses_to_write[mailing_id] = (
+            f"Приостановлена автоматически: {errors} из {len(recent)} последних отправок "
+            f"с ошибкой (порог {self._config.error_rate_threshold:.0%}). "
+            f"Последняя ошибка: {_describe(outcome)}"
+        )
+
+    async def _write_pauses(
+        self, session: AsyncSession, pauses: Mapping[int, str], now: datetime
+    ) -> None:
+        for mailing_id, reason in pauses.items():
+            if await queue.pause_mailing(session, mailing_id=mailing_id, reason=reason, now=now):
+                logger.warning("mailing %s paused: %s", mailing_id, reason)
+
+    def _pauses_written(self, mailing_ids: Iterable[int]) -> None:
+        moment = time.monotonic()
+        for mailing_id in mailing_ids:
+            self._pauses_to_write.pop(mailing_id, None)
+            self._paused_at[mailing_id] = moment
+
+
+class _Lane:
+    def __init__(self, dispatcher: Dispatcher, channel: MailingChannel, transport: Channel) -> None:
+        config = dispatcher.config
+        self.dispatcher = dispatcher
+        self.channel = channel
+        self.transport = transport
+        self.kind = KIND_OF[channel]
+        self.concurrency = (config.concurrency or {}).get(channel, 16)
+        rate = (config.rate_limit or {}).get(channel, 0.0)
+        self.limiter = RateLimiter(rate)
+        # Claimed messages wait here for a sender; with a rate limit, no longer than half the
+        # lease, so a slow channel does not let its claims expire.
+        capacity = config.batch_size
+        if rate:
+            capacity = min(capacity, max(1, int(rate * config.lease / 2)))
+        self.capacity = max(capacity, 1)
+        self.queue: asyncio.Queue[_Item | None] = asyncio.Queue()
+        self.wake = asyncio.Event()
+        self.room = asyncio.Event()
+        self.results: list[_Result] = []
+        self.unsent: list[int] = []
+        self.results_ready = asyncio.Event()
+        self.stopping = False
+        self.senders_done = False
+
+    @property
+    def _sessionmaker(self) -> async_sessionmaker[AsyncSession]:
+        return self.dispatcher._sessionmaker
+
+    async def run(self, stop: asyncio.Event) -> None:
+        senders = [
+            asyncio.create_task(self._sender(), name=f"send-{self.kind}-{n}")
+            for n in range(self.concurrency)
+        ]
+        writer = asyncio.create_task(self._writer(), name=f"write-{self.kind}")
+        try:
+            await self._claimer(stop)
+        finally:
+            self.stopping = True
+            for _ in senders:
+                self.queue.put_nowait(None)
+            try:
+                await asyncio.gather(*senders)
+            finally:
+                self.senders_done = True
+                self.results_ready.set()
+                await writer
+
+    # -- claiming -------------------------------------------------------------------------
+
+    async def _claimer(self, stop: asyncio.Event) -> None:
+        config = self.dispatcher.config
+        loop = asyncio.get_running_loop()
+        next_recover = 0.0
+        while not stop.is_set():
+            try:
+                if loop.time() >= next_recover:
+                    await self._recover()
+                    next_recover = loop.time() + min(RECOVER_INTERVAL, config.lease / 2)
+                room = self.capacity - self.queue.qsize()
+                if room < max(1, self.capacity // 2):
+                    self.room.clear()
+                    await _wait_any(stop, self.room, seconds=config.poll_interval)
+                    continue
+                claimed = await self._claim(room)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("claiming %s messages failed; trying again", self.kind)
+                await _wait_any(stop, seconds=DB_RETRY_DELAY)
+                continue
+            if not claimed:
+                self.wake.clear()
+                await _wait_any(stop, self.wake, seconds=config.poll_interval)
+
+    async def _recover(self) -> None:
+        async with self._sessionmaker() as session, session.begin():
+            count = await queue.recover(session, channel=self.channel, now=utcnow())
+        if count:
+            logger.warning(
+                "%s %s messages of expired claims returned to the queue", count, self.kind
+            )
+
+    async def _claim(self, limit: int) -> int:
+        claimed_at = time.monotonic()
+        now = utcnow()
+        lease_until = now + timedelta(seconds=self.dispatcher.config.lease)
+        async with self._sessionmaker() as session, session.begin():
+            claimed = await queue.claim(
+                session,
+                channel=self.channel,
+                limit=limit,
+                now=now,
+                lease_until=lease_until,
+            )
+            if not claimed:
+                return 0
+            contexts = await _load_contexts(session, claimed)
+        self.dispatcher._resumed({message.mailing_id for message in claimed}, claimed_at=claimed_at)
+        failures: list[_Result] = []
+        for message in claimed:
+            rendered = self._render(message, contexts)
+            if isinstance(rendered, _RenderFailure):
+                failures.append((message, rendered))
+            else:
+                self.queue.put_nowait(_Item(message, rendered))
+        if failures:
+            for message, failure in failures:
+                self.dispatcher._note(message.mailing_id, failure)
+            self.results.extend(failures)
+            self.results_ready.set()
+        return len(claimed)
+
+    def _render(
+        self, message: queue.Claimed, contexts: _Contexts
+    ) -> OutboundMessage | _RenderFailure:
+        mailing = contexts.mailings.get(message.mailing_id)
+        client = contexts.clients.get(message.client_id) if message.client_id else None
+        if mailing is None:  # deleted between the claim and now: cascades remove the row too
+            return _RenderFailure("Рассылка удалена до отправки")
+        if client is None:
+            return _RenderFailure(CLIENT_GONE)
+        template, context = (
+            mailing.template,
+            context_for(client=client, project=mailing.project, mailing=mailing.fields),
+        )
+        try:
+            if self.kind is ChannelKind.EMAIL:
+                email = template.render_email(context)
+                return OutboundMessage(
+                    id=message.id,
+                    kind=self.kind,
+                    to=message.address,
+                    subject=email.subject,
+                    text=email.text,
+                    html=email.html,
+                )
+            return OutboundMessage(
+                id=message.id, kind=self.kind, to=message.address, text=template.render_sms(context)
+            )
+        except RenderError as error:
+            return _RenderFailure(error.reason)
+
+    # -- sending --------------------------------------------------------------------------
+
+    async def _sender(self) -> None:
+        while True:
+            item = await self.queue.get()
+            if item is None:
+                return
+            if self.queue.qsize() <= self.capacity // 2:
+                self.room.set()
+            if not self.stopping:
+                await self.limiter.acquire()
+            if self.stopping or self.dispatcher.is_paused(item.claimed.mailing_id):
+                self.unsent.append(item.claimed.id)
+                self.results_ready.set()
+                continue
+            outcome = await self._send(item.message)
+            self.dispatcher._note(item.claimed.mailing_id, outcome)
+            self.results.append((item.claimed, outcome))
+            if len(self.results) >= self.dispatcher.config.batch_size:
+                self.results_ready.set()
+
+    async def _send(self, message: OutboundMessage) -> Outcome:
+        try:
+            outcomes = await self.transport.send([message])
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # a transport's bug must not lose the message
+            logger.exception("the %s transport raised on message %s", self.kind, message.id)
+            return TransientChannelError(f"{type(error).__name__}: {error}")
+        if len(outcomes) != 1:
+            return TransientChannelError("транспорт не вернул результат отправки")
+        return outcomes[0]
+
+    # -- recording ------------------------------------------------------------------------
+
+    async def _writer(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(FLUSH_INTERVAL):
+                    await self.results_ready.wait()
+            self.results_ready.clear()
+            finishing = self.senders_done
+            results, self.results = self.results, []
+            unsent, self.unsent = self.unsent, []
+            if results or unsent or self.dispatcher._pauses_to_write:
+                await self._record(results, unsent)
+            if finishing and not self.results and not self.unsent:
+                return
+
+    async def _record(self, results: list[_Result], unsent: list[int]) -> None:
+        """Write outcomes until the database takes them: they exist nowhere else."""
+        while True:
+            now = utcnow()
+            pauses = dict(self.dispatcher._pauses_to_write)
+            try:
+                async with self._sessionmaker() as session, session.begin():
+                    await self._write(session, results, unsent, now)
+                    await self.dispatcher._write_pauses(session, pauses, now)
+                self.dispatcher._pauses_written(pauses)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("recording %s outcomes failed; trying again", len(results))
+                await asyncio.sleep(DB_RETRY_DELAY)
+
+    async def _write(
+        self, session: AsyncSession, results: list[_Result], unsent: list[int], now: datetime
+    ) -> None:
+        retry = self.dispatcher.config.retry
+        sent: list[queue.SentResult] = []
+        retries: list[queue.RetryResult] = []
+        failed: list[queue.FailedResult] = []
+        for claimed, outcome in results:
+            if isinstance(outcome, Accepted):
+                sent.append(
+                    queue.SentResult(
+                        claimed.id, outcome.peer_message_id, outcome.reply, outcome.parts
+                    )
+                )
+            elif isinstance(outcome, _RenderFailure):
+                failed.append(queue.FailedResult(claimed.id, outcome.reason, None))
+            elif isinstance(outcome, PermanentChannelError):
+                failed.append(queue.FailedResult(claimed.id, outcome.reply, outcome.reply))
+            else:
+                moment = retry.next_attempt(
+                    attempts=claimed.attempts, created_at=claimed.created_at, now=now
+                )
+                if moment is None:
+                    reason = f"Попытки исчерпаны ({claimed.attempts}): {outcome.reply}"
+                    failed.append(queue.FailedResult(claimed.id, reason, outcome.reply))
+                else:
+                    retries.append(queue.RetryResult(claimed.id, outcome.reply, moment))
+        await queue.record(session, sent=sent, retries=retries, failed=failed, now=now)
+        await queue.release(session, ids=unsent, now=now)
+
+
+@dataclass(frozen=True)
+class _MailingContext:
+    fields: dict[str, Any]
+    project: dict[str, Any]
+    template: Any
+
+
+@dataclass(frozen=True)
+class _Contexts:
+    mailings: dict[int, _MailingContext]
+    clients: dict[int, dict[str, Any]]
+
+
+async def _load_contexts(session: AsyncSession, claimed: Sequence[queue.Claimed]) -> _Contexts:
+    """What the templates of a claimed batch need, in two queries."""
+    mailing_ids = {message.mailing_id for message in claimed}
+    client_ids = {message.client_id for message in claimed if message.client_id is not None}
+    mailings: dict[int, _MailingContext] = {}
+    rows = await session.execute(
+        select(Mailing, Project, Template)
+        .join(Project, Project.id == Mailing.project_id)
+        .join(Template, Template.id == Mailing.template_id)
+        .where(Mailing.id.in_(mailing_ids))
+    )
+    for mailing, project, template in rows:
+        mailings[mailing.id] = _MailingContext(
+            fields={
+                "id": mailing.id,
+                "name": mailing.name,
+                "event": mailing.event,
+                "timezone": mailing.timezone,
+            },
+            project={"id": project.id, "code": project.code, "name": project.name},
+            template=compiled(
+                TemplateSources(
+                    email_subject=template.email_subject,
+                    email_html=template.email_html,
+                    email_text=template.email_text,
+                    sms_text=template.sms_text,
+                )
+            ),
+        )
+    clients: dict[int, dict[str, Any]] = {}
+    if client_ids:
+        for client in await session.scalars(select(Client).where(Client.id.in_(client_ids))):
+            clients[client.id] = {
+                "id": client.id,
+                "guid": client.guid,
+                "first_name": client.first_name,
+                "last_name": client.last_name,
+                "middle_name": client.middle_name,
+                "email": client.email,
+                "phone": client.phone,
+                "timezone": client.timezone,
+                "tags": list(client.tags or []),
+                "attributes": dict(client.attributes or {}),
+            }
+    return _Contexts(mailings=mailings, clients=clients)
+
+
+def _describe(outcome: Outcome | _RenderFailure) -> str:
+    return outcome.reason if isinstance(outcome, _RenderFailure) else outcome.reply
+
+
+async def _wait_any(*events: asyncio.Event, seconds: float) -> None:
+    """Until one of ``events`` is set or ``seconds`` pass."""
+    waiters = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()

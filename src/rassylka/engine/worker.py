@@ -1,0 +1,136 @@
+"""The worker: the scheduler and the dispatcher in one process, woken by PostgreSQL.
+
+``rassylka worker`` runs one alone (any number of them against one PostgreSQL);
+``rassylka serve`` runs one inside the API process (the embedded default).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from rassylka.channels.base import Channel
+from rassylka.config import Settings
+from rassylka.db import create_engine, create_sessionmaker
+from rassylka.engine.dispatcher import DispatchConfig, Dispatcher
+from rassylka.engine.scheduler import Scheduler
+from rassylka.messages.queue import NOTIFY_CHANNEL
+
+logger = logging.getLogger(__name__)
+LISTEN_CHECK_INTERVAL = 5.0
+# How long in-flight sends get to finish once a stop is asked for.
+STOP_GRACE = 30.0
+
+
+class Worker:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        channels: Mapping[int, Channel],
+        config: DispatchConfig | None = None,
+        *,
+        schedule: bool = True,
+    ) -> None:
+        self.engine = engine
+        self.channels = channels
+        sessionmaker = create_sessionmaker(engine)
+        self.dispatcher = Dispatcher(sessionmaker, channels, config)
+        interval = self.dispatcher.config.poll_interval
+        self.scheduler = (
+            Scheduler(sessionmaker, interval=interval, on_new_work=self.dispatcher.wake)
+            if schedule
+            else None
+        )
+        self.stop_event = asyncio.Event()
+
+    def stop(self) -> None:
+        """Ask for a graceful stop: nothing new is claimed, in-flight sends finish."""
+        self.stop_event.set()
+
+    async def run(self) -> None:
+        stop = self.stop_event
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self.dispatcher.run(stop), name="dispatcher")
+                if self.scheduler is not None:
+                    group.create_task(self.scheduler.run(stop), name="scheduler")
+                if self.engine.dialect.name == "postgresql":
+                    group.create_task(
+                        listen(self.engine, self.dispatcher.wake, stop), name="listener"
+                    )
+        finally:
+            for channel in self.channels.values():
+                try:
+                    await channel.close()
+                except Exception:
+                    logger.exception("closing the %s channel failed", channel.kind)
+
+
+async def listen(engine: AsyncEngine, on_notify: Callable[[], None], stop: asyncio.Event) -> None:
+    """Call ``on_notify`` on every NOTIFY of new work, reconnecting if the connection drops;
+    while it is down, the dispatcher's polling still finds the work."""
+
+    def callback(*_args: Any) -> None:
+        on_notify()
+
+    while not stop.is_set():
+        try:
+            async with engine.connect() as connection:
+                raw = await connection.get_raw_connection()
+                driver: Any = raw.driver_connection
+                await driver.add_listener(NOTIFY_CHANNEL, callback)
+                try:
+                    while not stop.is_set() and not driver.is_closed():
+                        with contextlib.suppress(TimeoutError):
+                            async with asyncio.timeout(LISTEN_CHECK_INTERVAL):
+                                await stop.wait()
+                finally:
+                    if not driver.is_closed():
+                        await driver.remove_listener(NOTIFY_CHANNEL, callback)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.warning("LISTEN %s failed; polling until it is back", NOTIFY_CHANNEL)
+        if not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(LISTEN_CHECK_INTERVAL):
+                    await stop.wait()
+
+
+async def run_worker(settings: Settings, channels: Mapping[int, Channel]) -> None:
+    """The ``rassylka worker`` process: until SIGTERM or SIGINT, then a graceful stop."""
+    engine = create_engine(settings.database_url, pool_pre_ping=True)
+    worker = Worker(engine, channels, DispatchConfig.from_settings(settings))
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, worker.stop)
+    try:
+        await run_until_stopped(worker)
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+        await engine.dispose()
+
+
+async def run_until_stopped(worker: Worker, *, grace: float = STOP_GRACE) -> None:
+    """Run ``worker``; once it is asked to stop, give its sends ``grace`` seconds, then cancel
+    (a cancelled send's message comes back when its lease runs out)."""
+    task = asyncio.create_task(worker.run(), name="worker")
+    stopped = asyncio.create_task(worker.stop_event.wait())
+    try:
+        await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        if not task.done():
+            done, _ = await asyncio.wait({task}, timeout=grace)
+            if not done:
+                logger.warning("in-flight sends did not finish in %s s; cancelling them", grace)
+                task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    finally:
+        stopped.cancel()

@@ -1,0 +1,273 @@
+"""The message queue's SQL, all of it: claim with a lease, record outcomes, release, recover.
+
+The claim is one statement (procrastinate's shape): a CTE picks due messages of one channel
+whose mailing is active, oldest first — on PostgreSQL with ``FOR UPDATE SKIP LOCKED`` so any
+number of workers take disjoint batches without waiting on each other — and an ``UPDATE …
+FROM`` marks them ``sending`` with a lease and one more attempt, returning what the sender
+needs. On SQLite the same statement runs under the database's single writer lock.
+
+A claim whose lease runs out (its worker died) goes back to ``queued`` by ``recover``; its
+attempt stays counted, because the send may have happened.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, cast
+
+from sqlalchemy import Table, bindparam, exists, select, text, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from rassylka.db import UTCDateTime
+from rassylka.mailings.models import Mailing, MailingStatus
+from rassylka.messages.models import Message, MessageStatus, Run, RunStatus
+
+MESSAGE = cast(Table, Message.__table__)
+MAILING = cast(Table, Mailing.__table__)
+RUN = cast(Table, Run.__table__)
+
+# The channel that wakes workers when new work is queued (PostgreSQL LISTEN/NOTIFY).
+NOTIFY_CHANNEL = "rassylka_work"
+
+
+@dataclass(frozen=True)
+class Claimed:
+    id: int
+    run_id: int
+    mailing_id: int
+    client_id: int | None
+    channel: int
+    address: str
+    attempts: int
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class SentResult:
+    id: int
+    peer_message_id: str | None
+    reply: str
+    parts: int
+
+
+@dataclass(frozen=True)
+class RetryResult:
+    id: int
+    reply: str
+    next_attempt_at: datetime
+
+
+@dataclass(frozen=True)
+class FailedResult:
+    id: int
+    reason: str
+    reply: str | None
+
+
+def _is_postgresql(session: AsyncSession) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
+async def claim(
+    session: AsyncSession, *, channel: int, limit: int, now: datetime, lease_until: datetime
+) -> list[Claimed]:
+    """Take up to ``limit`` due messages of ``channel`` for this worker until ``lease_until``."""
+    active = exists().where(
+        MAILING.c.id == MESSAGE.c.mailing_id, MAILING.c.status == MailingStatus.ACTIVE
+    )
+    due = (
+        select(MESSAGE.c.id)
+        .where(
+            MESSAGE.c.channel == channel,
+            MESSAGE.c.status == MessageStatus.QUEUED,
+            MESSAGE.c.next_attempt_at <= now,
+            active,
+        )
+        .order_by(MESSAGE.c.next_attempt_at, MESSAGE.c.id)
+        .limit(limit)
+    )
+    if _is_postgresql(session):
+        due = due.with_for_update(skip_locked=True, of=MESSAGE)
+    picked = due.cte("due")
+    statement = (
+        update(MESSAGE)
+        .where(MESSAGE.c.id == picked.c.id, MESSAGE.c.status == MessageStatus.QUEUED)
+        .values(
+            status=MessageStatus.SENDING,
+            attempts=MESSAGE.c.attempts + 1,
+            leased_until=lease_until,
+            updated_at=now,
+        )
+        .returning(
+            MESSAGE.c.id,
+            MESSAGE.c.run_id,
+            MESSAGE.c.mailing_id,
+            MESSAGE.c.client_id,
+            MESSAGE.c.channel,
+            MESSAGE.c.address,
+            MESSAGE.c.attempts,
+            MESSAGE.c.created_at,
+        )
+    )
+    rows = (await session.execute(statement)).all()
+    claimed = [Claimed(*row) for row in rows]
+    claimed.sort(key=lambda message: message.id)
+    return claimed
+
+
+def _by_id() -> Any:
+    return (MESSAGE.c.id == bindparam("message_id")) & (MESSAGE.c.status == MessageStatus.SENDING)
+
+
+async def record(
+    session: AsyncSession,
+    *,
+    sent: Sequence[SentResult],
+    retries: Sequence[RetryResult],
+    failed: Sequence[FailedResult],
+    now: datetime,
+) -> None:
+    """Write a batch of outcomes, one executemany per kind.
+
+    Only rows still ``sending`` change: a claim whose lease ran out and that another worker
+    took is that worker's to record.
+    """
+    if sent:
+        await session.execute(
+            update(MESSAGE)
+            .where(_by_id())
+            .values(
+                status=MessageStatus.SENT,
+                peer_message_id=bindparam("peer_message_id"),
+                reply=bindparam("reply"),
+                parts=bindparam("parts"),
+                sent_at=now,
+                leased_until=None,
+                updated_at=now,
+            ),
+            [
+                {
+                    "message_id": result.id,
+                    "peer_message_id": result.peer_message_id,
+                    "reply": result.reply,
+                    "parts": result.parts,
+                }
+                for result in sent
+            ],
+        )
+    if retries:
+        await session.execute(
+            update(MESSAGE)
+            .where(_by_id())
+            .values(
+                status=MessageStatus.QUEUED,
+                reply=bindparam("reply"),
+                next_attempt_at=bindparam("next_attempt_at", type_=UTCDateTime),
+                leased_until=None,
+                updated_at=now,
+            ),
+            [
+                {
+                    "message_id": result.id,
+                    "reply": result.reply,
+                    "next_attempt_at": result.next_attempt_at,
+                }
+                for result in retries
+            ],
+        )
+    if failed:
+        await session.execute(
+            update(MESSAGE)
+            .where(_by_id())
+            .values(
+                status=MessageStatus.FAILED,
+                reason=bindparam("reason"),
+                reply=bindparam("reply"),
+                next_attempt_at=None,
+                leased_until=None,
+                updated_at=now,
+            ),
+            [
+                {"message_id": result.id, "reason": result.reason, "reply": result.reply}
+                for result in failed
+            ],
+        )
+
+
+async def release(session: AsyncSession, *, ids: Sequence[int], now: datetime) -> None:
+    """Hand claimed messages that were never sent back to the queue, their attempt uncounted."""
+    if not ids:
+        return
+    await session.execute(
+        update(MESSAGE)
+        .where(MESSAGE.c.id.in_(ids), MESSAGE.c.status == MessageStatus.SENDING)
+        .values(
+            status=MessageStatus.QUEUED,
+            attempts=MESSAGE.c.attempts - 1,
+            leased_until=None,
+            updated_at=now,
+        )
+    )
+
+
+async def recover(session: AsyncSession, *, channel: int, now: datetime) -> int:
+    """Return the claims of dead workers (lease run out) to the queue; how many there were."""
+    result = await session.execute(
+        update(MESSAGE)
+        .where(
+            MESSAGE.c.channel == channel,
+            MESSAGE.c.status == MessageStatus.SENDING,
+            MESSAGE.c.leased_until < now,
+        )
+        .values(status=MessageStatus.QUEUED, leased_until=None, next_attempt_at=now, updated_at=now)
+        .returning(MESSAGE.c.id)
+    )
+    return len(result.all())
+
+
+async def finish_runs(session: AsyncSession, *, now: datetime) -> list[int]:
+    """Close every running run with nothing left queued or sending, and complete the one-off
+    mailings those runs belong to; returns the finished runs' ids."""
+    pending = exists().where(
+        MESSAGE.c.run_id == RUN.c.id,
+        MESSAGE.c.status.in_([MessageStatus.QUEUED, MessageStatus.SENDING]),
+    )
+    finished = (
+        await session.execute(
+            update(RUN)
+            .where(RUN.c.status == RunStatus.RUNNING, ~pending)
+            .values(status=RunStatus.FINISHED, finished_at=now)
+            .returning(RUN.c.id, RUN.c.mailing_id)
+        )
+    ).all()
+    if finished:
+        await session.execute(
+            update(MAILING)
+            .where(
+                MAILING.c.id.in_({mailing_id for _, mailing_id in finished}),
+                MAILING.c.status == MailingStatus.ACTIVE,
+            )
+            .values(status=MailingStatus.COMPLETED, updated_at=now)
+        )
+    return [run_id for run_id, _ in finished]
+
+
+async def pause_mailing(
+    session: AsyncSession, *, mailing_id: int, reason: str, now: datetime
+) -> bool:
+    """Pause an active mailing with the reason shown on its read; False if it was not active."""
+    result = await session.execute(
+        update(MAILING)
+        .where(MAILING.c.id == mailing_id, MAILING.c.status == MailingStatus.ACTIVE)
+        .values(status=MailingStatus.PAUSED, status_reason=reason, updated_at=now)
+        .returning(MAILING.c.id)
+    )
+    return result.first() is not None
+
+
+async def notify_work(session: AsyncSession) -> None:
+    """Wake the workers listening (PostgreSQL, delivered at commit); nothing on SQLite."""
+    if _is_postgresql(session):
+        await session.execute(text("SELECT pg_notify(:channel, '')"), {"channel": NOTIFY_CHANNEL})

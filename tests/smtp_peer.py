@@ -1,0 +1,80 @@
+"""A real SMTP server (aiosmtpd) on 127.0.0.1 for engine tests, with verdicts by recipient.
+
+The local part decides: ``later…`` gets 450 at RCPT, ``never…`` 550; everything else is
+accepted and recorded. ``delay`` slows every DATA (to catch sends in flight).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import socket
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from email import policy
+from email.message import EmailMessage
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP as SmtpServer
+from aiosmtpd.smtp import Envelope, Session
+
+
+@dataclass
+class SmtpPeer:
+    delay: float = 0.0
+    received: list[EmailMessage] = field(default_factory=list)
+    arrivals: list[float] = field(default_factory=list)
+    rcpt_attempts: Counter[str] = field(default_factory=Counter)
+    in_data: int = 0
+    port: int = 0
+    controller: Controller | None = None
+
+    def start(self) -> SmtpPeer:
+        if not self.port:
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", 0))
+                self.port = probe.getsockname()[1]
+        self.controller = Controller(
+            self, hostname="127.0.0.1", port=self.port, server_hostname="localhost"
+        )
+        self.controller.start()
+        return self
+
+    def stop(self) -> None:
+        if self.controller is not None:
+            self.controller.stop()
+            self.controller = None
+
+    def recipients(self) -> Counter[str]:
+        return Counter(str(message["To"]) for message in self.received)
+
+    async def handle_RCPT(
+        self,
+        server: SmtpServer,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        options: list[str],
+    ) -> str:
+        self.rcpt_attempts[address] += 1
+        if address.startswith("later"):
+            return "450 4.2.1 Mailbox busy, try again later"
+        if address.startswith("never"):
+            return "550 5.1.1 No such user here"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: SmtpServer, session: Session, envelope: Envelope) -> str:
+        self.in_data += 1
+        try:
+            await asyncio.sleep(self.delay)
+        finally:
+            self.in_data -= 1
+        content = envelope.original_content
+        assert content is not None
+        self.received.append(
+            email.message_from_bytes(content.replace(b"\r\n", b"\n"), policy=policy.default)  # type: ignore[arg-type]
+        )
+        self.arrivals.append(time.monotonic())
+        return "250 2.0.0 Ok: queued"

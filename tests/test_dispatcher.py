@@ -1,0 +1,296 @@
+"""The engine end to end on both databases: API → runs and messages → a real SMTP server →
+statuses. Retries, permanent failures, render errors, the error budget, leases and stopping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from helpers import assert_ok, make_project, make_template
+from rassylka.channels.smtp import SmtpChannel, SmtpConfig
+from rassylka.db import utcnow
+from rassylka.engine.dispatcher import DispatchConfig
+from rassylka.engine.retry import RetryPolicy
+from rassylka.engine.worker import Worker, run_until_stopped
+from rassylka.mailings.models import Mailing
+from rassylka.messages.models import Message, Run
+from smtp_peer import SmtpPeer
+
+FAST_RETRY = RetryPolicy(max_attempts=3, base_delay=0.05, max_delay=0.1, max_age=60)
+
+
+@pytest.fixture
+def smtp() -> Iterator[SmtpPeer]:
+    peer = SmtpPeer().start()
+    yield peer
+    peer.stop()
+
+
+StartWorker = Callable[..., Awaitable[Worker]]
+
+
+@pytest.fixture
+async def start_worker(engine: AsyncEngine, smtp: SmtpPeer) -> AsyncIterator[StartWorker]:
+    """Start workers sending email to ``smtp``; all are stopped gracefully at the end."""
+    running: list[tuple[Worker, asyncio.Task[None]]] = []
+
+    async def start(*, schedule: bool = True, **options: Any) -> Worker:
+        config = DispatchConfig(
+            **{"poll_interval": 0.05, "retry": FAST_RETRY, "error_rate_window": 1000, **options}
+        )
+        channel = SmtpChannel(SmtpConfig(host="127.0.0.1", port=smtp.port, pool_size=4))
+        worker = Worker(engine, {1: channel}, config, schedule=schedule)
+        task = asyncio.create_task(run_until_stopped(worker, grace=10))
+        running.append((worker, task))
+        return worker
+
+    yield start
+    for worker, _ in running:
+        worker.stop()
+    for _, task in running:
+        await task
+
+
+async def until(check: Callable[[], Awaitable[bool]], *, seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not reached in {seconds} s")
+        await asyncio.sleep(0.05)
+
+
+async def statuses(engine: AsyncEngine) -> dict[str, dict[str, Any]]:
+    """address → the message row (as a dict)."""
+    async with engine.connect() as connection:
+        rows = (await connection.execute(select(Message))).mappings().all()
+    return {str(row["address"] or f"client {row['client_id']}"): dict(row) for row in rows}
+
+
+async def all_final(engine: AsyncEngine) -> bool:
+    async with engine.connect() as connection:
+        pending = await connection.scalar(
+            select(func.count()).where(Message.status.in_(["queued", "sending"]))
+        )
+        messages = await connection.scalar(select(func.count()).select_from(Message))
+    return bool(messages) and pending == 0
+
+
+async def arrange(
+    api: httpx.AsyncClient,
+    clients: list[dict[str, Any]],
+    *,
+    channels: list[int] | None = None,
+    **texts: str,
+) -> int:
+    project_id = await make_project(api)
+    template_id = await make_template(api, project_id, **texts)
+    data = assert_ok(await api.post("/client/import", json={"project": "010", "clients": clients}))
+    assert data["created"] == len(clients)
+    body = {
+        "name": "Новости",
+        "project_id": project_id,
+        "template_id": template_id,
+        "status": 1,
+        "channels": channels or [1],
+        "event": "2020-08-02",
+    }
+    return int(assert_ok(await api.post("/mailing/create", json=body))["id"])
+
+
+def client(n: int, email: str | None, **fields: Any) -> dict[str, Any]:
+    return {
+        "guid": f"c{n}",
+        "first_name": f"Имя{n}",
+        "last_name": "Петров",
+        "email": email,
+        **fields,
+    }
+
+
+async def test_a_mailing_is_sent_rendered_per_client_and_completes(
+    api: httpx.AsyncClient, engine: AsyncEngine, smtp: SmtpPeer, start_worker: StartWorker
+) -> None:
+    mailing_id = await arrange(
+        api,
+        [
+            client(1, "anna@example.ru"),
+            client(2, "boris@example.ru"),
+            client(3, None, phone="+79161234567"),
+        ],
+    )
+    await start_worker()
+    await until(lambda: all_final(engine))
+    found = await statuses(engine)
+    assert found["anna@example.ru"]["status"] == "sent"
+    assert found["boris@example.ru"]["status"] == "sent"
+    skipped = [row for row in found.values() if row["status"] == "skipped"]
+    assert [row["reason"] for row in skipped] == ["У клиента нет email"]
+    for address in ("anna@example.ru", "boris@example.ru"):
+        row = found[address]
+        assert row["attempts"] == 1
+        assert row["sent_at"] is not None
+        assert row["peer_message_id"].startswith("<")
+        assert row["reply"].startswith("250")
+        assert row["leased_until"] is None
+    by_to = {str(message["To"]): message for message in smtp.received}
+    assert set(by_to) == {"anna@example.ru", "boris@example.ru"}
+    assert by_to["anna@example.ru"]["Subject"] == "Здравствуйте, Имя1"
+    body = by_to["boris@example.ru"].get_body(("plain",))
+    assert body is not None
+    assert body.get_content().strip() == "Текст для Имя2 Петров"
+    assert by_to["anna@example.ru"]["Message-ID"] == found["anna@example.ru"]["peer_message_id"]
+
+    async def completed() -> bool:
+        return bool((await api.get(f"/mailing/{mailing_id}")).json()["data"]["status"] == 3)
+
+    await until(completed)
+    async with engine.connect() as connection:
+        run = (await connection.execute(select(Run))).mappings().one()
+    assert run["status"] == "finished"
+    assert run["finished_at"] is not None
+
+
+async def test_temporary_errors_retry_then_fail_and_permanent_ones_fail_at_once(
+    api: httpx.AsyncClient, engine: AsyncEngine, smtp: SmtpPeer, start_worker: StartWorker
+) -> None:
+    await arrange(
+        api,
+        [client(1, "later@example.ru"), client(2, "never@example.ru"), client(3, "ok@example.ru")],
+    )
+    await start_worker()
+    await until(lambda: all_final(engine))
+    found = await statuses(engine)
+    later = found["later@example.ru"]
+    assert later["status"] == "failed"
+    assert later["attempts"] == 3
+    assert smtp.rcpt_attempts["later@example.ru"] == 3, "tried exactly max_attempts times"
+    assert later["reason"].startswith("Попытки исчерпаны (3): 450 4.2.1 Mailbox busy")
+    never = found["never@example.ru"]
+    assert never["status"] == "failed"
+    assert never["attempts"] == 1
+    assert smtp.rcpt_attempts["never@example.ru"] == 1
+    assert never["reply"] == "550 5.1.1 No such user here"
+    assert found["ok@example.ru"]["status"] == "sent"
+
+
+async def test_a_render_error_fails_that_message_only(
+    api: httpx.AsyncClient, engine: AsyncEngine, smtp: SmtpPeer, start_worker: StartWorker
+) -> None:
+    await arrange(
+        api,
+        [
+            client(1, "city@example.ru", attributes={"city": "Тула"}),
+            client(2, "nocity@example.ru"),
+        ],
+        email_subject="Новости",
+        email_text="Город: {{ attributes.city }}",
+    )
+    await start_worker()
+    await until(lambda: all_final(engine))
+    found = await statuses(engine)
+    assert found["city@example.ru"]["status"] == "sent"
+    failed = found["nocity@example.ru"]
+    assert failed["status"] == "failed"
+    assert failed["reason"].startswith("Шаблон, поле email_text:")
+    assert "city" in failed["reason"]
+    assert [str(message["To"]) for message in smtp.received] == ["city@example.ru"]
+
+
+async def test_a_mailing_with_too_many_errors_pauses_itself_with_the_reason(
+    api: httpx.AsyncClient, engine: AsyncEngine, smtp: SmtpPeer, start_worker: StartWorker
+) -> None:
+    clients = [client(n, f"never{n}@example.ru") for n in range(40)]
+    mailing_id = await arrange(api, clients)
+    await start_worker(error_rate_window=10, error_rate_threshold=0.5, batch_size=5)
+
+    async def paused() -> bool:
+        return bool((await api.get(f"/mailing/{mailing_id}")).json()["data"]["status"] == 2)
+
+    await until(paused)
+    data = (await api.get(f"/mailing/{mailing_id}")).json()["data"]
+    assert data["status_reason"].startswith("Приостановлена автоматически: 10 из 10")
+    assert "550 5.1.1 No such user here" in data["status_reason"]
+    await asyncio.sleep(0.5)  # nothing more is sent once it has paused
+    found = await statuses(engine)
+    queued = [row for row in found.values() if row["status"] == "queued"]
+    assert len(queued) >= 20, "the rest wait for a person to resume the mailing"
+    assert all(row["attempts"] == 0 for row in queued)
+    assert sum(smtp.rcpt_attempts.values()) == 40 - len(queued)
+
+
+async def test_claims_of_a_dead_worker_return_when_their_lease_runs_out(
+    api: httpx.AsyncClient, engine: AsyncEngine, smtp: SmtpPeer, start_worker: StartWorker
+) -> None:
+    await arrange(api, [client(1, "a@example.ru"), client(2, "b@example.ru")])
+    scheduler = await start_worker(batch_size=1)
+    await until(lambda: all_final(engine))
+    scheduler.stop()
+    # As if a worker had claimed both and died: one lease still runs, one has run out.
+    async with engine.begin() as connection:
+        await connection.execute(
+            update(Message)
+            .where(Message.address == "a@example.ru")
+            .values(status="sending", leased_until=utcnow() - timedelta(seconds=1))
+        )
+        await connection.execute(
+            update(Message)
+            .where(Message.address == "b@example.ru")
+            .values(status="sending", leased_until=utcnow() + timedelta(hours=1))
+        )
+        await connection.execute(update(Run).values(status="running", finished_at=None))
+        await connection.execute(update(Mailing).values(status=1))
+    before = len(smtp.received)
+    await start_worker()
+    await until(lambda: asyncio.sleep(0, len(smtp.received) > before))
+    await asyncio.sleep(0.3)
+    found = await statuses(engine)
+    assert found["a@example.ru"]["status"] == "sent"
+    assert found["a@example.ru"]["attempts"] == 2, "the lost attempt stays counted"
+    assert found["b@example.ru"]["status"] == "sending", "a live lease is left alone"
+    assert [str(message["To"]) for message in smtp.received[before:]] == ["a@example.ru"]
+
+
+async def test_stopping_finishes_sends_in_flight_and_releases_the_rest(
+    api: httpx.AsyncClient, engine: AsyncEngine, smtp: SmtpPeer, start_worker: StartWorker
+) -> None:
+    smtp.delay = 0.5
+    await arrange(api, [client(n, f"user{n}@example.ru") for n in range(30)])
+    worker = await start_worker(concurrency={1: 4})
+    await until(lambda: asyncio.sleep(0, smtp.in_data > 0))
+    worker.stop()
+    await until(lambda: asyncio.sleep(0, worker.stop_event.is_set()))
+    for _ in range(200):  # the worker's task ends once everything is recorded
+        found = await statuses(engine)
+        if not any(row["status"] == "sending" for row in found.values()):
+            break
+        await asyncio.sleep(0.05)
+    found = await statuses(engine)
+    sent = {address for address, row in found.items() if row["status"] == "sent"}
+    queued = [row for row in found.values() if row["status"] == "queued"]
+    assert not any(row["status"] == "sending" for row in found.values())
+    assert 1 <= len(sent) <= 8, "only the sends in flight finished"
+    assert {str(message["To"]) for message in smtp.received} == sent
+    assert len(sent) + len(queued) == 30
+    assert all(row["attempts"] == 0 and row["leased_until"] is None for row in queued)
+
+
+async def test_the_rate_limit_spaces_sends(
+    api: httpx.AsyncClient, engine: AsyncEngine, smtp: SmtpPeer, start_worker: StartWorker
+) -> None:
+    await arrange(api, [client(n, f"user{n}@example.ru") for n in range(12)])
+    await start_worker(rate_limit={1: 20.0})
+    await until(lambda: all_final(engine))
+    gaps = [b - a for a, b in zip(smtp.arrivals, smtp.arrivals[1:], strict=False)]
+    assert len(smtp.arrivals) == 12
+    # 20/s: a send every 50 ms; arrivals jitter a little with the network and the server.
+    assert smtp.arrivals[-1] - smtp.arrivals[0] >= 11 * 0.05 * 0.9
+    assert min(gaps) >= 0.02
