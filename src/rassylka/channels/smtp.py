@@ -174,7 +174,7 @@ class SmtpChannel:
     async def _attempt(self, client: SMTP, envelope: ComposedEmail) -> Accepted:
         reused = client.is_connected
         if not reused:
-            await client.connect()
+            await self._open(client)
         try:
             await _greet(client)
             utf8 = envelope.utf8 or self._sender_utf8
@@ -210,6 +210,18 @@ class SmtpChannel:
             raise
         return Accepted(peer_message_id=envelope.message_id, reply=_reply(response))
 
+    async def _open(self, client: SMTP) -> None:
+        """Connect, greet, STARTTLS and AUTH. A refusal here (554 at the greeting, 535 bad
+        credentials) is about us or the server, not this message: temporary, so the message
+        waits and the mailing's error budget, not each message, decides when to stop."""
+        try:
+            await client.connect()
+        except SMTPResponseException as error:
+            client.close()
+            raise TransientChannelError(
+                f"{error.code} {_text(error.message)}", code=error.code
+            ) from error
+
 
 async def _greet(client: SMTP) -> None:
     """EHLO unless connect() already did (it does for STARTTLS and AUTH); HELO if refused."""
@@ -233,14 +245,27 @@ async def _reset(client: SMTP) -> None:
         client.close()
 
 
+def _text(message: str) -> str:
+    """A server's reply text as storable text: aiosmtplib decodes replies as UTF-8 with
+    surrogate escapes, so a reply in another charset (CP1251 from an old Russian server)
+    arrives with lone surrogates, which no database accepts."""
+    if message.isascii():
+        return message
+    raw = message.encode("utf-8", "surrogateescape")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("cp1251", "replace")
+
+
 def _reply(response: SMTPResponse) -> str:
-    return f"{response.code} {response.message}"
+    return f"{response.code} {_text(response.message)}"
 
 
 def _failure(error: Exception) -> ChannelError:
     """SMTP 4xx and network trouble are worth retrying; 5xx and misconfiguration are not."""
     if isinstance(error, SMTPResponseException):
-        reply = f"{error.code} {error.message}"
+        reply = f"{error.code} {_text(error.message)}"
         if 500 <= error.code < 600:
             return PermanentChannelError(reply, code=error.code)
         # 4xx, and a garbled reply (code -1), which a later try on a new connection may not see.
