@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -16,10 +16,12 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from helpers import assert_ok, make_project, make_template
+from rassylka.channels.base import Accepted, OutboundMessage, Outcome
 from rassylka.channels.smtp import SmtpChannel, SmtpConfig
-from rassylka.db import utcnow
+from rassylka.db import create_engine, create_sessionmaker, utcnow
 from rassylka.engine.dispatcher import DispatchConfig
 from rassylka.engine.retry import RetryPolicy
+from rassylka.engine.scheduler import Scheduler
 from rassylka.engine.worker import Worker, run_until_stopped
 from rassylka.mailings.models import Mailing
 from rassylka.messages.models import Message, Run
@@ -294,3 +296,69 @@ async def test_the_rate_limit_spaces_sends(
     # 20/s: a send every 50 ms; arrivals jitter a little with the network and the server.
     assert smtp.arrivals[-1] - smtp.arrivals[0] >= 11 * 0.05 * 0.9
     assert min(gaps) >= 0.02
+
+
+class Counting:
+    """Wraps a real channel to count what one worker sent (test instrumentation only)."""
+
+    def __init__(self, inner: SmtpChannel) -> None:
+        self.inner = inner
+        self.kind = inner.kind
+        self.accepted = 0
+
+    async def send(self, messages: Sequence[OutboundMessage]) -> list[Outcome]:
+        outcomes = await self.inner.send(messages)
+        self.accepted += sum(isinstance(outcome, Accepted) for outcome in outcomes)
+        return outcomes
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+async def test_two_workers_on_postgresql_send_each_message_exactly_once(
+    api: httpx.AsyncClient, database_url: str, engine: AsyncEngine, smtp: SmtpPeer
+) -> None:
+    count = 2000
+    await arrange(api, [client(n, f"user{n}@example.ru") for n in range(count)])
+    engines = [create_engine(database_url) for _ in range(2)]
+    channels = [
+        Counting(SmtpChannel(SmtpConfig(host="127.0.0.1", port=smtp.port, pool_size=4)))
+        for _ in engines
+    ]
+    workers = [
+        Worker(each, {1: channel}, DispatchConfig(poll_interval=0.05, batch_size=50))
+        for each, channel in zip(engines, channels, strict=True)
+    ]
+    tasks = [asyncio.create_task(run_until_stopped(worker)) for worker in workers]
+    try:
+        await until(lambda: all_final(engine), seconds=120)
+    finally:
+        for worker in workers:
+            worker.stop()
+        await asyncio.gather(*tasks)
+        for each in engines:
+            await each.dispose()
+    recipients = smtp.recipients()
+    assert len(smtp.received) == count, "no message sent twice, none lost"
+    assert len(recipients) == count
+    assert set(recipients.values()) == {1}
+    assert all(channel.accepted > count // 10 for channel in channels), (
+        f"both workers took part: {[channel.accepted for channel in channels]}"
+    )
+    found = await statuses(engine)
+    assert {row["status"] for row in found.values()} == {"sent"}
+    assert {row["attempts"] for row in found.values()} == {1}
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+async def test_a_notify_wakes_an_idle_worker_long_before_its_poll(
+    api: httpx.AsyncClient, engine: AsyncEngine, smtp: SmtpPeer, start_worker: StartWorker
+) -> None:
+    await start_worker(schedule=False, poll_interval=60.0)
+    await asyncio.sleep(0.5)  # it has looked once and found nothing; next look in a minute
+    await arrange(api, [client(1, "a@example.ru"), client(2, "b@example.ru")])
+    started = await Scheduler(create_sessionmaker(engine)).tick()  # "another process"
+    assert len(started) == 1
+    await until(lambda: all_final(engine), seconds=10)
+    assert len(smtp.received) == 2
