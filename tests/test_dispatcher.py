@@ -16,7 +16,8 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from helpers import assert_ok, make_project, make_template
-from rassylka.channels.base import Accepted, OutboundMessage, Outcome
+from rassylka.channels.base import Accepted, Channel, OutboundMessage, Outcome
+from rassylka.channels.smpp import SmppChannel, SmppConfig
 from rassylka.channels.smtp import SmtpChannel, SmtpConfig
 from rassylka.db import create_engine, create_sessionmaker, utcnow
 from rassylka.engine.dispatcher import DispatchConfig
@@ -25,6 +26,7 @@ from rassylka.engine.scheduler import Scheduler
 from rassylka.engine.worker import Worker, run_until_stopped
 from rassylka.mailings.models import Mailing
 from rassylka.messages.models import Message, Run
+from smsc_peer import PASSWORD, SYSTEM_ID, Smsc, start_smsc
 from smtp_peer import SmtpPeer
 
 FAST_RETRY = RetryPolicy(max_attempts=3, base_delay=0.05, max_delay=0.1, max_age=60)
@@ -362,3 +364,70 @@ async def test_a_notify_wakes_an_idle_worker_long_before_its_poll(
     assert len(started) == 1
     await until(lambda: all_final(engine), seconds=10)
     assert len(smtp.received) == 2
+
+
+@pytest.fixture
+async def smsc() -> AsyncIterator[Smsc]:
+    peer = await start_smsc()
+    yield peer
+    await peer.stop()
+
+
+async def test_email_and_sms_end_to_end_through_smtp_and_smpp(
+    api: httpx.AsyncClient, engine: AsyncEngine, smtp: SmtpPeer, smsc: Smsc
+) -> None:
+    long_text = "Уважаемый {{ first_name }}! " + "Ваш заказ готов к выдаче. " * 4
+    mailing_id = await arrange(
+        api,
+        [
+            client(1, "anna@example.ru", phone="+79161234500"),
+            client(2, None, phone="+79161234511"),  # the SMSC: invalid destination
+            client(3, "oleg@example.ru"),
+        ],
+        channels=[1, 2],
+        email_subject="Заказ",
+        email_text="Заказ готов",
+        sms_text=long_text,
+    )
+    channels: dict[int, Channel] = {
+        1: SmtpChannel(SmtpConfig(host="127.0.0.1", port=smtp.port)),
+        2: SmppChannel(
+            SmppConfig(
+                host="127.0.0.1",
+                port=smsc.port,
+                system_id=SYSTEM_ID,
+                password=PASSWORD,
+                source_addr="Rassylka",
+            )
+        ),
+    }
+    worker = Worker(engine, channels, DispatchConfig(poll_interval=0.05, retry=FAST_RETRY))
+    task = asyncio.create_task(run_until_stopped(worker))
+
+    async def completed() -> bool:
+        return bool((await api.get(f"/mailing/{mailing_id}")).json()["data"]["status"] == 3)
+
+    try:
+        await until(completed)
+    finally:
+        worker.stop()
+        await task
+    found = await statuses(engine)
+    sms = found["+79161234500"]
+    assert sms["status"] == "sent"
+    assert sms["parts"] == 2, "Cyrillic over 70 characters goes as two UCS-2 parts"
+    submits = smsc.of("submit_sm", destination_addr="79161234500")
+    assert len(submits) == 2
+    assert sms["peer_message_id"] == submits[0]["message_id"]
+    invalid = found["+79161234511"]
+    assert invalid["status"] == "failed"
+    assert "ESME_RINVDSTADR" in invalid["reply"]
+    assert invalid["attempts"] == 1
+    assert found["anna@example.ru"]["status"] == "sent"
+    assert found["oleg@example.ru"]["status"] == "sent"
+    skipped = sorted(row["reason"] for row in found.values() if row["status"] == "skipped")
+    assert skipped == ["У клиента нет email", "У клиента нет телефона"]
+    assert sorted(str(message["To"]) for message in smtp.received) == [
+        "anna@example.ru",
+        "oleg@example.ru",
+    ]

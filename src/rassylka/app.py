@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -12,14 +14,19 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from rassylka import __version__
+from rassylka.channels.registry import describe, open_channels
 from rassylka.clients.router import router as client_router
 from rassylka.config import Settings, environment_settings
 from rassylka.db import create_engine, create_sessionmaker
+from rassylka.engine.dispatcher import DispatchConfig
+from rassylka.engine.worker import Worker, run_until_stopped
 from rassylka.errors import error_response, install_handlers, openapi_error_responses
 from rassylka.http import BodyLimitMiddleware, SettingsMiddleware, require_api_key
 from rassylka.mailings.router import router as mailing_router
 from rassylka.projects.router import router as project_router
 from rassylka.templates.router import router as template_router
+
+logger = logging.getLogger(__name__)
 
 TAGS = [
     {"name": "Projects", "description": "Проекты: у каждого свои клиенты, шаблоны и рассылки"},
@@ -30,7 +37,9 @@ TAGS = [
 ]
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, worker: bool = False) -> FastAPI:
+    """The HTTP API; with ``worker``, also the scheduler and dispatcher in the same process
+    (``rassylka serve``), stopped gracefully when the server shuts down."""
     settings = settings or environment_settings()
 
     @asynccontextmanager
@@ -38,9 +47,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine = create_engine(settings.database_url, pool_pre_ping=True)
         app.state.engine = engine
         app.state.sessionmaker = create_sessionmaker(engine)
+        embedded: asyncio.Task[None] | None = None
+        if worker:
+            channels = open_channels(settings)
+            logger.info("sending through %s", describe(channels))
+            app.state.worker = Worker(engine, channels, DispatchConfig.from_settings(settings))
+            embedded = asyncio.create_task(run_until_stopped(app.state.worker), name="worker")
         try:
             yield
         finally:
+            if embedded is not None:
+                app.state.worker.stop()
+                await embedded
             await engine.dispose()
 
     app = FastAPI(
@@ -78,6 +96,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
+
+
+def create_embedded_app() -> FastAPI:
+    """``rassylka serve``: the API with the scheduler and dispatcher in one process."""
+    return create_app(worker=True)
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The ``rassylka`` command: serve, db upgrade/downgrade."""
+"""The ``rassylka`` command: serve, worker, db upgrade/downgrade."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ import uvicorn
 from rich.console import Console
 
 from rassylka import migrate
+from rassylka.channels.registry import describe, open_channels
 from rassylka.config import get_settings
 from rassylka.db import create_engine
+from rassylka.engine.worker import run_worker
 
 app = typer.Typer(help="Rassylka: рассылка email и SMS по расписанию.", no_args_is_help=True)
 db_app = typer.Typer(help="Схема базы данных.", no_args_is_help=True)
@@ -36,7 +38,7 @@ def serve(
     host: Annotated[str, typer.Option(help="Адрес для входящих соединений")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Порт HTTP API")] = 8000,
 ) -> None:
-    """Всё в одном процессе: HTTP API (схема базы данных обновляется при старте)."""
+    """Всё в одном процессе: HTTP API, планировщик и отправка (схема базы обновляется)."""
     settings = get_settings()
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -48,7 +50,22 @@ def serve(
             "Задайте RASSYLKA_API_KEYS, чтобы требовать ключ."
         )
     console.print(f"Rassylka: http://{host}:{port}  (документация API: http://{host}:{port}/docs)")
-    uvicorn.run("rassylka.app:create_app", factory=True, host=host, port=port, log_level="info")
+    uvicorn.run(
+        "rassylka.app:create_embedded_app", factory=True, host=host, port=port, log_level="info"
+    )
+
+
+@app.command()
+def worker() -> None:
+    """Только планировщик и отправка, без HTTP API; их может быть сколько угодно на одной
+    PostgreSQL. Останавливается по SIGTERM, дождавшись начатых отправок."""
+    settings = get_settings()
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    channels = open_channels(settings)
+    console.print(f"Rassylka worker: {describe(channels)}")
+    asyncio.run(run_worker(settings, channels))
 
 
 @db_app.command("upgrade")

@@ -1,0 +1,223 @@
+#!/usr/bin/env node
+// A small SMSC for Rassylka's SMPP tests, on npm's smpp server (tests/peers/install.sh).
+//
+//   node smsc.js [PORT] [SYSTEM_ID] [PASSWORD]
+//
+// PORT 0 (the default) picks a free port. SYSTEM_ID and PASSWORD default to $SMSC_SYSTEM_ID and
+// $SMSC_PASSWORD, else "rassylka" and "secret". It listens on 127.0.0.1 and writes one JSON
+// object per line on stdout, the first {"event": "listening", "port": N}; then one per thing it
+// sees (connect, bind, submit_sm, enquire_link, deliver_sm_resp, unbind, close, ...), so tests
+// can count at the peer. It exits when its stdin closes, so it never outlives the tests.
+//
+// bind_transceiver: another system_id gets ESME_RBINDFAIL, another password ESME_RINVPASWD; both
+// close the connection. A bound session gets one enquire_link from the server at once.
+//
+// submit_sm: the verdict depends on the last two digits of destination_addr:
+//   11  ESME_RINVDSTADR           22  ESME_RTHROTTLED          66  ESME_RSYSERR
+//   77  0x00000400 (vendor-specific, not in SMPP 3.4)
+//   12  the second part of a concatenated message gets ESME_RTHROTTLED, others are accepted
+//   33  accepted after 30 ms      44  never answered
+//   55  the connection is closed at once, without an answer
+//   88  the server sends unbind instead of an answer, then closes after unbind_resp
+//   13  accepted; the receipt says UNDELIV err:001
+//   anything else: accepted at once.
+// An accepted submit_sm gets a message_id and, 10 ms later, a delivery receipt (deliver_sm with
+// esm_class 0x04, receipted_message_id and message_state) that is logged with its answer.
+// Every submit_sm is logged with its short_message in hex and "outstanding": how many of the
+// session's submit_sm were unanswered when it arrived, itself included (the client's window).
+//
+// SIGUSR2 closes every connection at once.
+'use strict';
+
+const smpp = require('smpp');
+
+// Keep short_message as the octets that came: the tests decode and reassemble them.
+delete smpp.commands.submit_sm.params.short_message.filter;
+
+const port = Number(process.argv[2] || 0);
+const systemId = process.argv[3] || process.env.SMSC_SYSTEM_ID || 'rassylka';
+const password = process.argv[4] || process.env.SMSC_PASSWORD || 'secret';
+
+const VENDOR_STATUS = 0x00000400;
+const DELAY_MS = 30;
+const RECEIPT_DELAY_MS = 10;
+
+let nextSession = 0;
+let nextMessageId = 0x5a000;
+
+function log(event, fields) {
+  process.stdout.write(JSON.stringify(Object.assign({ event: event }, fields)) + '\n');
+}
+
+function smppDate(date) {
+  const two = (n) => String(n).padStart(2, '0');
+  return (
+    two(date.getUTCFullYear() % 100) + two(date.getUTCMonth() + 1) + two(date.getUTCDate()) +
+    two(date.getUTCHours()) + two(date.getUTCMinutes())
+  );
+}
+
+function verdictFor(pdu) {
+  const suffix = String(pdu.destination_addr).slice(-2);
+  const udh = (pdu.esm_class & 0x40) && pdu.short_message.length >= 6 ? pdu.short_message : null;
+  switch (suffix) {
+    case '11': return { name: 'invalid-destination', status: smpp.ESME_RINVDSTADR };
+    case '22': return { name: 'throttled', status: smpp.ESME_RTHROTTLED };
+    case '66': return { name: 'system-error', status: smpp.ESME_RSYSERR };
+    case '77': return { name: 'vendor-status', status: VENDOR_STATUS };
+    case '12':
+      if (udh && udh[5] === 2) return { name: 'second-part-throttled', status: smpp.ESME_RTHROTTLED };
+      return { name: 'accepted', status: 0 };
+    case '33': return { name: 'delayed', status: 0, delay: DELAY_MS };
+    case '44': return { name: 'silent' };
+    case '55': return { name: 'drop' };
+    case '88': return { name: 'unbind' };
+    case '13': return { name: 'undeliverable', status: 0, receipt: 'UNDELIV' };
+    default: return { name: 'accepted', status: 0 };
+  }
+}
+
+const server = smpp.createServer(function (session) {
+  const id = ++nextSession;
+  let bound = false;
+  let outstanding = 0;
+  session.on('error', (error) => log('error', { session: id, error: String(error) }));
+  session.on('close', () => log('close', { session: id }));
+  session.on('unknown', (pdu) => {
+    log('unknown', { session: id, command_id: pdu.command_id });
+    session.send(pdu.response());
+  });
+  log('connect', { session: id });
+
+  session.on('bind_transceiver', (pdu) => {
+    let status = 0;
+    if (pdu.system_id !== systemId) status = smpp.ESME_RBINDFAIL;
+    else if (pdu.password !== password) status = smpp.ESME_RINVPASWD;
+    log('bind', {
+      session: id,
+      system_id: pdu.system_id,
+      password: pdu.password,
+      system_type: pdu.system_type,
+      interface_version: pdu.interface_version,
+      status: status,
+    });
+    if (status) {
+      session.send(pdu.response({ command_status: status }), () => session.close());
+      return;
+    }
+    bound = true;
+    session.send(pdu.response({ system_id: 'test-smsc' }));
+    session.enquire_link({}, (resp) =>
+      log('enquire_link_resp', { session: id, status: resp.command_status }));
+  });
+
+  session.on('enquire_link', (pdu) => {
+    log('enquire_link', { session: id, sequence: pdu.sequence_number });
+    session.send(pdu.response());
+  });
+
+  session.on('unbind', (pdu) => {
+    log('unbind', { session: id });
+    session.send(pdu.response(), () => session.close());
+  });
+
+  session.on('submit_sm', (pdu) => {
+    if (!bound) {
+      session.send(pdu.response({ command_status: smpp.ESME_RINVBNDSTS }));
+      return;
+    }
+    outstanding += 1;
+    const verdict = verdictFor(pdu);
+    const accepted = verdict.status === 0;
+    const messageId = accepted ? (nextMessageId++).toString(16).toUpperCase() : null;
+    log('submit_sm', {
+      session: id,
+      sequence: pdu.sequence_number,
+      service_type: pdu.service_type,
+      source_addr_ton: pdu.source_addr_ton,
+      source_addr_npi: pdu.source_addr_npi,
+      source_addr: pdu.source_addr,
+      dest_addr_ton: pdu.dest_addr_ton,
+      dest_addr_npi: pdu.dest_addr_npi,
+      destination_addr: pdu.destination_addr,
+      esm_class: pdu.esm_class,
+      registered_delivery: pdu.registered_delivery,
+      data_coding: pdu.data_coding,
+      short_message: pdu.short_message.toString('hex'),
+      verdict: verdict.name,
+      status: verdict.status === undefined ? null : verdict.status,
+      message_id: messageId,
+      outstanding: outstanding,
+    });
+    if (verdict.name === 'silent') return;
+    if (verdict.name === 'drop') {
+      session.destroy();
+      return;
+    }
+    if (verdict.name === 'unbind') {
+      session.unbind({}, (resp) => {
+        log('unbind_resp', { session: id, status: resp.command_status });
+        session.close();
+      });
+      return;
+    }
+    const answer = () => {
+      outstanding -= 1;
+      if (!accepted) {
+        session.send(pdu.response({ command_status: verdict.status }));
+        return;
+      }
+      session.send(pdu.response({ message_id: messageId }));
+      setTimeout(() => sendReceipt(pdu, messageId, verdict.receipt || 'DELIVRD'), RECEIPT_DELAY_MS);
+    };
+    if (verdict.delay) setTimeout(answer, verdict.delay);
+    else answer();
+  });
+
+  function sendReceipt(submit, messageId, stat) {
+    const now = smppDate(new Date());
+    const err = stat === 'DELIVRD' ? '000' : '001';
+    const text =
+      `id:${messageId} sub:001 dlvrd:${stat === 'DELIVRD' ? '001' : '000'} ` +
+      `submit date:${now} done date:${now} stat:${stat} err:${err} text:receipt`;
+    const state = stat === 'DELIVRD' ? smpp.MESSAGE_STATE.DELIVERED : smpp.MESSAGE_STATE.UNDELIVERABLE;
+    const sent = session.deliver_sm(
+      {
+        source_addr_ton: submit.dest_addr_ton,
+        source_addr_npi: submit.dest_addr_npi,
+        source_addr: submit.destination_addr,
+        dest_addr_ton: submit.source_addr_ton,
+        dest_addr_npi: submit.source_addr_npi,
+        destination_addr: submit.source_addr,
+        esm_class: smpp.ESM_CLASS.MC_DELIVERY_RECEIPT,
+        data_coding: 0,
+        short_message: Buffer.from(text, 'ascii'),
+        receipted_message_id: messageId,
+        message_state: state,
+      },
+      (resp) =>
+        log('deliver_sm_resp', {
+          session: id,
+          message_id: messageId,
+          status: resp.command_status,
+        })
+    );
+    if (sent) log('deliver_sm', { session: id, message_id: messageId, stat: stat });
+  }
+});
+
+server.on('error', (error) => {
+  log('error', { error: String(error) });
+  process.exit(1);
+});
+
+process.on('SIGUSR2', () => {
+  log('drop_all', { sessions: server.sessions.length });
+  for (const session of server.sessions.slice()) session.destroy();
+});
+
+process.stdin.on('end', () => process.exit(0));
+process.stdin.on('error', () => process.exit(0));
+process.stdin.resume();
+
+server.listen(port, '127.0.0.1', () => log('listening', { port: server.address().port }));
