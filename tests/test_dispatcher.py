@@ -293,11 +293,12 @@ async def test_the_rate_limit_spaces_sends(
     await arrange(api, [client(n, f"user{n}@example.ru") for n in range(12)])
     await start_worker(rate_limit={1: 20.0})
     await until(lambda: all_final(engine))
-    gaps = [b - a for a, b in zip(smtp.arrivals, smtp.arrivals[1:], strict=False)]
-    assert len(smtp.arrivals) == 12
-    # 20/s: a send every 50 ms; arrivals jitter a little with the network and the server.
-    assert smtp.arrivals[-1] - smtp.arrivals[0] >= 11 * 0.05 * 0.9
-    assert min(gaps) >= 0.02
+    arrivals = smtp.arrivals
+    assert len(arrivals) == 12
+    # 20/s: a send begins every 50 ms. Arrivals jitter with the machine's load, so the test
+    # allows a little bunching but no burst: at most 5 + 2 in any quarter of a second.
+    assert arrivals[-1] - arrivals[0] >= 11 * 0.05 * 0.9
+    assert max(sum(1 for t in arrivals if a <= t < a + 0.25) for a in arrivals) <= 7
 
 
 class Counting:

@@ -254,9 +254,9 @@ class _Lane:
                 if loop.time() >= next_recover:
                     await self._recover()
                     next_recover = loop.time() + min(RECOVER_INTERVAL, config.lease / 2)
+                self.room.clear()  # before looking, so a sender's "room" is never missed
                 room = self.capacity - self.queue.qsize()
                 if room < max(1, self.capacity // 2):
-                    self.room.clear()
                     await _wait_any(stop, self.room, seconds=config.poll_interval)
                     continue
                 claimed = await self._claim(room)

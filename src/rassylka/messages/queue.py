@@ -30,6 +30,7 @@ RUN = cast(Table, Run.__table__)
 
 # The channel that wakes workers when new work is queued (PostgreSQL LISTEN/NOTIFY).
 NOTIFY_CHANNEL = "rassylka_work"
+PEER_ID_LENGTH = 255
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,16 @@ async def claim(
     return claimed
 
 
+def storable(value: str | None, limit: int | None = None) -> str | None:
+    """Text a peer sent, made safe to store: PostgreSQL refuses NUL, no database takes lone
+    surrogates, and ``peer_message_id`` has a length. A write refused for such a detail would
+    be retried forever and hold up every outcome behind it."""
+    if value is None:
+        return None
+    value = value.replace("\x00", "").encode("utf-8", "replace").decode("utf-8")
+    return value[:limit] if limit is not None else value
+
+
 def _by_id() -> Any:
     return (MESSAGE.c.id == bindparam("message_id")) & (MESSAGE.c.status == MessageStatus.SENDING)
 
@@ -150,8 +161,8 @@ async def record(
             [
                 {
                     "message_id": result.id,
-                    "peer_message_id": result.peer_message_id,
-                    "reply": result.reply,
+                    "peer_message_id": storable(result.peer_message_id, PEER_ID_LENGTH),
+                    "reply": storable(result.reply),
                     "parts": result.parts,
                 }
                 for result in sent
@@ -171,7 +182,7 @@ async def record(
             [
                 {
                     "message_id": result.id,
-                    "reply": result.reply,
+                    "reply": storable(result.reply),
                     "next_attempt_at": result.next_attempt_at,
                 }
                 for result in retries
@@ -190,7 +201,11 @@ async def record(
                 updated_at=now,
             ),
             [
-                {"message_id": result.id, "reason": result.reason, "reply": result.reply}
+                {
+                    "message_id": result.id,
+                    "reason": storable(result.reason),
+                    "reply": storable(result.reply),
+                }
                 for result in failed
             ],
         )
