@@ -59,7 +59,7 @@ class Message(Base):
     __table_args__ = (
         UniqueConstraint("run_id", "client_id", "channel"),
         # The dispatcher's claim: due work of one channel, oldest first.
-        Index("ix_message_due", "channel", "status", "next_attempt_at"),
+        Index("ix_message_due", "channel", "status", "next_attempt_at", "id"),
         # Whether a run has anything left to send.
         Index("ix_message_run_status", "run_id", "status"),
     )

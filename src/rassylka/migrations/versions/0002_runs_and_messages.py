@@ -80,7 +80,7 @@ def upgrade() -> None:
     )
     op.create_index(op.f("ix_message_client_id"), "message", ["client_id"])
     op.create_index(op.f("ix_message_mailing_id"), "message", ["mailing_id"])
-    op.create_index("ix_message_due", "message", ["channel", "status", "next_attempt_at"])
+    op.create_index("ix_message_due", "message", ["channel", "status", "next_attempt_at", "id"])
     op.create_index("ix_message_run_status", "message", ["run_id", "status"])
     op.add_column("mailing", sa.Column("status_reason", sa.Text(), nullable=True))
 
