@@ -11,9 +11,11 @@ import email
 import socket
 import time
 from collections import Counter
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from email import policy
 from email.message import EmailMessage
+from typing import Any
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP as SmtpServer
@@ -31,12 +33,12 @@ class SmtpPeer:
     controller: Controller | None = None
 
     def start(self) -> SmtpPeer:
-        if not self.port:
-            with socket.socket() as probe:
-                probe.bind(("127.0.0.1", 0))
-                self.port = probe.getsockname()[1]
-        self.controller = Controller(
-            self, hostname="127.0.0.1", port=self.port, server_hostname="localhost"
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))  # 0 the first time: the kernel picks
+        self.port = listener.getsockname()[1]
+        self.controller = _BoundController(
+            listener, self, hostname="127.0.0.1", port=self.port, server_hostname="localhost"
         )
         self.controller.start()
         return self
@@ -78,3 +80,15 @@ class SmtpPeer:
         )
         self.arrivals.append(time.monotonic())
         return "250 2.0.0 Ok: queued"
+
+
+class _BoundController(Controller):
+    """Serves on a socket bound before the thread starts, so no other process can take the
+    port between choosing it and listening on it."""
+
+    def __init__(self, listener: socket.socket, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._listener = listener
+
+    def _create_server(self) -> Awaitable[asyncio.AbstractServer]:
+        return self.loop.create_server(self._factory_invoker, sock=self._listener)
