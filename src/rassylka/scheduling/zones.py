@@ -1,0 +1,63 @@
+"""The recipient's time zone, for send windows read in the recipient's own day.
+
+``recipient_zone`` picks, in order:
+
+1. the client's own ``timezone`` when it is set (and a zone this machine knows);
+2. the zone libphonenumber gives for the phone number when it names exactly one — not the
+   "unknown" ``Etc/Unknown``;
+3. the mailing's ``timezone``.
+
+How many zones libphonenumber (phonenumbers 9.0) names, measured:
+
+==============================  =====  =====================================================
+number                          zones  result
+==============================  =====  =====================================================
+Russian mobile +7 916 …          16    ambiguous (+7 mobiles span Kaliningrad to Kamchatka,
+                                       and Kazakhstan) → the mailing's zone
+Moscow landline +7 495 …          1    Europe/Moscow
+Novosibirsk landline +7 383 …     1    Asia/Novosibirsk
+Vladivostok landline +7 423 …     1    Asia/Vladivostok
+German +49 30 … / +49 151 …       1    Europe/Berlin
+US +1 212 …                       1    America/New_York
+Kazakh mobile +7 701 …           16    ambiguous (same +7 list) → the mailing's zone
+Kazakh landline +7 727 …          1    Asia/Almaty
+Indian +91 11 …                   1    Asia/Calcutta (a legacy alias; zoneinfo knows it)
+==============================  =====  =====================================================
+
+So the phone settles landlines and most single-zone countries; Russian and Kazakh mobiles
+fall back to the mailing's zone (or the client's own ``timezone``, which the CRM should set).
+
+Cost, measured on this machine: parsing an E.164 number ~13 µs and the zone lookup ~7 µs, so
+~20 µs a call (about 1 s per 50,000 clients); the first lookup of a process loads the prefix
+tables, ~1 ms. Cheap enough to call per client without a cache.
+"""
+
+from __future__ import annotations
+
+import phonenumbers
+from phonenumbers import timezone as phone_timezone
+
+from rassylka.scheduling._wall import known_zone
+
+UNKNOWN_ZONE = "Etc/Unknown"
+
+
+def phone_zones(phone: str) -> tuple[str, ...]:
+    """The zones libphonenumber gives for an E.164 ``phone`` (empty when it cannot be parsed)."""
+    try:
+        number = phonenumbers.parse(phone, None)
+    except phonenumbers.NumberParseException:
+        return ()
+    zones: tuple[str, ...] = tuple(phone_timezone.time_zones_for_number(number))
+    return zones
+
+
+def recipient_zone(client_timezone: str | None, phone: str | None, mailing_timezone: str) -> str:
+    """The IANA zone a recipient's send window is read in (see the module docstring)."""
+    if client_timezone and known_zone(client_timezone):
+        return client_timezone
+    if phone:
+        zones = phone_zones(phone)
+        if len(zones) == 1 and zones[0] != UNKNOWN_ZONE and known_zone(zones[0]):
+            return zones[0]
+    return mailing_timezone
