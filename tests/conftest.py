@@ -31,8 +31,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from rassylka import migrate
 from rassylka.app import create_app
+from rassylka.channels.smtp import SmtpChannel, SmtpConfig
 from rassylka.config import Settings
 from rassylka.db import create_engine
+from rassylka.engine.dispatcher import DispatchConfig
+from rassylka.engine.retry import RetryPolicy
+from rassylka.engine.worker import Worker, run_until_stopped
+from smtp_peer import SmtpPeer
 
 POSTGRES_URL = os.environ.get(
     "RASSYLKA_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
@@ -204,3 +209,41 @@ async def start_server(database_url: str) -> AsyncIterator[StartServer]:
 async def api(live_server: LiveServer) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=live_server.url, timeout=60) as client:
         yield client
+
+
+# -- the engine against a real SMTP server ----------------------------------------------------
+
+FAST_RETRY = RetryPolicy(max_attempts=3, base_delay=0.05, max_delay=0.1, max_age=60)
+
+
+@pytest.fixture
+def smtp() -> Iterator[SmtpPeer]:
+    """An aiosmtpd server on 127.0.0.1 with verdicts by recipient (see smtp_peer.py)."""
+    peer = SmtpPeer().start()
+    yield peer
+    peer.stop()
+
+
+StartWorker = Callable[..., Awaitable[Worker]]
+
+
+@pytest.fixture
+async def start_worker(engine: AsyncEngine, smtp: SmtpPeer) -> AsyncIterator[StartWorker]:
+    """Start workers sending email to ``smtp``; all are stopped gracefully at the end."""
+    running: list[tuple[Worker, asyncio.Task[None]]] = []
+
+    async def start(*, schedule: bool = True, **options: Any) -> Worker:
+        config = DispatchConfig(
+            **{"poll_interval": 0.05, "retry": FAST_RETRY, "error_rate_window": 1000, **options}
+        )
+        channel = SmtpChannel(SmtpConfig(host="127.0.0.1", port=smtp.port, pool_size=4))
+        worker = Worker(engine, {1: channel}, config, schedule=schedule)
+        task = asyncio.create_task(run_until_stopped(worker, grace=10))
+        running.append((worker, task))
+        return worker
+
+    yield start
+    for worker, _ in running:
+        worker.stop()
+    for _, task in running:
+        await task

@@ -190,3 +190,37 @@ async def test_each_app_reads_phones_in_its_own_region(start_server: StartServer
         assert assert_ok(imported)["created"] == 1, imported.text
         client = assert_ok(await us_api.get("/client/list", params={"guid": "crm-2"}), 200)
         assert client["items"][0]["phone"] == "+12015550124"
+
+
+async def test_opted_out_is_false_by_default_and_can_be_set(
+    api: httpx.AsyncClient, project_id: int
+) -> None:
+    plain = assert_ok(await api.post("/client/create", json={**CLIENT, "email": "a@b.ru"}))
+    assert plain["opted_out"] is False
+    body = {**CLIENT, "guid": "crm-2", "email": "a@b.ru", "opted_out": True}
+    refused = assert_ok(await api.post("/client/create", json=body))
+    assert refused["opted_out"] is True
+    assert assert_ok(await api.get(f"/client/{refused['id']}"), 200)["opted_out"] is True
+
+
+async def test_update_sets_and_keeps_opted_out(api: httpx.AsyncClient, project_id: int) -> None:
+    created = assert_ok(await api.post("/client/create", json={**CLIENT, "email": "a@b.ru"}))
+    path = f"/client/{created['id']}/update"
+    assert assert_ok(await api.put(path, json={"opted_out": True}))["opted_out"] is True
+    # Another field's update leaves it alone.
+    assert assert_ok(await api.put(path, json={"last_name": "Петров"}))["opted_out"] is True
+    assert assert_ok(await api.put(path, json={"opted_out": "нет"}))["opted_out"] is False
+    response = await api.put(path, json={"opted_out": None})
+    details = assert_error(response, 400, "Ошибка валидации")
+    assert details == [{"field": "opted_out", "message": "Поле нельзя очистить"}]
+    assert assert_ok(await api.get(f"/client/{created['id']}"), 200)["opted_out"] is False
+
+
+@pytest.mark.parametrize("value", ["maybe", "", 2, [True], {"a": 1}])
+async def test_opted_out_must_be_a_yes_or_no(
+    api: httpx.AsyncClient, project_id: int, value: object
+) -> None:
+    response = await api.post(
+        "/client/create", json={**CLIENT, "email": "a@b.ru", "opted_out": value}
+    )
+    assert fields(assert_error(response, 400, "Ошибка валидации")) == {"opted_out"}

@@ -371,6 +371,40 @@ async def test_rows_with_different_fields_in_one_import(api: httpx.AsyncClient) 
     assert (third["tags"], third["email"], third["middle_name"]) == ([], None, "")
 
 
+async def test_opted_out_from_csv_and_json(api: httpx.AsyncClient) -> None:
+    """CSV: true/false, 1/0, да/нет in any case; JSON: a boolean. A row without it (or with an
+    empty cell) leaves an existing client's choice alone."""
+    await make_project(api)
+    header = "guid,first_name,last_name,phone,opted_out\n"
+    cells = ["true", "FALSE", "1", "0", "да", "Нет", "", "может быть"]
+    rows = "".join(f"c-{i},Имя,Фамилия,+7916000000{i},{cell}\n" for i, cell in enumerate(cells))
+    data = assert_ok(await import_csv(api, header + rows))
+    assert (data["created"], data["rejected"]) == (7, 1)
+    assert errors_of(data) == [(9, "opted_out")]
+    assert message(data, 9, "opted_out") == (
+        "Ожидается true/false, 1/0 или да/нет, получено «может быть»"
+    )
+    expected = [True, False, True, False, True, False, False]
+    for i, opted_out in enumerate(expected):
+        client = await stored(api, f"c-{i}")
+        assert client is not None
+        assert client["opted_out"] is opted_out, (i, cells[i])
+
+    # Without the column, and with an empty cell, nothing changes.
+    without = "guid,first_name,last_name,phone\nc-0,Иван,Фамилия,+79160000000\n"
+    data = assert_ok(await import_csv(api, without))
+    assert data["updated"] == 1
+    data = assert_ok(await import_csv(api, header + "c-0,Иван,Фамилия,+79160000000,\n"))
+    assert data["updated"] == 1
+    assert (await stored(api, "c-0") or {})["opted_out"] is True
+    row = {"guid": "c-0", "first_name": "Иван", "last_name": "Фамилия", "phone": "+79160000000"}
+    assert_ok(await import_json(api, [{**row, "opted_out": False}, {**row, "guid": "j-1"}]))
+    assert (await stored(api, "c-0") or {})["opted_out"] is False
+    assert (await stored(api, "j-1") or {})["opted_out"] is False
+    data = assert_ok(await import_json(api, [{**row, "opted_out": None}]))
+    assert errors_of(data) == [(0, "opted_out")]
+
+
 async def test_csv_header_edge_cases(api: httpx.AsyncClient) -> None:
     await make_project(api)
     trailing = "guid,first_name,last_name,phone,\nc-1,Иван,Иванов,+79161234567,\n"

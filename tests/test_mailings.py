@@ -82,10 +82,20 @@ async def test_bad_event_is_400(api: httpx.AsyncClient, ids: tuple[int, int], ev
     assert fields(assert_error(response, 400, "Ошибка валидации")) == {"event"}
 
 
-@pytest.mark.parametrize("status", [0, 1, 2, 3, 4, "2"])
-async def test_every_status(api: httpx.AsyncClient, ids: tuple[int, int], status: object) -> None:
+@pytest.mark.parametrize("status", [0, 1, 2, "2"])
+async def test_every_status_a_new_mailing_can_have(
+    api: httpx.AsyncClient, ids: tuple[int, int], status: object
+) -> None:
     data = assert_ok(await api.post("/mailing/create", json=mailing(ids, status=status)))
     assert data["status"] == int(str(status))
+
+
+@pytest.mark.parametrize("status", [3, 4])
+async def test_a_new_mailing_is_not_completed_or_cancelled(
+    api: httpx.AsyncClient, ids: tuple[int, int], status: int
+) -> None:
+    response = await api.post("/mailing/create", json=mailing(ids, status=status))
+    assert fields(assert_error(response, 400, "Ошибка валидации")) == {"status"}
 
 
 async def test_template_of_another_project_is_400(

@@ -20,7 +20,7 @@ from rassylka import migrate
 from rassylka.db import metadata
 
 VERSION_TABLE = "alembic_version"
-MODEL_TABLES = {"project", "client", "template", "mailing", "run", "message"}
+MODEL_TABLES = {"project", "client", "template", "mailing", "run", "message", "suppression"}
 
 
 def _script() -> ScriptDirectory:

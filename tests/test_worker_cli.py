@@ -7,24 +7,15 @@ import asyncio
 import os
 import signal
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from smtp_peer import SmtpPeer
 from test_dispatcher import arrange, client, statuses, until
 
 RASSYLKA = Path(sys.executable).with_name("rassylka")
-
-
-@pytest.fixture
-def smtp() -> Iterator[SmtpPeer]:
-    peer = SmtpPeer(delay=0.4).start()
-    yield peer
-    peer.stop()
 
 
 async def test_sigterm_finishes_sends_in_flight_and_releases_the_rest(
@@ -34,6 +25,7 @@ async def test_sigterm_finishes_sends_in_flight_and_releases_the_rest(
     smtp: SmtpPeer,
     tmp_path: Path,
 ) -> None:
+    smtp.delay = 0.4
     await arrange(api, [client(n, f"user{n}@example.ru") for n in range(40)])
     env = {key: value for key, value in os.environ.items() if not key.startswith("RASSYLKA_")}
     env.update(

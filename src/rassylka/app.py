@@ -24,6 +24,7 @@ from rassylka.errors import error_response, install_handlers, openapi_error_resp
 from rassylka.http import BodyLimitMiddleware, SettingsMiddleware, require_api_key
 from rassylka.mailings.router import router as mailing_router
 from rassylka.projects.router import router as project_router
+from rassylka.suppressions.router import router as suppression_router
 from rassylka.templates.router import router as template_router
 
 logger = logging.getLogger(__name__)
@@ -33,6 +34,10 @@ TAGS = [
     {"name": "Clients", "description": "Клиенты проекта и их контакты"},
     {"name": "Templates", "description": "Шаблоны сообщений для email и SMS"},
     {"name": "Mailing", "description": "Рассылки"},
+    {
+        "name": "Suppressions",
+        "description": "Список подавления: адреса проекта, на которые ничего не отправляется",
+    },
     {"name": "Service", "description": "Состояние сервиса"},
 ]
 
@@ -77,7 +82,13 @@ def create_app(settings: Settings | None = None, *, worker: bool = False) -> Fas
     )
     app.add_middleware(SettingsMiddleware, settings=settings)
     protected = [Depends(require_api_key)]
-    for router in (project_router, client_router, template_router, mailing_router):
+    for router in (
+        project_router,
+        client_router,
+        template_router,
+        mailing_router,
+        suppression_router,
+    ):
         app.include_router(router, dependencies=protected)
 
     @app.get(

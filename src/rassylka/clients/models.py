@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, ForeignKey, String, UniqueConstraint
+from sqlalchemy import JSON, Boolean, ForeignKey, String, UniqueConstraint, false
 from sqlalchemy.orm import Mapped, mapped_column
 
 from rassylka.db import Base, Id, UTCDateTime, utcnow
@@ -26,5 +26,9 @@ class Client(Base):
     timezone: Mapped[str | None] = mapped_column(String(64))
     tags: Mapped[list[str]] = mapped_column(JSON, default=list)
     attributes: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    opted_out: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    """The client asked for no mailings: every message to them is skipped with the reason."""
+    phone_timezone: Mapped[str | None] = mapped_column(String(64))
+    """The zone the phone number names, when it names exactly one (for send windows)."""
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)

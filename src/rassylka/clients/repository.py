@@ -22,6 +22,8 @@ UPSERT_COLUMNS = (
     "timezone",
     "tags",
     "attributes",
+    "opted_out",
+    "phone_timezone",
 )
 
 

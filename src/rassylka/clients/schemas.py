@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
-from pydantic import AfterValidator, BaseModel, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, StringConstraints
 
 from rassylka.config import get_settings
 from rassylka.errors import FieldError
@@ -41,6 +41,19 @@ def _clean_tags(tags: list[str]) -> list[str]:
     return cleaned
 
 
+_FLAGS = {"true": True, "false": False, "1": True, "0": False, "да": True, "нет": False}
+
+
+def _parse_flag(value: Any) -> Any:
+    """A yes/no as a CSV cell (or a JSON string) writes it: true/false, 1/0, да/нет."""
+    if isinstance(value, str):
+        flag = _FLAGS.get(value.strip().lower())
+        if flag is None:
+            raise ValueError(f"Ожидается true/false, 1/0 или да/нет, получено «{value}»")
+        return flag
+    return value
+
+
 def contact_problems(*, email: str | None, phone: str | None) -> list[FieldError]:
     """Why a client cannot be reached, if it has neither an email nor a phone."""
     if email or phone:
@@ -59,6 +72,7 @@ Phone = Annotated[
 ]
 Tag = Annotated[str, StringConstraints(max_length=64)]
 Tags = Annotated[list[Tag], AfterValidator(_clean_tags)]
+Flag = Annotated[bool, BeforeValidator(_parse_flag)]
 
 
 class ClientFields(RequestModel):
@@ -81,6 +95,11 @@ class ClientFields(RequestModel):
     attributes: dict[str, Any] = Field(
         default_factory=dict, description="Произвольные данные, доступные в шаблонах"
     )
+    opted_out: Flag = Field(
+        default=False,
+        description="Клиент отказался от рассылок: его сообщения пропускаются (skipped)",
+        examples=[False],
+    )
 
 
 class ClientCreate(ClientFields):
@@ -101,6 +120,7 @@ class ClientUpdate(UpdateModel):
     timezone: TimeZoneName | None = None
     tags: Tags | None = None
     attributes: dict[str, Any] | None = None
+    opted_out: Flag | None = None
 
 
 class ClientRead(ReadModel):
@@ -115,6 +135,7 @@ class ClientRead(ReadModel):
     timezone: str | None
     tags: list[str]
     attributes: dict[str, Any]
+    opted_out: bool
     created_at: datetime
     updated_at: datetime
 

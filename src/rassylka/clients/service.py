@@ -14,6 +14,7 @@ from rassylka.clients.models import Client
 from rassylka.clients.schemas import ClientCreate, ClientUpdate, contact_problems
 from rassylka.errors import Conflict, NotFound, ValidationFailed
 from rassylka.projects import service as project_service
+from rassylka.scheduling import phone_zone
 
 IMPORT_CHUNK = 5000
 
@@ -24,14 +25,23 @@ async def create(session: AsyncSession, *, data: ClientCreate) -> Client:
         raise ValidationFailed(problems)
     await _ensure_guid_free(session, project_id=project.id, guid=data.guid)
     fields = data.model_dump(exclude={"project"})
-    return await repository.add(session, Client(project_id=project.id, **fields))
+    client = Client(project_id=project.id, phone_timezone=phone_zone(data.phone), **fields)
+    return await repository.add(session, client)
 
 
 async def update(session: AsyncSession, *, client_id: int, data: ClientUpdate) -> Client:
     data.check_path_id(client_id)
     client = await get(session, client_id=client_id)
     changes = data.model_dump(exclude_unset=True, exclude={"primary_key"})
-    for required in ("guid", "first_name", "last_name", "middle_name", "tags", "attributes"):
+    for required in (
+        "guid",
+        "first_name",
+        "last_name",
+        "middle_name",
+        "tags",
+        "attributes",
+        "opted_out",
+    ):
         if required in changes and changes[required] is None:
             raise ValidationFailed.on(required, "Поле нельзя очистить")
     if "guid" in changes and changes["guid"] != client.guid:
@@ -42,6 +52,8 @@ async def update(session: AsyncSession, *, client_id: int, data: ClientUpdate) -
         raise ValidationFailed(problems)
     for name, value in changes.items():
         setattr(client, name, value)
+    if "phone" in changes:
+        client.phone_timezone = phone_zone(client.phone)
     await session.flush()
     return client
 
@@ -97,6 +109,10 @@ async def upsert(
             batches[latest[guid].given].append(latest[guid].fields)
             updated += occurrences[guid]
         for given, batch in batches.items():
+            if "phone" in given:  # the zone the number names goes with it, for windows
+                for fields in batch:
+                    fields["phone_timezone"] = phone_zone(fields.get("phone"))
+                given = given | {"phone_timezone"}
             inserted = await repository.upsert_many(
                 session, project_id=project_id, rows=batch, update=given
             )

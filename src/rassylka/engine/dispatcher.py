@@ -22,11 +22,12 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -47,8 +48,10 @@ from rassylka.engine.ratelimit import RateLimiter
 from rassylka.engine.retry import RetryPolicy
 from rassylka.mailings.models import Channel as MailingChannel
 from rassylka.mailings.models import Mailing
+from rassylka.mailings.timing import window_of
 from rassylka.messages import queue
 from rassylka.projects.models import Project
+from rassylka.scheduling import SendWindow, WindowError, contains, opening_at_or_after
 from rassylka.templates.models import Template
 from rassylka.templates.rendering import (
     RenderError,
@@ -61,6 +64,7 @@ logger = logging.getLogger(__name__)
 
 KIND_OF = {MailingChannel.EMAIL: ChannelKind.EMAIL, MailingChannel.SMS: ChannelKind.SMS}
 CLIENT_GONE = "Клиент удалён до отправки"
+HOLD_CHECK = 0.5
 # How often results are written when they trickle in, and the batch that is written at once.
 FLUSH_INTERVAL = 0.2
 RECOVER_INTERVAL = 10.0
@@ -121,9 +125,17 @@ class Dispatcher:
         sessionmaker: async_sessionmaker[AsyncSession],
         channels: Mapping[int, Channel],
         config: DispatchConfig | None = None,
+        *,
+        clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self._sessionmaker = sessionmaker
         self._config = config or DispatchConfig()
+        self.clock = clock
+        # Mailings with messages claimed into this worker's memory, and those of them that a
+        # person paused or cancelled (or that ended) since: checked every HOLD_CHECK seconds,
+        # so a pause stops their sends within about that long.
+        self._in_memory: Counter[int] = Counter()
+        self._held: set[int] = set()
         self._lanes = [
             _Lane(self, MailingChannel(channel), transport)
             for channel, transport in channels.items()
@@ -147,11 +159,42 @@ class Dispatcher:
 
     async def run(self, stop: asyncio.Event) -> None:
         async with asyncio.TaskGroup() as group:
-            for lane in self._lanes:
-                group.create_task(lane.run(stop), name=f"lane-{lane.channel.name.lower()}")
+            watcher = group.create_task(self._watch(), name="hold-watch")
+            try:
+                async with asyncio.TaskGroup() as lanes:
+                    for lane in self._lanes:
+                        lanes.create_task(lane.run(stop), name=f"lane-{lane.channel.name}")
+            finally:
+                watcher.cancel()
 
     def is_paused(self, mailing_id: int) -> bool:
-        return mailing_id in self._paused
+        return mailing_id in self._paused or mailing_id in self._held
+
+    def _taken(self, mailing_id: int) -> None:
+        self._in_memory[mailing_id] += 1
+
+    def _done(self, mailing_id: int) -> None:
+        self._in_memory[mailing_id] -= 1
+        if self._in_memory[mailing_id] <= 0:
+            del self._in_memory[mailing_id]
+            self._held.discard(mailing_id)
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(HOLD_CHECK)
+            if not self._in_memory:
+                continue
+            try:
+                async with self._sessionmaker() as session:
+                    held = await queue.not_sending(
+                        session, mailing_ids=list(self._in_memory), now=self.clock()
+                    )
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.warning("checking the mailings in memory failed; checking again")
+                continue
+            self._held = held
 
     def _resumed(self, mailing_ids: set[int], *, claimed_at: float) -> None:
         """Claims take active mailings only: one claimed again, by a claim that began after
@@ -216,6 +259,7 @@ class _Lane:
         self.room = asyncio.Event()
         self.results: list[_Result] = []
         self.unsent: list[int] = []
+        self.deferrals: list[queue.Deferral] = []
         self.results_ready = asyncio.Event()
         self.stopping = False
         self.senders_done = False
@@ -272,7 +316,7 @@ class _Lane:
 
     async def _recover(self) -> None:
         async with self._sessionmaker() as session, session.begin():
-            count = await queue.recover(session, channel=self.channel, now=utcnow())
+            count = await queue.recover(session, channel=self.channel, now=self.dispatcher.clock())
         if count:
             logger.warning(
                 "%s %s messages of expired claims returned to the queue", count, self.kind
@@ -280,7 +324,7 @@ class _Lane:
 
     async def _claim(self, limit: int) -> int:
         claimed_at = time.monotonic()
-        now = utcnow()
+        now = self.dispatcher.clock()
         lease_until = now + timedelta(seconds=self.dispatcher.config.lease)
         async with self._sessionmaker() as session, session.begin():
             claimed = await queue.claim(
@@ -295,12 +339,21 @@ class _Lane:
             contexts = await _load_contexts(session, claimed)
         self.dispatcher._resumed({message.mailing_id for message in claimed}, claimed_at=claimed_at)
         failures: list[_Result] = []
+        deferrals: list[queue.Deferral] = []
         for message in claimed:
+            opening = _window_opening(message, contexts, now)
+            if opening is not None:
+                deferrals.append(queue.Deferral(message.id, opening))
+                continue
             rendered = self._render(message, contexts)
             if isinstance(rendered, _RenderFailure):
                 failures.append((message, rendered))
             else:
+                self.dispatcher._taken(message.mailing_id)
                 self.queue.put_nowait(_Item(message, rendered))
+        if deferrals:
+            self.deferrals.extend(deferrals)
+            self.results_ready.set()
         if failures:
             for message, failure in failures:
                 self.dispatcher._note(message.mailing_id, failure)
@@ -351,9 +404,11 @@ class _Lane:
                 await self.limiter.acquire()
             if self.stopping or self.dispatcher.is_paused(item.claimed.mailing_id):
                 self.unsent.append(item.claimed.id)
+                self.dispatcher._done(item.claimed.mailing_id)
                 self.results_ready.set()
                 continue
             outcome = await self._send(item.message)
+            self.dispatcher._done(item.claimed.mailing_id)
             self.dispatcher._note(item.claimed.mailing_id, outcome)
             self.results.append((item.claimed, outcome))
             if len(self.results) >= self.dispatcher.config.batch_size:
@@ -382,27 +437,47 @@ class _Lane:
             finishing = self.senders_done
             results, self.results = self.results, []
             unsent, self.unsent = self.unsent, []
-            if results or unsent or self.dispatcher._pauses_to_write:
-                await self._record(results, unsent)
-            if finishing and not self.results and not self.unsent:
+            deferrals, self.deferrals = self.deferrals, []
+            if results or unsent or deferrals or self.dispatcher._pauses_to_write:
+                await self._record(results, unsent, deferrals)
+            if finishing and not self.results and not self.unsent and not self.deferrals:
                 return
 
-    async def _record(self, results: list[_Result], unsent: list[int]) -> None:
+    async def _record(
+        self, results: list[_Result], unsent: list[int], deferrals: list[queue.Deferral]
+    ) -> None:
         """Write outcomes until the database takes them: they exist nowhere else."""
         while True:
-            now = utcnow()
+            now = self.dispatcher.clock()
             pauses = dict(self.dispatcher._pauses_to_write)
             try:
                 async with self._sessionmaker() as session, session.begin():
                     await self._write(session, results, unsent, now)
+                    await queue.defer(session, deferrals=deferrals, now=now)
                     await self.dispatcher._write_pauses(session, pauses, now)
                 self.dispatcher._pauses_written(pauses)
+                if results:
+                    await self._finish({claimed.run_id for claimed, _ in results})
                 return
             except asyncio.CancelledError:
                 raise
             except Exception:
                 logger.exception("recording %s outcomes failed; trying again", len(results))
                 await asyncio.sleep(DB_RETRY_DELAY)
+
+    async def _finish(self, run_ids: set[int]) -> None:
+        """Close the runs whose last message this batch settled (and maybe their mailing).
+
+        In its own transaction, after the outcomes are committed: of two lanes settling a
+        run's last messages at once, the one that looks last sees both, whereas inside their
+        own transactions each would still see the other's messages pending."""
+        try:
+            async with self._sessionmaker() as session, session.begin():
+                await queue.finish_runs(session, now=self.dispatcher.clock(), run_ids=run_ids)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.warning("closing runs %s failed; the scheduler closes them later", run_ids)
 
     async def _write(
         self, session: AsyncSession, results: list[_Result], unsent: list[int], now: datetime
@@ -440,12 +515,20 @@ class _MailingContext:
     fields: dict[str, Any]
     project: dict[str, Any]
     template: Any
+    window: SendWindow | None
 
 
 @dataclass(frozen=True)
 class _Contexts:
     mailings: dict[int, _MailingContext]
     clients: dict[int, dict[str, Any]]
+
+
+def _window(mailing: Mailing) -> SendWindow | None:
+    try:
+        return window_of(mailing)
+    except WindowError:
+        return None
 
 
 async def _load_contexts(session: AsyncSession, claimed: Sequence[queue.Claimed]) -> _Contexts:
@@ -476,6 +559,7 @@ async def _load_contexts(session: AsyncSession, claimed: Sequence[queue.Claimed]
                     sms_text=template.sms_text,
                 )
             ),
+            window=_window(mailing),
         )
     clients: dict[int, dict[str, Any]] = {}
     if client_ids:
@@ -493,6 +577,24 @@ async def _load_contexts(session: AsyncSession, claimed: Sequence[queue.Claimed]
                 "attributes": dict(client.attributes or {}),
             }
     return _Contexts(mailings=mailings, clients=clients)
+
+
+def _window_opening(message: queue.Claimed, contexts: _Contexts, now: datetime) -> datetime | None:
+    """When the recipient's window next opens, if it is shut now (else None)."""
+    mailing = contexts.mailings.get(message.mailing_id)
+    if mailing is None or mailing.window is None:
+        return None
+    zone = _zone(message.timezone)
+    if contains(mailing.window, now, zone):
+        return None
+    return opening_at_or_after(mailing.window, now, zone)
+
+
+def _zone(name: str | None) -> ZoneInfo:
+    try:
+        return ZoneInfo(name) if name else ZoneInfo("UTC")
+    except (ZoneInfoNotFoundError, ValueError):
+        return ZoneInfo("UTC")
 
 
 def _describe(outcome: Outcome | _RenderFailure) -> str:

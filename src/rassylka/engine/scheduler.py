@@ -1,9 +1,14 @@
-"""The scheduler: starts the runs that are due, closes the runs that are done.
+"""The scheduler: starts the runs that fall due, ends what has ended, closes finished runs.
 
-Here it looks every ``interval`` seconds (the simple start rule of the sending engine); the
-scheduling issue makes it wake at the next due moment. Any number of workers may run it at
-once: a run is created once per mailing and moment (unique), together with its messages in
-one transaction, so a run is never seen without its messages.
+It sleeps until the next due moment (the earliest ``next_run_at`` of an active mailing, or
+``ends_at`` reached), not a fixed coarse poll, capped at ``max_sleep`` as a safety net; a
+change to any mailing wakes it at once (in this process through ``wake()``, in others through
+PostgreSQL NOTIFY). So a mailing due at T starts within about a second of T.
+
+Any number of workers may run it at once: a due mailing is advanced under a row lock
+(PostgreSQL ``FOR UPDATE SKIP LOCKED``; SQLite's one writer), and a run is unique per mailing
+and moment, created together with its messages in one transaction — so a run is never seen
+without its messages, and exactly one worker starts it.
 """
 
 from __future__ import annotations
@@ -12,14 +17,19 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from rassylka.db import utcnow
+from rassylka.mailings import repository as mailings
 from rassylka.messages import queue
-from rassylka.messages.service import start_due_mailings
+from rassylka.messages.service import advance
 
 logger = logging.getLogger(__name__)
+
+ENDED_REASON = "Срок рассылки истёк"
+MAX_SLEEP = 30.0
 
 
 class Scheduler:
@@ -27,37 +37,92 @@ class Scheduler:
         self,
         sessionmaker: async_sessionmaker[AsyncSession],
         *,
-        interval: float = 1.0,
+        max_sleep: float = MAX_SLEEP,
         on_new_work: Callable[[], None] | None = None,
+        clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self._sessionmaker = sessionmaker
-        self._interval = interval
+        self._max_sleep = max_sleep
         self._on_new_work = on_new_work
+        self._clock = clock
+        self._wake = asyncio.Event()
 
-    async def tick(self) -> list[int]:
-        """Start what is due and finish what is done; the ids of the runs started."""
-        async with self._sessionmaker() as session, session.begin():
-            started = await start_due_mailings(session)
-            if started:
-                await queue.notify_work(session)
+    def wake(self) -> None:
+        """Look again now: a mailing was created or changed."""
+        self._wake.set()
+
+    async def tick(self, now: datetime | None = None) -> list[int]:
+        """Start what is due, end what has ended, finish what is done; the runs started."""
+        now = now or self._clock()
+        started: list[int] = []
+        async with self._sessionmaker() as session:
+            due = await mailings.due_ids(session, now=now)
+        for mailing_id in due:
+            try:
+                run_id = await self._advance(mailing_id, now)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("starting mailing %s failed; it is tried again", mailing_id)
+                continue
+            if run_id is not None:
+                started.append(run_id)
         if started:
             logger.info("started runs %s", started)
             if self._on_new_work:
                 self._on_new_work()
         async with self._sessionmaker() as session, session.begin():
-            finished = await queue.finish_runs(session, now=utcnow())
+            expired = await queue.expire_queued(session, reason=ENDED_REASON, now=now)
+            ended = await mailings.end_past(session, now=now)
+        if ended:
+            logger.info("mailings %s reached their end; %s messages expired", ended, expired)
+        async with self._sessionmaker() as session, session.begin():
+            finished = await queue.finish_runs(session, now=now)
         if finished:
             logger.info("finished runs %s", finished)
         return started
 
+    async def _advance(self, mailing_id: int, now: datetime) -> int | None:
+        async with self._sessionmaker() as session, session.begin():
+            mailing = await mailings.lock_due(session, mailing_id, now=now)
+            if mailing is None:
+                return None
+            run_id = await advance(session, mailing, now=now)
+            if run_id is not None:
+                await queue.notify_work(session)
+            return run_id
+
+    async def seconds_to_next(self) -> float:
+        now = self._clock()
+        async with self._sessionmaker() as session:
+            due = await mailings.next_due(session, now=now)
+        if due is None:
+            return self._max_sleep
+        if due <= now:  # still due after a tick: advancing it failed; do not spin
+            return 1.0
+        return min((due - now).total_seconds(), self._max_sleep)
+
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
+            self._wake.clear()
+            delay = self._max_sleep
             try:
                 await self.tick()
+                delay = await self.seconds_to_next()
             except asyncio.CancelledError:
                 raise
             except Exception:
                 logger.exception("the scheduler's tick failed; trying again")
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._interval):
-                    await stop.wait()
+                delay = 1.0
+            await _wait_any(stop, self._wake, seconds=delay)
+
+
+async def _wait_any(*events: asyncio.Event, seconds: float) -> None:
+    waiters = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(*waiters, return_exceptions=True)

@@ -20,7 +20,7 @@ from rassylka.config import Settings
 from rassylka.db import create_engine, create_sessionmaker
 from rassylka.engine.dispatcher import DispatchConfig, Dispatcher
 from rassylka.engine.scheduler import Scheduler
-from rassylka.messages.queue import NOTIFY_CHANNEL
+from rassylka.messages.queue import NOTIFY_CHANNEL, SCHEDULE_CHANNEL
 
 logger = logging.getLogger(__name__)
 LISTEN_CHECK_INTERVAL = 5.0
@@ -41,13 +41,14 @@ class Worker:
         self.channels = channels
         sessionmaker = create_sessionmaker(engine)
         self.dispatcher = Dispatcher(sessionmaker, channels, config)
-        interval = self.dispatcher.config.poll_interval
         self.scheduler = (
-            Scheduler(sessionmaker, interval=interval, on_new_work=self.dispatcher.wake)
-            if schedule
-            else None
+            Scheduler(sessionmaker, on_new_work=self.dispatcher.wake) if schedule else None
         )
         self.stop_event = asyncio.Event()
+
+    def wake_scheduler(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.wake()
 
     def stop(self) -> None:
         """Ask for a graceful stop: nothing new is claimed, in-flight sends finish."""
@@ -61,9 +62,10 @@ class Worker:
                 if self.scheduler is not None:
                     group.create_task(self.scheduler.run(stop), name="scheduler")
                 if self.engine.dialect.name == "postgresql":
-                    group.create_task(
-                        listen(self.engine, self.dispatcher.wake, stop), name="listener"
-                    )
+                    listeners = {NOTIFY_CHANNEL: self.dispatcher.wake}
+                    if self.scheduler is not None:
+                        listeners[SCHEDULE_CHANNEL] = self.scheduler.wake
+                    group.create_task(listen(self.engine, listeners, stop), name="listener")
         finally:
             for channel in self.channels.values():
                 try:
@@ -72,19 +74,22 @@ class Worker:
                     logger.exception("closing the %s channel failed", channel.kind)
 
 
-async def listen(engine: AsyncEngine, on_notify: Callable[[], None], stop: asyncio.Event) -> None:
-    """Call ``on_notify`` on every NOTIFY of new work, reconnecting if the connection drops;
-    while it is down, the dispatcher's polling still finds the work."""
+async def listen(
+    engine: AsyncEngine, listeners: Mapping[str, Callable[[], None]], stop: asyncio.Event
+) -> None:
+    """Call each channel's function on its NOTIFY, reconnecting if the connection drops;
+    while it is down, polling and the scheduler's own timer still find the work."""
 
-    def callback(*_args: Any) -> None:
-        on_notify()
+    def callback(_connection: Any, _pid: int, channel: str, _payload: str) -> None:
+        listeners[channel]()
 
     while not stop.is_set():
         try:
             async with engine.connect() as connection:
                 raw = await connection.get_raw_connection()
                 driver: Any = raw.driver_connection
-                await driver.add_listener(NOTIFY_CHANNEL, callback)
+                for channel in listeners:
+                    await driver.add_listener(channel, callback)
                 try:
                     while not stop.is_set() and not driver.is_closed():
                         with contextlib.suppress(TimeoutError):
@@ -92,11 +97,12 @@ async def listen(engine: AsyncEngine, on_notify: Callable[[], None], stop: async
                                 await stop.wait()
                 finally:
                     if not driver.is_closed():
-                        await driver.remove_listener(NOTIFY_CHANNEL, callback)
+                        for channel in listeners:
+                            await driver.remove_listener(channel, callback)
         except asyncio.CancelledError:
             raise
         except Exception:
-            logger.warning("LISTEN %s failed; polling until it is back", NOTIFY_CHANNEL)
+            logger.warning("LISTEN %s failed; polling until it is back", ", ".join(listeners))
         if not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(LISTEN_CHECK_INTERVAL):

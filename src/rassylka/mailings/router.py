@@ -4,15 +4,22 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, BackgroundTasks, Path, Query, Request
 
 from rassylka.db import SessionDep
 from rassylka.errors import openapi_error_responses
-from rassylka.mailings import service
-from rassylka.mailings.schemas import MailingCreate, MailingRead, MailingUpdate
+from rassylka.mailings import lifecycle, service
+from rassylka.mailings.schemas import (
+    MailingCreate,
+    MailingRead,
+    MailingUpdate,
+    RunRead,
+    SchedulePreview,
+)
 from rassylka.schemas import MAX_ID, Envelope, Page, PageDep, ok
 
 router = APIRouter(prefix="/mailing", tags=["Mailing"])
+MAX_PREVIEW = 100
 MailingId = Annotated[int, Path(ge=1, le=MAX_ID, description="Идентификатор рассылки")]
 
 
@@ -24,8 +31,12 @@ MailingId = Annotated[int, Path(ge=1, le=MAX_ID, description="Идентифик
     response_model=Envelope[MailingRead],
     responses=openapi_error_responses(400, 403, 405, 413, 500),
 )
-async def create_mailing(session: SessionDep, data: MailingCreate) -> dict[str, object]:
-    return ok(MailingRead.model_validate(await service.create(session, data=data)))
+async def create_mailing(
+    session: SessionDep, data: MailingCreate, background: BackgroundTasks, request: Request
+) -> dict[str, object]:
+    mailing = await service.create(session, data=data)
+    background.add_task(_wake_scheduler, request)
+    return ok(MailingRead.model_validate(mailing))
 
 
 @router.put(
@@ -34,13 +45,66 @@ async def create_mailing(session: SessionDep, data: MailingCreate) -> dict[str, 
     summary="Обновление рассылки",
     description="Меняет только переданные поля.",
     response_model=Envelope[MailingRead],
-    responses=openapi_error_responses(400, 403, 404, 405, 413, 500),
+    responses=openapi_error_responses(400, 403, 404, 405, 409, 413, 500),
 )
 async def update_mailing(
-    session: SessionDep, id: MailingId, data: MailingUpdate
+    session: SessionDep,
+    id: MailingId,
+    data: MailingUpdate,
+    background: BackgroundTasks,
+    request: Request,
 ) -> dict[str, object]:
     mailing = await service.update(session, mailing_id=id, data=data)
+    background.add_task(_wake_scheduler, request)
     return ok(MailingRead.model_validate(mailing))
+
+
+def _lifecycle_route(action: lifecycle.Action, summary: str, description: str) -> None:
+    async def endpoint(
+        session: SessionDep, id: MailingId, background: BackgroundTasks, request: Request
+    ) -> dict[str, object]:
+        mailing = await service.get(session, mailing_id=id)
+        mailing = await lifecycle.apply(session, mailing, action)
+        background.add_task(_wake_scheduler, request)
+        return ok(MailingRead.model_validate(mailing), status=200)
+
+    router.add_api_route(
+        f"/{{id:int}}/{action.value}",
+        endpoint,
+        methods=["POST"],
+        status_code=200,
+        summary=summary,
+        description=description,
+        response_model=Envelope[MailingRead],
+        responses=openapi_error_responses(403, 404, 409, 500),
+        name=f"{action.value}_mailing",
+    )
+
+
+def _wake_scheduler(request: Request) -> None:
+    """After the response (so after the commit), the scheduler in this process looks again;
+    schedulers in other processes hear the NOTIFY sent at the commit."""
+    worker = getattr(request.app.state, "worker", None)
+    if worker is not None:
+        worker.wake_scheduler()
+
+
+_lifecycle_route(lifecycle.Action.START, "Запуск рассылки", "Черновик (0) → активна (1).")
+_lifecycle_route(
+    lifecycle.Action.PAUSE,
+    "Пауза рассылки",
+    "Активна (1) → приостановлена (2): новые отправки прекращаются в течение секунды.",
+)
+_lifecycle_route(
+    lifecycle.Action.RESUME,
+    "Возобновление рассылки",
+    "Приостановлена (2) → активна (1): уже отправленное не отправляется повторно.",
+)
+_lifecycle_route(
+    lifecycle.Action.CANCEL,
+    "Отмена рассылки",
+    "Черновик, активна или на паузе → отменена (4): всё ещё не отправленное истекает.",
+)
 
 
 @router.get(
@@ -59,6 +123,32 @@ async def list_mailings(
         session, project=project, status=status, limit=page.limit, offset=page.offset
     )
     return ok(page.of([MailingRead.model_validate(m) for m in mailings], total), status=200)
+
+
+@router.get(
+    "/{id:int}/schedule",
+    summary="Ближайшие запуски рассылки",
+    response_model=Envelope[SchedulePreview],
+    responses=openapi_error_responses(400, 403, 404, 500),
+)
+async def preview_schedule(
+    session: SessionDep,
+    id: MailingId,
+    count: Annotated[int, Query(ge=1, le=MAX_PREVIEW, description="Сколько запусков")] = 10,
+) -> dict[str, object]:
+    mailing = await service.get(session, mailing_id=id)
+    return ok(service.preview(mailing, count=count), status=200)
+
+
+@router.get(
+    "/{id:int}/runs",
+    summary="Запуски рассылки и их счётчики",
+    response_model=Envelope[Page[RunRead]],
+    responses=openapi_error_responses(400, 403, 404, 500),
+)
+async def list_runs(session: SessionDep, id: MailingId, page: PageDep) -> dict[str, object]:
+    runs, total = await service.runs(session, mailing_id=id, limit=page.limit, offset=page.offset)
+    return ok(page.of(runs, total), status=200)
 
 
 @router.get(

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, time
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo
 
-from pydantic import AfterValidator, BeforeValidator, Field, WithJsonSchema
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    model_validator,
+)
 
+from rassylka.mailings.audience import Audience
 from rassylka.mailings.models import Channel, MailingStatus
 from rassylka.schemas import EntityId, Name, ReadModel, RequestModel, TimeZoneName, UpdateModel
 
@@ -104,6 +113,50 @@ Event = Annotated[
 Status = Annotated[int, AfterValidator(_check_status)]
 
 
+class ScheduleIn(RequestModel):
+    """A recurring schedule: exactly one of ``cron`` and ``rrule``, in the mailing's zone."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"cron": "0 10 * * 1-5", "max_runs": 20, "catch_up": "once"},
+                {"rrule": "FREQ=WEEKLY;BYDAY=MO;BYHOUR=10;BYMINUTE=0", "until": "2027-06-01"},
+            ]
+        }
+    )
+
+    cron: str | None = Field(default=None, description="Cron-выражение из 5 полей")
+    rrule: str | None = Field(default=None, description="Правило RRULE (RFC 5545)")
+    until: Event | None = Field(default=None, description="Не запускать после этого момента")
+    max_runs: int | None = Field(default=None, ge=1, le=1_000_000, description="Не больше запусков")
+    catch_up: Literal["once", "skip"] = Field(
+        default="once",
+        description="После простоя: once — один пропущенный запуск сразу, skip — ни одного",
+    )
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> ScheduleIn:
+        if (self.cron is None) == (self.rrule is None):
+            raise ValueError("Укажите ровно одно из cron и rrule")
+        return self
+
+
+class WindowIn(RequestModel):
+    """Hours when a recipient may get messages, in the recipient's own time zone."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"start": "09:00", "end": "21:00", "days": [1, 2, 3, 4, 5]}]
+        }
+    )
+
+    start: str = Field(description="Начало окна, ЧЧ:ММ (время получателя)")
+    end: str = Field(description="Конец окна, ЧЧ:ММ; меньше начала — окно через полночь")
+    days: list[int] | None = Field(
+        default=None, description="Дни недели, когда окно открывается: 1 — пн … 7 — вс"
+    )
+
+
 class MailingCreate(RequestModel):
     name: Name = Field(description="Наименование рассылки", examples=["SMSMailing"])
     project_id: EntityId = Field(description="Идентификатор проекта", examples=[236])
@@ -113,10 +166,21 @@ class MailingCreate(RequestModel):
         examples=[1],
     )
     channels: Channels
-    event: Event
+    event: Event | None = Field(
+        default=None,
+        description="Момент разовой рассылки или начало повторений; по умолчанию — сейчас",
+    )
     timezone: TimeZoneName | None = Field(
         default=None, description="Часовой пояс рассылки (IANA); по умолчанию — настройка сервера"
     )
+    schedule: ScheduleIn | None = Field(default=None, description="Повторения; нет — разовая")
+    ends_at: Event | None = Field(
+        default=None, description="Жёсткий конец: позже ничего не отправляется"
+    )
+    send_window: WindowIn | None = Field(
+        default=None, description="Окно отправки во времени каждого получателя"
+    )
+    audience: Audience | None = Field(default=None, description="Кому: фильтр клиентов")
 
 
 class MailingUpdate(UpdateModel):
@@ -128,6 +192,10 @@ class MailingUpdate(UpdateModel):
     channels: Channels | None = None
     event: Event | None = None
     timezone: TimeZoneName | None = None
+    schedule: ScheduleIn | None = None
+    ends_at: Event | None = None
+    send_window: WindowIn | None = None
+    audience: Audience | None = None
 
 
 class MailingRead(ReadModel):
@@ -142,5 +210,30 @@ class MailingRead(ReadModel):
     channels: list[int]
     event: str
     timezone: str
+    schedule: dict[str, Any] | None = Field(
+        default=None, description="cron или rrule, until, max_runs, catch_up; null — разовая"
+    )
+    ends_at: datetime | None = None
+    send_window: dict[str, Any] | None = None
+    audience: dict[str, Any] | None = None
+    next_run_at: datetime | None = Field(default=None, description="Следующий запуск (UTC)")
+    runs_count: int = Field(default=0, description="Сколько запусков уже было")
     created_at: datetime
     updated_at: datetime
+
+
+class RunRead(BaseModel):
+    id: int
+    scheduled_at: datetime = Field(description="Момент запуска по расписанию (UTC)")
+    status: str = Field(description="running — идёт, finished — завершён")
+    started_at: datetime
+    finished_at: datetime | None
+    total: int = Field(description="Сообщений в запуске")
+    counts: dict[str, int] = Field(
+        description="Сообщений по статусам", examples=[{"sent": 980, "failed": 3, "skipped": 17}]
+    )
+
+
+class SchedulePreview(BaseModel):
+    timezone: str
+    runs: list[str] = Field(description="Ближайшие запуски, ISO 8601 в часовом поясе рассылки")

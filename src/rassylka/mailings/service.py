@@ -3,18 +3,34 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
 
+from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from rassylka.config import get_settings
+from rassylka.db import utcnow
 from rassylka.errors import FieldError, NotFound, ValidationFailed
-from rassylka.mailings import repository
-from rassylka.mailings.models import Channel, Mailing
-from rassylka.mailings.schemas import MailingCreate, MailingUpdate, event_moment
+from rassylka.mailings import lifecycle, repository, timing
+from rassylka.mailings.models import Channel, Mailing, MailingStatus
+from rassylka.mailings.schemas import (
+    MailingCreate,
+    MailingUpdate,
+    RunRead,
+    ScheduleIn,
+    SchedulePreview,
+)
+from rassylka.messages import repository as message_repository
 from rassylka.projects import repository as project_repository
 from rassylka.projects import service as project_service
+from rassylka.scheduling import ScheduleError, upcoming
 from rassylka.templates import repository as template_repository
 from rassylka.templates.models import Template
+
+# Fields an update may set to null: the mailing then has none.
+CLEARABLE = frozenset({"schedule", "ends_at", "send_window", "audience"})
 
 
 async def create(session: AsyncSession, *, data: MailingCreate) -> Mailing:
@@ -24,16 +40,29 @@ async def create(session: AsyncSession, *, data: MailingCreate) -> Mailing:
     template = await _template_for(session, project_id=project.id, template_id=data.template_id)
     if problems := channel_problems(template, data.channels):
         raise ValidationFailed(problems)
+    if data.status not in (MailingStatus.DRAFT, MailingStatus.ACTIVE, MailingStatus.PAUSED):
+        raise ValidationFailed.on(
+            "status",
+            "Новая рассылка — черновик (0), активна (1) или на паузе (2); завершённой (3) "
+            "или отменённой (4) её делает только жизненный цикл",
+        )
     timezone = data.timezone or get_settings().default_timezone
+    window = timing.checked_window(_dump(data.send_window))
     mailing = Mailing(
         project_id=project.id,
         template_id=template.id,
         name=data.name,
         status=data.status,
         channels=data.channels,
-        event_at=event_moment(data.event, timezone),
         timezone=timezone,
+        send_window=window,
+        audience=_dump(data.audience),
+        runs_count=0,
     )
+    _set_event(mailing, data.event)
+    _set_schedule(mailing, data.schedule)
+    mailing.ends_at = timing.end_moment(data.ends_at, timezone) if data.ends_at else None
+    timing.plan(mailing)
     return await repository.add(session, mailing)
 
 
@@ -41,7 +70,9 @@ async def update(session: AsyncSession, *, mailing_id: int, data: MailingUpdate)
     data.check_path_id(mailing_id)
     mailing = await get(session, mailing_id=mailing_id)
     changes = data.model_dump(exclude_unset=True, exclude={"primary_key"})
-    if cleared := [name for name, value in changes.items() if value is None]:
+    if cleared := [
+        name for name, value in changes.items() if value is None and name not in CLEARABLE
+    ]:
         raise ValidationFailed(
             [FieldError(field=name, message="Поле нельзя очистить") for name in cleared]
         )
@@ -50,16 +81,53 @@ async def update(session: AsyncSession, *, mailing_id: int, data: MailingUpdate)
     channels = changes.get("channels", mailing.channels)
     if problems := channel_problems(template, channels):
         raise ValidationFailed(problems)
+    if "status" in changes:
+        status = changes.pop("status")
+        if status != mailing.status:
+            await lifecycle.change(session, mailing, status)
     mailing.timezone = changes.pop("timezone", mailing.timezone)
+    if "send_window" in changes:
+        mailing.send_window = timing.checked_window(changes.pop("send_window"))
     if "event" in changes:
         # An event given without an offset is read in the mailing's (possibly new) zone.
-        mailing.event_at = event_moment(changes.pop("event"), mailing.timezone)
-    if "status" in changes:
-        mailing.status_reason = None  # a person chose the status now
+        _set_event(mailing, changes.pop("event"))
+    if "schedule" in changes:
+        changes.pop("schedule")
+        _set_schedule(mailing, data.schedule)
+    if "ends_at" in changes:
+        ends_at = changes.pop("ends_at")
+        mailing.ends_at = timing.end_moment(ends_at, mailing.timezone) if ends_at else None
+    if "audience" in changes:
+        changes.pop("audience")
+        mailing.audience = _dump(data.audience)
     for name, value in changes.items():
         setattr(mailing, name, value)
+    if mailing.status in (MailingStatus.DRAFT, MailingStatus.ACTIVE, MailingStatus.PAUSED):
+        timing.plan(mailing)
     await session.flush()
     return mailing
+
+
+def _dump(model: BaseModel | None) -> dict[str, Any] | None:
+    return model.model_dump(exclude_none=True) if model is not None else None
+
+
+def _set_event(mailing: Mailing, event: str | None) -> None:
+    """The one-off moment or the recurrence's start; none given means now."""
+    window = timing.window_of(mailing)
+    mailing.event_at = timing.moment(event, mailing.timezone, window=window) if event else utcnow()
+
+
+def _set_schedule(mailing: Mailing, schedule: ScheduleIn | None) -> None:
+    mailing.cron = schedule.cron if schedule else None
+    mailing.rrule = schedule.rrule if schedule else None
+    mailing.max_runs = schedule.max_runs if schedule else None
+    mailing.catch_up = schedule.catch_up if schedule else "once"
+    mailing.until_at = (
+        timing.end_moment(schedule.until, mailing.timezone)
+        if schedule is not None and schedule.until
+        else None
+    )
 
 
 def channel_problems(template: Template, channels: Sequence[int]) -> list[FieldError]:
@@ -112,3 +180,46 @@ async def _template_for(session: AsyncSession, *, project_id: int, template_id: 
             f"Шаблон {template_id} принадлежит другому проекту ({template.project_id})",
         )
     return template
+
+
+def preview(mailing: Mailing, *, count: int) -> SchedulePreview:
+    """The next ``count`` run times from now (none once the mailing is over)."""
+    zone = ZoneInfo(mailing.timezone)
+    times: list[datetime] = []
+    if mailing.status in (MailingStatus.DRAFT, MailingStatus.ACTIVE, MailingStatus.PAUSED):
+        try:
+            schedule = timing.schedule_of(mailing)
+        except ScheduleError as error:
+            raise ValidationFailed.on(f"schedule.{error.field}", error.message) from None
+        now = utcnow()
+        if mailing.next_run_at is not None:
+            times = [mailing.next_run_at]
+            times += upcoming(
+                schedule, max(now, mailing.next_run_at), count - 1, mailing.runs_count + 1
+            )
+        times = [moment for moment in times if mailing.ends_at is None or moment < mailing.ends_at]
+    return SchedulePreview(
+        timezone=mailing.timezone,
+        runs=[moment.astimezone(zone).isoformat() for moment in times[:count]],
+    )
+
+
+async def runs(
+    session: AsyncSession, *, mailing_id: int, limit: int, offset: int
+) -> tuple[list[RunRead], int]:
+    await get(session, mailing_id=mailing_id)
+    found, total, counts = await message_repository.runs_page(
+        session, mailing_id=mailing_id, limit=limit, offset=offset
+    )
+    return [
+        RunRead(
+            id=run.id,
+            scheduled_at=run.scheduled_at,
+            status=run.status,
+            started_at=run.started_at,
+            finished_at=run.finished_at,
+            total=sum(counts[run.id].values()),
+            counts=counts[run.id],
+        )
+        for run in found
+    ], total

@@ -75,6 +75,8 @@ class Message(Base):
     )
     channel: Mapped[int] = mapped_column(SmallInteger)
     address: Mapped[str | None] = mapped_column(String(320))
+    # The recipient's zone when the message was made, for its send window.
+    timezone: Mapped[str | None] = mapped_column(String(64))
     status: Mapped[str] = mapped_column(String(16))
     reason: Mapped[str | None] = mapped_column(Text)
     attempts: Mapped[int] = mapped_column(Integer, default=0)

@@ -12,12 +12,12 @@ attempt stays counted, because the send may have happened.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, exists, select, text, update
+from sqlalchemy import Table, bindparam, exists, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from rassylka.db import UTCDateTime
@@ -28,8 +28,10 @@ MESSAGE = cast(Table, Message.__table__)
 MAILING = cast(Table, Mailing.__table__)
 RUN = cast(Table, Run.__table__)
 
-# The channel that wakes workers when new work is queued (PostgreSQL LISTEN/NOTIFY).
+# The channels that wake workers (PostgreSQL LISTEN/NOTIFY): new work is queued; a mailing's
+# schedule or status changed.
 NOTIFY_CHANNEL = "rassylka_work"
+SCHEDULE_CHANNEL = "rassylka_schedule"
 PEER_ID_LENGTH = 255
 
 
@@ -43,6 +45,7 @@ class Claimed:
     address: str
     attempts: int
     created_at: datetime
+    timezone: str | None = None
 
 
 @dataclass(frozen=True)
@@ -76,7 +79,9 @@ async def claim(
 ) -> list[Claimed]:
     """Take up to ``limit`` due messages of ``channel`` for this worker until ``lease_until``."""
     active = exists().where(
-        MAILING.c.id == MESSAGE.c.mailing_id, MAILING.c.status == MailingStatus.ACTIVE
+        MAILING.c.id == MESSAGE.c.mailing_id,
+        MAILING.c.status == MailingStatus.ACTIVE,
+        or_(MAILING.c.ends_at.is_(None), MAILING.c.ends_at > now),
     )
     due = (
         select(MESSAGE.c.id)
@@ -110,6 +115,7 @@ async def claim(
             MESSAGE.c.address,
             MESSAGE.c.attempts,
             MESSAGE.c.created_at,
+            MESSAGE.c.timezone,
         )
     )
     rows = (await session.execute(statement)).all()
@@ -242,27 +248,37 @@ async def recover(session: AsyncSession, *, channel: int, now: datetime) -> int:
     return len(result.all())
 
 
-async def finish_runs(session: AsyncSession, *, now: datetime) -> list[int]:
-    """Close every running run with nothing left queued or sending, and complete the one-off
-    mailings those runs belong to; returns the finished runs' ids."""
+async def finish_runs(
+    session: AsyncSession, *, now: datetime, run_ids: Iterable[int] | None = None
+) -> list[int]:
+    """Close running runs (all, or those of ``run_ids``) with nothing left queued or sending,
+    and complete the active mailings that have no run left and no next one; the runs closed."""
     pending = exists().where(
         MESSAGE.c.run_id == RUN.c.id,
         MESSAGE.c.status.in_([MessageStatus.QUEUED, MessageStatus.SENDING]),
     )
+    where = [RUN.c.status == RunStatus.RUNNING, ~pending]
+    if run_ids is not None:
+        where.append(RUN.c.id.in_(set(run_ids)))
     finished = (
         await session.execute(
             update(RUN)
-            .where(RUN.c.status == RunStatus.RUNNING, ~pending)
+            .where(*where)
             .values(status=RunStatus.FINISHED, finished_at=now)
             .returning(RUN.c.id, RUN.c.mailing_id)
         )
     ).all()
     if finished:
+        running = exists().where(
+            RUN.c.mailing_id == MAILING.c.id, RUN.c.status == RunStatus.RUNNING
+        )
         await session.execute(
             update(MAILING)
             .where(
                 MAILING.c.id.in_({mailing_id for _, mailing_id in finished}),
                 MAILING.c.status == MailingStatus.ACTIVE,
+                MAILING.c.next_run_at.is_(None),
+                ~running,
             )
             .values(status=MailingStatus.COMPLETED, updated_at=now)
         )
@@ -286,3 +302,78 @@ async def notify_work(session: AsyncSession) -> None:
     """Wake the workers listening (PostgreSQL, delivered at commit); nothing on SQLite."""
     if _is_postgresql(session):
         await session.execute(text("SELECT pg_notify(:channel, '')"), {"channel": NOTIFY_CHANNEL})
+
+
+async def notify_schedule(session: AsyncSession) -> None:
+    """Tell the schedulers a mailing changed (PostgreSQL, at commit)."""
+    if _is_postgresql(session):
+        await session.execute(text("SELECT pg_notify(:channel, '')"), {"channel": SCHEDULE_CHANNEL})
+
+
+async def expire_queued(
+    session: AsyncSession, *, mailing_id: int | None = None, reason: str, now: datetime
+) -> int:
+    """Expire the queued messages of one mailing, or (``mailing_id`` None) of every mailing
+    whose ``ends_at`` has passed; how many."""
+    where = [MESSAGE.c.status == MessageStatus.QUEUED]
+    if mailing_id is not None:
+        where.append(MESSAGE.c.mailing_id == mailing_id)
+    else:
+        ended = select(MAILING.c.id).where(MAILING.c.ends_at <= now)
+        where.append(MESSAGE.c.mailing_id.in_(ended))
+    result = await session.execute(
+        update(MESSAGE)
+        .where(*where)
+        .values(
+            status=MessageStatus.EXPIRED,
+            reason=reason,
+            next_attempt_at=None,
+            updated_at=now,
+        )
+        .returning(MESSAGE.c.id)
+    )
+    return len(result.all())
+
+
+@dataclass(frozen=True)
+class Deferral:
+    id: int
+    until: datetime
+
+
+async def defer(session: AsyncSession, *, deferrals: Sequence[Deferral], now: datetime) -> None:
+    """Claimed messages that may not go yet (their recipient's window is shut) wait until
+    ``until``, their attempt uncounted."""
+    if not deferrals:
+        return
+    await session.execute(
+        update(MESSAGE)
+        .where(_by_id())
+        .values(
+            status=MessageStatus.QUEUED,
+            attempts=MESSAGE.c.attempts - 1,
+            next_attempt_at=bindparam("until", type_=UTCDateTime),
+            leased_until=None,
+            updated_at=now,
+        ),
+        [{"message_id": deferral.id, "until": deferral.until} for deferral in deferrals],
+    )
+
+
+async def not_sending(
+    session: AsyncSession, *, mailing_ids: Iterable[int], now: datetime
+) -> set[int]:
+    """Which of these mailings may not send now: paused, cancelled, completed, or ended."""
+    ids = set(mailing_ids)
+    if not ids:
+        return set()
+    rows = await session.scalars(
+        select(MAILING.c.id).where(
+            MAILING.c.id.in_(ids),
+            or_(
+                MAILING.c.status != MailingStatus.ACTIVE,
+                MAILING.c.ends_at <= now,
+            ),
+        )
+    )
+    return set(rows)

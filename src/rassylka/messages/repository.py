@@ -2,47 +2,51 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import cast
+from typing import Any, cast
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sqlalchemy import Integer, SmallInteger, String, Table, and_, case, literal, select
+from sqlalchemy import (
+    ColumnElement,
+    Integer,
+    SmallInteger,
+    String,
+    Table,
+    and_,
+    case,
+    distinct,
+    func,
+    literal,
+    or_,
+    select,
+    true,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from rassylka.clients.models import Client
 from rassylka.db import UTCDateTime
-from rassylka.mailings.models import Channel, Mailing, MailingStatus
+from rassylka.mailings.models import Channel
 from rassylka.messages.models import Message, MessageStatus, Run
+from rassylka.scheduling import SendWindow, opening_at_or_after
+from rassylka.suppressions.models import Suppression
 
 MESSAGE = cast(Table, Message.__table__)
 RUN = cast(Table, Run.__table__)
+SUPPRESSION = cast(Table, Suppression.__table__)
 NO_CONTACT = {
     Channel.EMAIL: "У клиента нет email",
     Channel.SMS: "У клиента нет телефона",
 }
+OPTED_OUT = "Клиент отказался от рассылок"
+SUPPRESSED = "Адрес в списке подавления"
 
 
 def _insert(session: AsyncSession, table: Table) -> postgresql.Insert | sqlite.Insert:
     dialect = session.get_bind().dialect.name
     return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
-
-
-async def due_mailings(session: AsyncSession, *, now: datetime) -> Sequence[Mailing]:
-    """Active mailings whose moment has come and that have no run for it yet."""
-    started = select(Run.id).where(
-        and_(Run.mailing_id == Mailing.id, Run.scheduled_at == Mailing.event_at)
-    )
-    rows = await session.scalars(
-        select(Mailing)
-        .where(
-            Mailing.status == MailingStatus.ACTIVE,
-            Mailing.event_at <= now,
-            ~started.exists(),
-        )
-        .order_by(Mailing.event_at, Mailing.id)
-    )
-    return rows.all()
 
 
 async def create_run(
@@ -71,40 +75,76 @@ async def materialize(
     mailing_id: int,
     project_id: int,
     channels: Sequence[int],
+    audience: Mapping[str, Any] | None,
+    mailing_timezone: str,
     now: datetime,
 ) -> None:
-    """One message per client of the project per channel, inside the database.
+    """One message per client of the project in the ``audience`` per channel, inside the
+    database.
 
-    A client without the channel's contact gets a ``skipped`` message with the reason, so the
-    mailing's statistics account for every client. Re-running adds nothing (unique run,
-    client, channel), so a crash between two channels is mended by running it again.
+    A client the message cannot or must not go to gets a ``skipped`` message with the first
+    reason that applies: no contact for the channel, opted out, the address suppressed in the
+    project. So the mailing's statistics account for every client of its audience. Each
+    message keeps the recipient's zone: the client's own, else the phone's, else the
+    mailing's. Re-running adds nothing (unique run, client, channel), so a crash between two
+    channels is mended by running it again.
     """
     moment = literal(now, UTCDateTime)
+    dialect = session.get_bind().dialect.name
+    chosen = audience_filter(dialect, audience)
+    zone = func.coalesce(Client.timezone, Client.phone_timezone, literal(mailing_timezone, String))
     for channel in channels:
         address = Client.email if channel == Channel.EMAIL else Client.phone
-        missing = address.is_(None)
+        # ": reason", or "" for a suppression without one, or NULL when the address is not
+        # suppressed (and then so is the reason below: NULL || text is NULL). A lookup in the
+        # unique (project_id, address) index per client rather than a join: a join's plan
+        # rests on statistics, and right after a big import PostgreSQL has none and loops
+        # over every suppression for every client (13 s instead of 0.2 s for 50,000).
+        suppression_note = (
+            select(func.coalesce(literal(": ", String) + SUPPRESSION.c.reason, literal("", String)))
+            .where(SUPPRESSION.c.project_id == project_id, SUPPRESSION.c.address == address)
+            .scalar_subquery()
+        )
+        skip_reason = case(
+            (address.is_(None), literal(NO_CONTACT[Channel(channel)], String)),
+            (Client.opted_out, literal(OPTED_OUT, String)),
+            else_=literal(SUPPRESSED, String) + suppression_note,
+        )
+        recipient = (
+            select(
+                Client.id.label("client_id"),
+                address.label("address"),
+                zone.label("timezone"),
+                skip_reason.label("reason"),
+            )
+            .where(Client.project_id == project_id, *chosen)
+            .subquery("recipient")
+        )
+        sendable = recipient.c.reason.is_(None)
         rows = select(
             literal(run_id, Integer),
             literal(mailing_id, Integer),
-            Client.id,
+            recipient.c.client_id,
             literal(channel, SmallInteger),
-            address,
+            recipient.c.address,
+            recipient.c.timezone,
             case(
-                (missing, literal(MessageStatus.SKIPPED.value, String)),
-                else_=MessageStatus.QUEUED.value,
+                (sendable, literal(MessageStatus.QUEUED.value, String)),
+                else_=MessageStatus.SKIPPED.value,
             ),
-            case((missing, literal(NO_CONTACT[Channel(channel)], String)), else_=None),
+            recipient.c.reason,
             literal(0, Integer),
-            case((missing, None), else_=moment),
+            case((sendable, moment), else_=None),
             moment,
             moment,
-        ).where(Client.project_id == project_id)
+        ).where(true())  # SQLite reads "FROM x ON CONFLICT" as a join's ON without a WHERE
         columns = [
             "run_id",
             "mailing_id",
             "client_id",
             "channel",
             "address",
+            "timezone",
             "status",
             "reason",
             "attempts",
@@ -120,3 +160,140 @@ async def materialize(
             )
         )
         await session.execute(statement)
+
+
+def audience_filter(dialect: str, audience: Mapping[str, Any] | None) -> list[ColumnElement[bool]]:
+    """Conditions on ``client`` that select a mailing's audience (see ``mailings.audience``).
+
+    Tags: any of ``tags_any``, all of ``tags_all``. Attributes: each equal to its value, with
+    JSON's types: a number matches a number of the same value (3 and 3.0), a string only a
+    string, a boolean only that boolean. Empty or missing filters narrow nothing.
+    """
+    audience = audience or {}
+    tags_any = list(dict.fromkeys(audience.get("tags_any") or ()))
+    tags_all = list(dict.fromkeys(audience.get("tags_all") or ()))
+    attributes: Mapping[str, Any] = audience.get("attributes") or {}
+    if dialect == "postgresql":
+        return _postgresql_filter(tags_any, tags_all, attributes)
+    return _sqlite_filter(tags_any, tags_all, attributes)
+
+
+def _postgresql_filter(
+    tags_any: list[str], tags_all: list[str], attributes: Mapping[str, Any]
+) -> list[ColumnElement[bool]]:
+    # The columns are json (not jsonb): cast, for jsonb's ?| ?& and @>, which compare with
+    # JSON's types (3 = 3.0, "3" ≠ 3, true only true).
+    tags = Client.tags.cast(postgresql.JSONB)
+    conditions: list[ColumnElement[bool]] = []
+    if tags_any:
+        conditions.append(tags.has_any(postgresql.array(tags_any)))
+    if tags_all:
+        conditions.append(tags.has_all(postgresql.array(tags_all)))
+    if attributes:
+        wanted = literal(dict(attributes), postgresql.JSONB)
+        conditions.append(Client.attributes.cast(postgresql.JSONB).contains(wanted))
+    return conditions
+
+
+def _sqlite_filter(
+    tags_any: list[str], tags_all: list[str], attributes: Mapping[str, Any]
+) -> list[ColumnElement[bool]]:
+    conditions: list[ColumnElement[bool]] = []
+    if tags_any:
+        tag = func.json_each(Client.tags).table_valued("value")
+        conditions.append(select(tag.c.value).where(tag.c.value.in_(tags_any)).exists())
+    if tags_all:
+        tag = func.json_each(Client.tags).table_valued("value")
+        found = select(func.count(distinct(tag.c.value))).where(tag.c.value.in_(tags_all))
+        conditions.append(found.scalar_subquery() == len(tags_all))
+    if attributes:
+        # One pass over the client's attributes counting the entries that match; keys of a
+        # JSON object are unique, so all match when the count is the number asked for.
+        entry = func.json_each(Client.attributes).table_valued("key", "type", "atom")
+        matches = or_(
+            *(
+                and_(entry.c.key == name, _sqlite_json_equals(entry.c.type, entry.c.atom, value))
+                for name, value in attributes.items()
+            )
+        )
+        found = select(func.count()).select_from(entry).where(matches)
+        conditions.append(found.scalar_subquery() == len(attributes))
+    return conditions
+
+
+def _sqlite_json_equals(
+    kind: ColumnElement[Any], atom: ColumnElement[Any], value: Any
+) -> ColumnElement[bool]:
+    """``json_each``'s type and atom of an entry equal ``value``, with JSON's types."""
+    if isinstance(value, bool):
+        return kind == ("true" if value else "false")
+    if isinstance(value, int | float):
+        return and_(kind.in_(("integer", "real")), atom == value)
+    if isinstance(value, str):
+        return and_(kind == "text", atom == value)
+    return ~true()  # the schema admits only scalars; anything else matches nothing
+
+
+async def hold_for_window(
+    session: AsyncSession, *, run_id: int, window: SendWindow, scheduled_at: datetime
+) -> int:
+    """Move each queued message of a run to its recipient's window: one UPDATE per zone the
+    run's recipients live in (a few hundred at most, whatever the audience), so memory stays
+    constant. Returns how many zones had to wait."""
+    zones = await session.scalars(
+        select(MESSAGE.c.timezone)
+        .where(MESSAGE.c.run_id == run_id, MESSAGE.c.status == MessageStatus.QUEUED)
+        .distinct()
+    )
+    waiting = 0
+    for name in list(zones):
+        zone = _zone(name)
+        opening = opening_at_or_after(window, scheduled_at, zone)
+        if opening <= scheduled_at:
+            continue
+        waiting += 1
+        await session.execute(
+            update(MESSAGE)
+            .where(
+                MESSAGE.c.run_id == run_id,
+                MESSAGE.c.status == MessageStatus.QUEUED,
+                MESSAGE.c.timezone == name if name is not None else MESSAGE.c.timezone.is_(None),
+            )
+            .values(next_attempt_at=opening)
+        )
+    return waiting
+
+
+def _zone(name: str | None) -> ZoneInfo:
+    try:
+        return ZoneInfo(name) if name else ZoneInfo("UTC")
+    except (ZoneInfoNotFoundError, ValueError):
+        return ZoneInfo("UTC")
+
+
+async def runs_page(
+    session: AsyncSession, *, mailing_id: int, limit: int, offset: int
+) -> tuple[list[Run], int, dict[int, dict[str, int]]]:
+    """A mailing's runs, newest first, with each run's message count per status."""
+    runs = list(
+        await session.scalars(
+            select(Run)
+            .where(Run.mailing_id == mailing_id)
+            .order_by(Run.scheduled_at.desc(), Run.id.desc())
+            .limit(limit)
+            .offset(offset)
+        )
+    )
+    total = await session.scalar(
+        select(func.count()).select_from(Run).where(Run.mailing_id == mailing_id)
+    )
+    counts: dict[int, dict[str, int]] = {run.id: {} for run in runs}
+    if runs:
+        rows = await session.execute(
+            select(MESSAGE.c.run_id, MESSAGE.c.status, func.count())
+            .where(MESSAGE.c.run_id.in_(list(counts)))
+            .group_by(MESSAGE.c.run_id, MESSAGE.c.status)
+        )
+        for run_id, status, count in rows:
+            counts[run_id][status] = count
+    return runs, int(total or 0), counts

@@ -23,7 +23,7 @@ from rassylka.scheduling.window import (
     parse_window,
     window_end_after,
 )
-from rassylka.scheduling.zones import phone_zones, recipient_zone
+from rassylka.scheduling.zones import phone_zone, phone_zones, recipient_zone
 
 __all__ = [
     "CatchUp",
@@ -38,6 +38,7 @@ __all__ = [
     "next_occurrence",
     "opening_at_or_after",
     "parse_window",
+    "phone_zone",
     "phone_zones",
     "recipient_zone",
     "upcoming",

@@ -1,0 +1,1 @@
+"""Suppressed addresses: a project's do-not-send list (bounces, complaints, requests)."""
