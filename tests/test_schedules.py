@@ -7,12 +7,14 @@ minutes. Pausing during a run is checked against a real SMTP server.
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+import contextlib
+from collections import Counter
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from conftest import StartWorker
@@ -409,3 +411,115 @@ async def test_a_phone_that_names_one_zone_sets_the_recipients_zone(
         zone = await connection.scalar(select(Client.phone_timezone).where(Client.id == nsk["id"]))
     assert zone == "Europe/Moscow"
     assert_ok(await api.post(f"/mailing/{data['id']}/cancel"), 200)
+
+
+async def test_who_opts_out_or_is_suppressed_after_the_run_is_made_is_never_sent(
+    api: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    await mailing(api, event="2030-01-01T00:00:00Z")
+    await Scheduler(create_sessionmaker(engine)).tick(now=utc(2030, 1, 1, 0, 0, 1))
+    listed = assert_ok(await api.get("/client/list?project=010"), 200)["items"]
+    msk = next(client for client in listed if client["guid"] == "msk")
+    assert_ok(await api.put(f"/client/{msk['id']}/update", json={"opted_out": True}))
+    assert_ok(
+        await api.post(
+            "/suppression/create",
+            json={"project": "010", "address": "VVO@Example.RU", "reason": "жалоба"},
+        )
+    )
+    imported = {**CLIENTS[2], "opted_out": "да"}
+    assert_ok(await api.post("/client/import", json={"project": "010", "clients": [imported]}))
+    newcomer = {"guid": "new", "first_name": "Н", "last_name": "Н", "email": "new@example.ru"}
+    assert_ok(await api.post("/client/import", json={"project": "010", "clients": [newcomer]}))
+    found = await messages_by_address(engine)
+    assert (found["msk@example.ru"]["status"], found["msk@example.ru"]["reason"]) == (
+        "skipped",
+        "Клиент отказался от рассылок",
+    )
+    assert found["vvo@example.ru"]["status"] == "skipped"
+    assert found["vvo@example.ru"]["reason"] == "Адрес в списке подавления: жалоба"
+    assert found["nyc@example.ru"]["status"] == "skipped"
+    assert found["ber@example.ru"]["status"] == "queued"
+    assert "new@example.ru" not in found, "who joins after a run was made is not added to it"
+
+
+async def test_a_materialisation_cut_short_leaves_nothing_and_runs_again_whole(
+    api: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    count = 20_000
+    clients = [
+        {"guid": f"c{n}", "first_name": "И", "last_name": "П", "email": f"u{n}@example.ru"}
+        for n in range(count)
+    ]
+    await mailing(api, clients=clients, channels=[1], event="2030-01-01T00:00:00Z")
+    scheduler = Scheduler(create_sessionmaker(engine))
+    now = utc(2030, 1, 1, 0, 0, 1)
+    for delay in (0.01, 0.05, 0.1):  # killed at different points of the run's transaction
+        task = asyncio.create_task(scheduler.tick(now=now))
+        await asyncio.sleep(delay)
+        if task.done():
+            break
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        async with engine.connect() as connection:
+            made = await connection.scalar(select(func.count()).select_from(Message))
+        # Cut inside the run's transaction: nothing; after its commit: the whole run.
+        assert (len(await runs(engine)), made) in {(0, 0), (1, count)}
+    await scheduler.tick(now=now)
+    assert len(await runs(engine)) == 1
+    async with engine.connect() as connection:
+        total = await connection.scalar(select(func.count()).select_from(Message))
+        distinct = await connection.scalar(select(func.count(func.distinct(Message.client_id))))
+    assert total == count
+    assert distinct == count
+
+
+async def test_a_mailing_due_at_t_starts_within_a_second_of_t(
+    api: httpx.AsyncClient,
+    engine: AsyncEngine,
+    backend: str,
+    smtp: SmtpPeer,
+    start_worker: StartWorker,
+) -> None:
+    worker = await start_worker()
+    await asyncio.sleep(0.3)  # the scheduler has looked and found nothing: it sleeps 30 s
+    due = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=2)
+    data = await mailing(api, clients=CLIENTS[:1], event=due.isoformat())
+    if backend == "sqlite":
+        worker.wake_scheduler()  # what the embedded app does after the commit
+    # on PostgreSQL the API's NOTIFY wakes it from another connection
+
+    async def started() -> bool:
+        return bool(await runs(engine))
+
+    await until(started, seconds=10)
+    [run] = await runs(engine)
+    assert run["scheduled_at"] == due
+    lag = (run["started_at"] - due).total_seconds()
+    assert 0 <= lag < 1.0, lag
+    assert data["next_run_at"] == due.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+async def test_cancel_during_a_run_stops_the_sends_and_expires_the_rest(
+    api: httpx.AsyncClient, engine: AsyncEngine, smtp: SmtpPeer, start_worker: StartWorker
+) -> None:
+    smtp.delay = 0.05
+    clients = [
+        {"guid": f"c{n}", "first_name": "И", "last_name": "П", "email": f"user{n}@example.ru"}
+        for n in range(40)
+    ]
+    data = await mailing(api, clients=clients, event="2020-01-01")
+    await start_worker(concurrency={1: 2})
+    await until(lambda: asyncio.sleep(0, len(smtp.received) >= 3))
+    assert_ok(await api.post(f"/mailing/{data['id']}/cancel"), 200)
+    await asyncio.sleep(1.0)
+    sent_then = len(smtp.received)
+    await asyncio.sleep(0.5)
+    assert len(smtp.received) == sent_then
+    found = await statuses(engine)
+    by_status = Counter(row["status"] for row in found.values())
+    assert by_status["sent"] == sent_then
+    assert by_status["expired"] + by_status["queued"] == 40 - sent_then
+    assert by_status["sending"] == 0
+    assert_ok(await api.get(f"/mailing/{data['id']}"), 200)

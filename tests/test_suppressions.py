@@ -25,7 +25,7 @@ async def suppress(api: httpx.AsyncClient, address: object, **body: object) -> h
 @pytest.mark.parametrize(
     ("address", "stored"),
     [
-        ("Ivan@EXAMPLE.com", "Ivan@example.com"),
+        ("Ivan@EXAMPLE.com", "ivan@example.com"),
         ("  ivan@example.com ", "ivan@example.com"),
         ("8 916 123-45-67", "+79161234567"),
         ("+7 (916) 123-45-67", "+79161234567"),

@@ -12,7 +12,10 @@ from rassylka.clients import repository
 from rassylka.clients.importing import ValidRow
 from rassylka.clients.models import Client
 from rassylka.clients.schemas import ClientCreate, ClientUpdate, contact_problems
+from rassylka.db import utcnow
 from rassylka.errors import Conflict, NotFound, ValidationFailed
+from rassylka.messages import queue
+from rassylka.messages.repository import OPTED_OUT
 from rassylka.projects import service as project_service
 from rassylka.scheduling import phone_zone
 
@@ -55,6 +58,15 @@ async def update(session: AsyncSession, *, client_id: int, data: ClientUpdate) -
     if "phone" in changes:
         client.phone_timezone = phone_zone(client.phone)
     await session.flush()
+    if changes.get("opted_out"):
+        await queue.skip_queued(
+            session,
+            project_id=client.project_id,
+            reason=OPTED_OUT,
+            now=utcnow(),
+            opted_out=True,
+            client_id=client.id,
+        )
     return client
 
 
@@ -118,6 +130,10 @@ async def upsert(
             )
             created += len(inserted)
             updated -= len(inserted)
+    if any("opted_out" in row.given and row.fields.get("opted_out") for row in latest.values()):
+        await queue.skip_queued(
+            session, project_id=project_id, reason=OPTED_OUT, now=utcnow(), opted_out=True
+        )
     return created, updated
 
 

@@ -22,6 +22,7 @@ from rassylka.mailings.schemas import (
     ScheduleIn,
     SchedulePreview,
 )
+from rassylka.messages import queue
 from rassylka.messages import repository as message_repository
 from rassylka.projects import repository as project_repository
 from rassylka.projects import service as project_service
@@ -63,6 +64,7 @@ async def create(session: AsyncSession, *, data: MailingCreate) -> Mailing:
     _set_schedule(mailing, data.schedule)
     mailing.ends_at = timing.end_moment(data.ends_at, timezone) if data.ends_at else None
     timing.plan(mailing)
+    await queue.notify_schedule(session)
     return await repository.add(session, mailing)
 
 
@@ -104,6 +106,7 @@ async def update(session: AsyncSession, *, mailing_id: int, data: MailingUpdate)
         setattr(mailing, name, value)
     if mailing.status in (MailingStatus.DRAFT, MailingStatus.ACTIVE, MailingStatus.PAUSED):
         timing.plan(mailing)
+    await queue.notify_schedule(session)
     await session.flush()
     return mailing
 

@@ -17,13 +17,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, exists, or_, select, text, update
+from sqlalchemy import Table, bindparam, exists, func, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from rassylka.clients.models import Client
 from rassylka.db import UTCDateTime
 from rassylka.mailings.models import Mailing, MailingStatus
 from rassylka.messages.models import Message, MessageStatus, Run, RunStatus
 
+CLIENT = cast(Table, Client.__table__)
 MESSAGE = cast(Table, Message.__table__)
 MAILING = cast(Table, Mailing.__table__)
 RUN = cast(Table, Run.__table__)
@@ -377,3 +379,35 @@ async def not_sending(
         )
     )
     return set(rows)
+
+
+async def skip_queued(
+    session: AsyncSession,
+    *,
+    project_id: int,
+    reason: str,
+    now: datetime,
+    address: str | None = None,
+    opted_out: bool = False,
+    client_id: int | None = None,
+) -> int:
+    """Skip the queued messages of a project that may no longer go: to a newly suppressed
+    ``address``, or (``opted_out``) to clients who opted out — one client or all of them."""
+    of_project = select(MAILING.c.id).where(MAILING.c.project_id == project_id)
+    where = [MESSAGE.c.status == MessageStatus.QUEUED, MESSAGE.c.mailing_id.in_(of_project)]
+    if address is not None:
+        where.append(func.lower(MESSAGE.c.address) == address)
+    if opted_out:
+        clients = select(CLIENT.c.id).where(
+            CLIENT.c.project_id == project_id, CLIENT.c.opted_out.is_(True)
+        )
+        if client_id is not None:
+            clients = clients.where(CLIENT.c.id == client_id)
+        where.append(MESSAGE.c.client_id.in_(clients))
+    result = await session.execute(
+        update(MESSAGE)
+        .where(*where)
+        .values(status=MessageStatus.SKIPPED, reason=reason, next_attempt_at=None, updated_at=now)
+        .returning(MESSAGE.c.id)
+    )
+    return len(result.all())

@@ -102,7 +102,10 @@ async def materialize(
         # over every suppression for every client (13 s instead of 0.2 s for 50,000).
         suppression_note = (
             select(func.coalesce(literal(": ", String) + SUPPRESSION.c.reason, literal("", String)))
-            .where(SUPPRESSION.c.project_id == project_id, SUPPRESSION.c.address == address)
+            .where(
+                SUPPRESSION.c.project_id == project_id,
+                SUPPRESSION.c.address == func.lower(address),
+            )
             .scalar_subquery()
         )
         skip_reason = case(

@@ -17,7 +17,9 @@ def normalize_address(value: str) -> str:
     """An email (with ``@``) or a phone, in the form clients' contacts are stored in, so the
     materialiser can match them by equality."""
     if "@" in value:
-        return normalize_email(value)
+        # Lower-cased whole: mailboxes differ by case in theory only, and a do-not-send list
+        # must not miss Ivan@ because it holds ivan@ (matched against lower(email)).
+        return normalize_email(value).lower()
     try:
         return normalize_phone(value)
     except ValueError:

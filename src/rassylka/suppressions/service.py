@@ -6,7 +6,10 @@ from collections.abc import Sequence
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from rassylka.db import utcnow
 from rassylka.errors import NotFound, ValidationFailed
+from rassylka.messages import queue
+from rassylka.messages.repository import SUPPRESSED
 from rassylka.projects import service as project_service
 from rassylka.suppressions import repository
 from rassylka.suppressions.models import Suppression
@@ -17,9 +20,15 @@ async def create(session: AsyncSession, *, data: SuppressionCreate) -> Suppressi
     """Suppress an address; an address already suppressed keeps its row (reason and date),
     which is returned, so a CRM may repeat the request safely."""
     project = await project_service.resolve(session, reference=data.project, field="project")
-    return await repository.add_if_absent(
+    suppression = await repository.add_if_absent(
         session, project_id=project.id, address=data.address, reason=data.reason
     )
+    # What is queued for the address stays unsent: "never sent" holds for runs made earlier.
+    reason = SUPPRESSED + (f": {suppression.reason}" if suppression.reason else "")
+    await queue.skip_queued(
+        session, project_id=project.id, address=suppression.address, reason=reason, now=utcnow()
+    )
+    return suppression
 
 
 async def get(session: AsyncSession, *, suppression_id: int) -> Suppression:
