@@ -523,3 +523,24 @@ async def test_cancel_during_a_run_stops_the_sends_and_expires_the_rest(
     assert by_status["expired"] + by_status["queued"] == 40 - sent_then
     assert by_status["sending"] == 0
     assert_ok(await api.get(f"/mailing/{data['id']}"), 200)
+
+
+async def test_an_rrule_schedule_runs_on_its_days_in_the_mailings_zone(
+    api: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    data = await mailing(
+        api,
+        event="2030-03-01",
+        timezone="America/New_York",
+        schedule={"rrule": "FREQ=WEEKLY;BYDAY=SU;BYHOUR=9;BYMINUTE=0", "max_runs": 2},
+    )
+    preview = assert_ok(await api.get(f"/mailing/{data['id']}/schedule?count=5"), 200)
+    # New York's clocks go forward on 10 March 2030: 09:00 is 14:00 UTC before, 13:00 after.
+    assert preview["runs"] == ["2030-03-03T09:00:00-05:00", "2030-03-10T09:00:00-04:00"]
+    scheduler = Scheduler(create_sessionmaker(engine))
+    assert len(await scheduler.tick(now=utc(2030, 3, 3, 14, 0, 1))) == 1
+    assert len(await scheduler.tick(now=utc(2030, 3, 10, 13, 0, 1))) == 1
+    assert await scheduler.tick(now=utc(2030, 3, 17, 13, 0, 1)) == [], "max_runs reached"
+    read = assert_ok(await api.get(f"/mailing/{data['id']}"), 200)
+    assert read["runs_count"] == 2
+    assert read["next_run_at"] is None
