@@ -20,7 +20,16 @@ from rassylka import migrate
 from rassylka.db import metadata
 
 VERSION_TABLE = "alembic_version"
-MODEL_TABLES = {"project", "client", "template", "mailing", "run", "message", "suppression"}
+MODEL_TABLES = {
+    "project",
+    "client",
+    "template",
+    "mailing",
+    "run",
+    "message",
+    "suppression",
+    "message_event",
+}
 
 
 def _script() -> ScriptDirectory:

@@ -2,9 +2,18 @@
 
 from rassylka.clients.models import Client
 from rassylka.mailings.models import Mailing
-from rassylka.messages.models import Message, Run
+from rassylka.messages.models import Message, MessageEvent, Run
 from rassylka.projects.models import Project
 from rassylka.suppressions.models import Suppression
 from rassylka.templates.models import Template
 
-__all__ = ["Client", "Mailing", "Message", "Project", "Run", "Suppression", "Template"]
+__all__ = [
+    "Client",
+    "Mailing",
+    "Message",
+    "MessageEvent",
+    "Project",
+    "Run",
+    "Suppression",
+    "Template",
+]

@@ -13,9 +13,11 @@ from rassylka.mailings.schemas import (
     MailingCreate,
     MailingRead,
     MailingUpdate,
+    MessageRead,
     RunRead,
     SchedulePreview,
 )
+from rassylka.messages.models import MessageStatus
 from rassylka.schemas import MAX_ID, Envelope, Page, PageDep, ok
 
 router = APIRouter(prefix="/mailing", tags=["Mailing"])
@@ -149,6 +151,32 @@ async def preview_schedule(
 async def list_runs(session: SessionDep, id: MailingId, page: PageDep) -> dict[str, object]:
     runs, total = await service.runs(session, mailing_id=id, limit=page.limit, offset=page.offset)
     return ok(page.of(runs, total), status=200)
+
+
+@router.get(
+    "/{id:int}/messages",
+    summary="Сообщения рассылки и история их статусов",
+    response_model=Envelope[Page[MessageRead]],
+    responses=openapi_error_responses(400, 403, 404, 500),
+)
+async def list_messages(
+    session: SessionDep,
+    id: MailingId,
+    page: PageDep,
+    status: Annotated[
+        MessageStatus | None, Query(description="Только сообщения в этом статусе")
+    ] = None,
+    channel: Annotated[int | None, Query(ge=1, le=2, description="1 — email, 2 — SMS")] = None,
+) -> dict[str, object]:
+    found, total = await service.messages(
+        session,
+        mailing_id=id,
+        status=status,
+        channel=channel,
+        limit=page.limit,
+        offset=page.offset,
+    )
+    return ok(page.of(found, total), status=200)
 
 
 @router.get(

@@ -237,3 +237,38 @@ class RunRead(BaseModel):
 class SchedulePreview(BaseModel):
     timezone: str
     runs: list[str] = Field(description="Ближайшие запуски, ISO 8601 в часовом поясе рассылки")
+
+
+class EventRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int = Field(description="Номер события; растёт с каждым событием")
+    old_status: str | None
+    status: str
+    reason: str | None
+    peer_message_id: str | None
+    created_at: datetime
+
+
+class MessageRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    run_id: int
+    client_id: int | None
+    channel: int
+    address: str | None
+    status: str = Field(
+        description="queued, sending, sent, delivered, undelivered, bounced, failed, expired, "
+        "skipped"
+    )
+    reason: str | None
+    attempts: int
+    next_attempt_at: datetime | None
+    peer_message_id: str | None
+    reply: str | None = Field(description="Последний ответ сервера-получателя, как есть")
+    parts: int | None = Field(description="Частей SMS")
+    sent_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+    history: list[EventRead] = Field(default_factory=list, description="Все смены статуса")

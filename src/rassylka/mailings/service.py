@@ -16,8 +16,10 @@ from rassylka.errors import FieldError, NotFound, ValidationFailed
 from rassylka.mailings import lifecycle, repository, timing
 from rassylka.mailings.models import Channel, Mailing, MailingStatus
 from rassylka.mailings.schemas import (
+    EventRead,
     MailingCreate,
     MailingUpdate,
+    MessageRead,
     RunRead,
     ScheduleIn,
     SchedulePreview,
@@ -225,4 +227,25 @@ async def runs(
             counts=counts[run.id],
         )
         for run in found
+    ], total
+
+
+async def messages(
+    session: AsyncSession,
+    *,
+    mailing_id: int,
+    status: str | None,
+    channel: int | None,
+    limit: int,
+    offset: int,
+) -> tuple[list[MessageRead], int]:
+    await get(session, mailing_id=mailing_id)
+    found, total, history = await message_repository.messages_page(
+        session, mailing_id=mailing_id, status=status, channel=channel, limit=limit, offset=offset
+    )
+    return [
+        MessageRead.model_validate(message).model_copy(
+            update={"history": [EventRead.model_validate(e) for e in history[message.id]]}
+        )
+        for message in found
     ], total

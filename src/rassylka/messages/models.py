@@ -88,3 +88,30 @@ class Message(Base):
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class MessageEvent(Base):
+    """One status change of one message, written in the transaction that made it.
+
+    ``id`` grows with every event, so a reader can resume from the last id it saw (the live
+    stream and webhooks of the delivery-status issue build on this).
+    """
+
+    __tablename__ = "message_event"
+    __table_args__ = (
+        Index("ix_message_event_mailing", "mailing_id", "id"),
+        Index("ix_message_event_message", "message_id", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    message_id: Mapped[int] = mapped_column(ForeignKey("message.id", ondelete="CASCADE"))
+    mailing_id: Mapped[int] = mapped_column(ForeignKey("mailing.id", ondelete="CASCADE"))
+    run_id: Mapped[int] = mapped_column(Id)
+    client_id: Mapped[int | None] = mapped_column(Id)
+    client_guid: Mapped[str | None] = mapped_column(String(255))
+    channel: Mapped[int] = mapped_column(SmallInteger)
+    old_status: Mapped[str | None] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(Text)
+    peer_message_id: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

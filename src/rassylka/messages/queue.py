@@ -17,16 +17,32 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, exists, func, or_, select, text, update
+from sqlalchemy import (
+    ColumnElement,
+    String,
+    Table,
+    bindparam,
+    exists,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from rassylka.clients.models import Client
 from rassylka.db import UTCDateTime
 from rassylka.mailings.models import Mailing, MailingStatus
-from rassylka.messages.models import Message, MessageStatus, Run, RunStatus
+from rassylka.messages.models import Message, MessageEvent, MessageStatus, Run, RunStatus
 
 CLIENT = cast(Table, Client.__table__)
 MESSAGE = cast(Table, Message.__table__)
+EVENT = cast(Table, MessageEvent.__table__)
+# Ids per statement when events are logged for a list of messages (SQLite binds ≤ 32,766).
+EVENT_CHUNK = 5000
 MAILING = cast(Table, Mailing.__table__)
 RUN = cast(Table, Run.__table__)
 
@@ -123,6 +139,9 @@ async def claim(
     rows = (await session.execute(statement)).all()
     claimed = [Claimed(*row) for row in rows]
     claimed.sort(key=lambda message: message.id)
+    await log_events(
+        session, ids=[message.id for message in claimed], old_status=MessageStatus.QUEUED, now=now
+    )
     return claimed
 
 
@@ -176,6 +195,7 @@ async def record(
                 for result in sent
             ],
         )
+        await _log_changed(session, [r.id for r in sent], MessageStatus.SENT, now)
     if retries:
         await session.execute(
             update(MESSAGE)
@@ -196,6 +216,7 @@ async def record(
                 for result in retries
             ],
         )
+        await _log_changed(session, [r.id for r in retries], MessageStatus.QUEUED, now)
     if failed:
         await session.execute(
             update(MESSAGE)
@@ -217,6 +238,7 @@ async def record(
                 for result in failed
             ],
         )
+        await _log_changed(session, [r.id for r in failed], MessageStatus.FAILED, now)
 
 
 async def release(session: AsyncSession, *, ids: Sequence[int], now: datetime) -> None:
@@ -233,6 +255,7 @@ async def release(session: AsyncSession, *, ids: Sequence[int], now: datetime) -
             updated_at=now,
         )
     )
+    await _log_changed(session, ids, MessageStatus.QUEUED, now)
 
 
 async def recover(session: AsyncSession, *, channel: int, now: datetime) -> int:
@@ -334,7 +357,9 @@ async def expire_queued(
         )
         .returning(MESSAGE.c.id)
     )
-    return len(result.all())
+    ids = [row[0] for row in result]
+    await log_events(session, ids=ids, old_status=MessageStatus.QUEUED, now=now)
+    return len(ids)
 
 
 @dataclass(frozen=True)
@@ -360,6 +385,7 @@ async def defer(session: AsyncSession, *, deferrals: Sequence[Deferral], now: da
         ),
         [{"message_id": deferral.id, "until": deferral.until} for deferral in deferrals],
     )
+    await _log_changed(session, [d.id for d in deferrals], MessageStatus.QUEUED, now)
 
 
 async def not_sending(
@@ -410,4 +436,82 @@ async def skip_queued(
         .values(status=MessageStatus.SKIPPED, reason=reason, next_attempt_at=None, updated_at=now)
         .returning(MESSAGE.c.id)
     )
-    return len(result.all())
+    ids = [row[0] for row in result]
+    await log_events(session, ids=ids, old_status=MessageStatus.QUEUED, now=now)
+    return len(ids)
+
+
+async def log_events(
+    session: AsyncSession,
+    *,
+    now: datetime,
+    old_status: str | None,
+    ids: Sequence[int] | None = None,
+    where: Sequence[ColumnElement[bool]] = (),
+) -> None:
+    """One event per message picked (by ``ids`` and/or ``where``), carrying its status now,
+    in the caller's transaction: INSERT … SELECT, in message order."""
+    if ids is not None:
+        for start in range(0, len(ids), EVENT_CHUNK):
+            chunk = list(ids[start : start + EVENT_CHUNK])
+            await _insert_events(
+                session, [*where, MESSAGE.c.id.in_(chunk)], old_status=old_status, now=now
+            )
+        return
+    await _insert_events(session, where, old_status=old_status, now=now)
+
+
+async def _log_changed(
+    session: AsyncSession, ids: Sequence[int], status: str, now: datetime
+) -> None:
+    """Events for the messages of ``ids`` this very statement moved from ``sending`` (now
+    ``status``, stamped ``now``); rows another worker had taken over are left out."""
+    if ids:
+        await log_events(
+            session,
+            ids=ids,
+            old_status=MessageStatus.SENDING,
+            where=[MESSAGE.c.status == status, MESSAGE.c.updated_at == now],
+            now=now,
+        )
+
+
+async def _insert_events(
+    session: AsyncSession,
+    where: Sequence[ColumnElement[bool]],
+    *,
+    old_status: str | None,
+    now: datetime,
+) -> None:
+    rows = (
+        select(
+            MESSAGE.c.id,
+            MESSAGE.c.mailing_id,
+            MESSAGE.c.run_id,
+            MESSAGE.c.client_id,
+            CLIENT.c.guid,
+            MESSAGE.c.channel,
+            literal(old_status, String),
+            MESSAGE.c.status,
+            MESSAGE.c.reason,
+            MESSAGE.c.peer_message_id,
+            literal(now, UTCDateTime),
+        )
+        .select_from(MESSAGE.outerjoin(CLIENT, CLIENT.c.id == MESSAGE.c.client_id))
+        .where(*where)
+        .order_by(MESSAGE.c.id)
+    )
+    columns = [
+        "message_id",
+        "mailing_id",
+        "run_id",
+        "client_id",
+        "client_guid",
+        "channel",
+        "old_status",
+        "status",
+        "reason",
+        "peer_message_id",
+        "created_at",
+    ]
+    await session.execute(insert(EVENT).from_select(columns, rows))

@@ -29,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from rassylka.clients.models import Client
 from rassylka.db import UTCDateTime
 from rassylka.mailings.models import Channel
-from rassylka.messages.models import Message, MessageStatus, Run
+from rassylka.messages.models import Message, MessageEvent, MessageStatus, Run
 from rassylka.scheduling import SendWindow, opening_at_or_after
 from rassylka.suppressions.models import Suppression
 
@@ -300,3 +300,32 @@ async def runs_page(
         for run_id, status, count in rows:
             counts[run_id][status] = count
     return runs, int(total or 0), counts
+
+
+async def messages_page(
+    session: AsyncSession,
+    *,
+    mailing_id: int,
+    status: str | None,
+    channel: int | None,
+    limit: int,
+    offset: int,
+) -> tuple[list[Message], int, dict[int, list[MessageEvent]]]:
+    """A mailing's messages in id order, filtered, with each one's events oldest first."""
+    query = select(Message).where(Message.mailing_id == mailing_id)
+    if status is not None:
+        query = query.where(Message.status == status)
+    if channel is not None:
+        query = query.where(Message.channel == channel)
+    total = await session.scalar(select(func.count()).select_from(query.subquery()))
+    found = list(await session.scalars(query.order_by(Message.id).limit(limit).offset(offset)))
+    history: dict[int, list[MessageEvent]] = {message.id: [] for message in found}
+    if found:
+        events = await session.scalars(
+            select(MessageEvent)
+            .where(MessageEvent.message_id.in_(list(history)))
+            .order_by(MessageEvent.id)
+        )
+        for event in events:
+            history[event.message_id].append(event)
+    return found, int(total or 0), history

@@ -12,7 +12,7 @@ from rassylka.db import utcnow
 from rassylka.mailings import repository as mailing_repository
 from rassylka.mailings import timing
 from rassylka.mailings.models import Mailing, MailingStatus
-from rassylka.messages import repository
+from rassylka.messages import queue, repository
 from rassylka.scheduling import CatchUp, ScheduleError, WindowError, due_occurrence
 
 
@@ -75,6 +75,9 @@ async def advance(session: AsyncSession, mailing: Mailing, *, now: datetime) -> 
         audience=mailing.audience,
         mailing_timezone=mailing.timezone,
         now=now,
+    )
+    await queue.log_events(
+        session, where=[queue.MESSAGE.c.run_id == run_id], old_status=None, now=now
     )
     if window is not None:
         await repository.hold_for_window(session, run_id=run_id, window=window, scheduled_at=now)

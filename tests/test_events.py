@@ -1,0 +1,90 @@
+"""Every status change of every message is an event, written with the change; a mailing's
+messages are listed with their whole history."""
+
+from __future__ import annotations
+
+import httpx
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from conftest import StartWorker
+from helpers import assert_error, assert_ok
+from rassylka.db import create_sessionmaker
+from rassylka.engine.scheduler import Scheduler
+from rassylka.messages.models import MessageEvent
+from smtp_peer import SmtpPeer
+from test_dispatcher import all_final, arrange, client, until
+
+
+def path(history: list[dict[str, object]]) -> list[tuple[object, object]]:
+    return [(event["old_status"], event["status"]) for event in history]
+
+
+async def test_each_message_carries_its_whole_history(
+    api: httpx.AsyncClient, engine: AsyncEngine, smtp: SmtpPeer, start_worker: StartWorker
+) -> None:
+    mailing_id = await arrange(
+        api,
+        [
+            client(1, "ok@example.ru"),
+            client(2, "later@example.ru"),
+            client(3, None, phone="+79161234567"),
+        ],
+    )
+    await start_worker()
+    await until(lambda: all_final(engine))
+    listed = assert_ok(await api.get(f"/mailing/{mailing_id}/messages"), 200)
+    assert listed["total"] == 3
+    by_address = {item["address"]: item for item in listed["items"]}
+    ok = by_address["ok@example.ru"]
+    assert path(ok["history"]) == [(None, "queued"), ("queued", "sending"), ("sending", "sent")]
+    assert ok["history"][-1]["peer_message_id"] == ok["peer_message_id"]
+    later = by_address["later@example.ru"]
+    assert path(later["history"]) == [
+        (None, "queued"),
+        ("queued", "sending"),
+        ("sending", "queued"),
+        ("queued", "sending"),
+        ("sending", "queued"),
+        ("queued", "sending"),
+        ("sending", "failed"),
+    ]
+    assert later["history"][-1]["reason"].startswith("Попытки исчерпаны (3)")
+    skipped = by_address[None]
+    assert path(skipped["history"]) == [(None, "skipped")]
+    assert skipped["history"][0]["reason"] == "У клиента нет email"
+    async with engine.connect() as connection:
+        events = (await connection.execute(select(MessageEvent).order_by(MessageEvent.id))).all()
+    assert len(events) == 3 + 7 + 1
+    assert {event.client_guid for event in events} == {"c1", "c2", "c3"}
+    times = [event.created_at for event in events]
+    assert times == sorted(times), "ids grow with time"
+
+
+async def test_messages_are_filtered_by_status_and_channel(
+    api: httpx.AsyncClient, engine: AsyncEngine, smtp: SmtpPeer, start_worker: StartWorker
+) -> None:
+    mailing_id = await arrange(
+        api, [client(1, "ok@example.ru"), client(2, "never@example.ru")], channels=[1]
+    )
+    await start_worker()
+    await until(lambda: all_final(engine))
+    failed = assert_ok(await api.get(f"/mailing/{mailing_id}/messages?status=failed"), 200)
+    assert [item["address"] for item in failed["items"]] == ["never@example.ru"]
+    assert failed["items"][0]["reply"] == "550 5.1.1 No such user here"
+    assert assert_ok(await api.get(f"/mailing/{mailing_id}/messages?channel=2"), 200)["total"] == 0
+    assert_error(
+        await api.get(f"/mailing/{mailing_id}/messages?status=lost"), 400, "Ошибка валидации"
+    )
+    assert_error(await api.get("/mailing/999999/messages"), 404, "Страница не найдена")
+
+
+async def test_a_cancelled_mailings_messages_record_their_expiry(
+    api: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    mailing_id = await arrange(api, [client(1, "a@example.ru")])
+    await Scheduler(create_sessionmaker(engine)).tick()
+    assert_ok(await api.post(f"/mailing/{mailing_id}/cancel"), 200)
+    [item] = assert_ok(await api.get(f"/mailing/{mailing_id}/messages"), 200)["items"]
+    assert path(item["history"]) == [(None, "queued"), ("queued", "expired")]
+    assert item["history"][-1]["reason"] == "Рассылка отменена"
