@@ -397,6 +397,7 @@ async def due_mailing(engine: AsyncEngine, project_id: int, template_id: int, na
                     status=MailingStatus.ACTIVE,
                     channels=[EMAIL],
                     event_at=now - timedelta(minutes=1),
+                    next_run_at=now - timedelta(minutes=1),  # what the API's create sets
                     timezone="Europe/Moscow",
                     created_at=now,
                     updated_at=now,

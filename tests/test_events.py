@@ -88,3 +88,67 @@ async def test_a_cancelled_mailings_messages_record_their_expiry(
     [item] = assert_ok(await api.get(f"/mailing/{mailing_id}/messages"), 200)["items"]
     assert path(item["history"]) == [(None, "queued"), ("queued", "expired")]
     assert item["history"][-1]["reason"] == "Рассылка отменена"
+
+
+async def test_stats_and_retrying_what_failed(
+    api: httpx.AsyncClient, engine: AsyncEngine, smtp: SmtpPeer, start_worker: StartWorker
+) -> None:
+    mailing_id = await arrange(
+        api,
+        [client(1, "ok1@example.ru"), client(2, "ok2@example.ru"), client(3, "never@example.ru")],
+    )
+    await start_worker()
+
+    async def status_is(expected: int) -> bool:
+        data = (await api.get(f"/mailing/{mailing_id}")).json()["data"]
+        return bool(data["status"] == expected)
+
+    await until(lambda: status_is(3))
+    stats = assert_ok(await api.get(f"/mailing/{mailing_id}/stats"), 200)
+    total = stats["total"]
+    assert total["messages"] == 3
+    assert total["by_status"] == {"sent": 2, "failed": 1}
+    assert total["by_channel"] == {"email": {"sent": 2, "failed": 1}}
+    assert total["accepted_rate"] == round(2 / 3, 4)
+    assert total["delivery_rate"] is None, "no receipts yet"
+    assert total["sms_parts"] == 0
+    assert total["first_sent_at"] is not None
+    assert total["last_sent_at"] >= total["first_sent_at"]
+    [run] = stats["runs"]
+    assert run["by_status"] == total["by_status"]
+    assert stats["send_rate"] == round(2 / 60, 3)
+
+    retried = assert_ok(await api.post(f"/mailing/{mailing_id}/retry-failed"), 200)
+    assert retried["requeued"] == 1
+    assert retried["runs"] == [run["run_id"]]
+    await until(lambda: status_is(3))
+    assert smtp.rcpt_attempts["never@example.ru"] == 2
+    assert smtp.rcpt_attempts["ok1@example.ru"] == 1, "only what failed is sent again"
+    listed = assert_ok(await api.get(f"/mailing/{mailing_id}/messages?status=failed"), 200)
+    [never] = listed["items"]
+    assert path(never["history"])[-4:] == [
+        ("sending", "failed"),
+        ("failed", "queued"),
+        ("queued", "sending"),
+        ("sending", "failed"),
+    ]
+    assert never["attempts"] == 1
+
+
+async def test_retrying_a_draft_is_409_and_a_clients_messages_are_listed(
+    api: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    mailing_id = await arrange(api, [client(1, "a@example.ru"), client(2, "b@example.ru")])
+    await Scheduler(create_sessionmaker(engine)).tick()
+    clients = assert_ok(await api.get("/client/list?project=010"), 200)["items"]
+    first = next(item for item in clients if item["guid"] == "c1")
+    mine = assert_ok(await api.get(f"/client/{first['id']}/messages"), 200)
+    assert [item["address"] for item in mine["items"]] == ["a@example.ru"]
+    assert path(mine["items"][0]["history"]) == [(None, "queued")]
+    assert_error(await api.get("/client/999999/messages"), 404, "Страница не найдена")
+    assert_ok(await api.post(f"/mailing/{mailing_id}/cancel"), 200)
+    assert_error(
+        await api.post(f"/mailing/{mailing_id}/retry-failed"),
+        409,
+        "Недопустимая смена статуса рассылки",
+    )

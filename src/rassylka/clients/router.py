@@ -20,6 +20,8 @@ from rassylka.clients.schemas import (
 )
 from rassylka.db import SessionDep
 from rassylka.errors import ValidationFailed, details_from_pydantic, openapi_error_responses
+from rassylka.mailings import service as mailing_service
+from rassylka.mailings.schemas import MessageRead
 from rassylka.projects import service as project_service
 from rassylka.schemas import MAX_ID, Envelope, Page, PageDep, ok
 
@@ -162,6 +164,20 @@ async def list_clients(
 )
 async def read_client(session: SessionDep, id: ClientId) -> dict[str, object]:
     return ok(ClientRead.model_validate(await service.get(session, client_id=id)), status=200)
+
+
+@router.get(
+    "/{id:int}/messages",
+    summary="Сообщения клиента и история их статусов",
+    response_model=Envelope[Page[MessageRead]],
+    responses=openapi_error_responses(400, 403, 404, 500),
+)
+async def client_messages(session: SessionDep, id: ClientId, page: PageDep) -> dict[str, object]:
+    client = await service.get(session, client_id=id)
+    found, total = await mailing_service.messages(
+        session, client_id=client.id, limit=page.limit, offset=page.offset
+    )
+    return ok(page.of(found, total), status=200)
 
 
 @router.delete(

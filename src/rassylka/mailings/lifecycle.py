@@ -52,7 +52,7 @@ async def apply(session: AsyncSession, mailing: Mailing, action: Action) -> Mail
     sources, target = MOVES[action]
     if mailing.status not in sources:
         current = STATUS_NAMES[MailingStatus(mailing.status)]
-        raise _illegal(f"Нельзя {_VERBS[action]} рассылку {mailing.id}: она {current}")
+        raise illegal(f"Нельзя {_VERBS[action]} рассылку {mailing.id}: она {current}")
     now = utcnow()
     mailing.status = target
     mailing.status_reason = None
@@ -71,10 +71,10 @@ async def change(session: AsyncSession, mailing: Mailing, status: int) -> Mailin
             return await apply(session, mailing, action)
     current = STATUS_NAMES[MailingStatus(mailing.status)]
     wanted = STATUS_NAMES[MailingStatus(status)]
-    raise _illegal(f"Рассылку {mailing.id} нельзя перевести из «{current}» в «{wanted}»")
+    raise illegal(f"Рассылку {mailing.id} нельзя перевести из «{current}» в «{wanted}»")
 
 
-def _illegal(reason: str) -> Conflict:
+def illegal(reason: str) -> Conflict:
     return Conflict([FieldError(field="status", message=reason)], message=ILLEGAL)
 
 

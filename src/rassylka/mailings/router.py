@@ -12,8 +12,10 @@ from rassylka.mailings import lifecycle, service
 from rassylka.mailings.schemas import (
     MailingCreate,
     MailingRead,
+    MailingStats,
     MailingUpdate,
     MessageRead,
+    RetryResult,
     RunRead,
     SchedulePreview,
 )
@@ -151,6 +153,30 @@ async def preview_schedule(
 async def list_runs(session: SessionDep, id: MailingId, page: PageDep) -> dict[str, object]:
     runs, total = await service.runs(session, mailing_id=id, limit=page.limit, offset=page.offset)
     return ok(page.of(runs, total), status=200)
+
+
+@router.get(
+    "/{id:int}/stats",
+    summary="Статистика рассылки",
+    description="По запускам и в целом: статусы по каналам, доли, SMS-сегменты, темп отправки.",
+    response_model=Envelope[MailingStats],
+    responses=openapi_error_responses(403, 404, 500),
+)
+async def mailing_stats(session: SessionDep, id: MailingId) -> dict[str, object]:
+    return ok(await service.stats(session, mailing_id=id), status=200)
+
+
+@router.post(
+    "/{id:int}/retry-failed",
+    status_code=200,
+    summary="Повторить неудавшиеся сообщения",
+    description="Снова ставит в очередь только failed и undelivered; завершённая рассылка "
+    "снова становится активной.",
+    response_model=Envelope[RetryResult],
+    responses=openapi_error_responses(403, 404, 409, 500),
+)
+async def retry_failed(session: SessionDep, id: MailingId) -> dict[str, object]:
+    return ok(await service.retry_failed(session, mailing_id=id), status=200)
 
 
 @router.get(

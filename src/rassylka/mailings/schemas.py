@@ -272,3 +272,34 @@ class MessageRead(BaseModel):
     created_at: datetime
     updated_at: datetime
     history: list[EventRead] = Field(default_factory=list, description="Все смены статуса")
+
+
+class Counts(BaseModel):
+    messages: int = Field(description="Всего сообщений")
+    by_status: dict[str, int]
+    by_channel: dict[str, dict[str, int]] = Field(description="email / sms → по статусам")
+    accepted_rate: float | None = Field(
+        description="Доля принятых сервером (sent + delivered) среди завершённых попыток"
+    )
+    delivery_rate: float | None = Field(
+        description="Доля доставленных среди тех, о ком пришёл отчёт; null — отчётов нет"
+    )
+    sms_parts: int = Field(description="Использовано SMS-сегментов")
+    first_sent_at: datetime | None
+    last_sent_at: datetime | None
+
+
+class RunStats(Counts):
+    run_id: int
+    scheduled_at: datetime
+
+
+class MailingStats(BaseModel):
+    total: Counts
+    runs: list[RunStats]
+    send_rate: float = Field(description="Отправок в секунду за последнюю минуту")
+
+
+class RetryResult(BaseModel):
+    requeued: int = Field(description="Сколько сообщений снова в очереди")
+    runs: list[int] = Field(description="Запуски, которые снова идут")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -16,11 +16,15 @@ from rassylka.errors import FieldError, NotFound, ValidationFailed
 from rassylka.mailings import lifecycle, repository, timing
 from rassylka.mailings.models import Channel, Mailing, MailingStatus
 from rassylka.mailings.schemas import (
+    Counts,
     EventRead,
     MailingCreate,
+    MailingStats,
     MailingUpdate,
     MessageRead,
+    RetryResult,
     RunRead,
+    RunStats,
     ScheduleIn,
     SchedulePreview,
 )
@@ -233,15 +237,24 @@ async def runs(
 async def messages(
     session: AsyncSession,
     *,
-    mailing_id: int,
-    status: str | None,
-    channel: int | None,
+    mailing_id: int | None = None,
+    client_id: int | None = None,
+    status: str | None = None,
+    channel: int | None = None,
     limit: int,
     offset: int,
 ) -> tuple[list[MessageRead], int]:
-    await get(session, mailing_id=mailing_id)
+    """Messages with their history: of a mailing, or (``client_id``) of a client."""
+    if mailing_id is not None:
+        await get(session, mailing_id=mailing_id)
     found, total, history = await message_repository.messages_page(
-        session, mailing_id=mailing_id, status=status, channel=channel, limit=limit, offset=offset
+        session,
+        mailing_id=mailing_id,
+        client_id=client_id,
+        status=status,
+        channel=channel,
+        limit=limit,
+        offset=offset,
     )
     return [
         MessageRead.model_validate(message).model_copy(
@@ -249,3 +262,117 @@ async def messages(
         )
         for message in found
     ], total
+
+
+CHANNEL_NAMES = {Channel.EMAIL: "email", Channel.SMS: "sms"}
+ATTEMPTED = ("sent", "delivered", "undelivered", "bounced", "failed", "expired")
+REPORTED = ("delivered", "undelivered", "bounced")
+RATE_WINDOW = 60.0
+
+
+async def stats(session: AsyncSession, *, mailing_id: int) -> MailingStats:
+    await get(session, mailing_id=mailing_id)
+    now = utcnow()
+    found = await message_repository.stats(
+        session, mailing_id=mailing_id, since=now - timedelta(seconds=RATE_WINDOW)
+    )
+    runs_of = {
+        run.id: run.scheduled_at
+        for run in (
+            await message_repository.runs_page(
+                session, mailing_id=mailing_id, limit=10_000, offset=0
+            )
+        )[0]
+    }
+    total = _Tally()
+    per_run: dict[int, _Tally] = {}
+    for run_id, channel, status, count, parts, first, last in found["groups"]:
+        for tally in (total, per_run.setdefault(run_id, _Tally())):
+            tally.add(channel, status, count, parts, first, last)
+    return MailingStats(
+        total=Counts(**total.counts()),
+        runs=[
+            RunStats(run_id=run_id, scheduled_at=runs_of[run_id], **tally.counts())
+            for run_id, tally in sorted(per_run.items(), key=lambda item: runs_of[item[0]])
+            if run_id in runs_of
+        ],
+        send_rate=round(found["recent"] / RATE_WINDOW, 3),
+    )
+
+
+class _Tally:
+    def __init__(self) -> None:
+        self.by_status: dict[str, int] = {}
+        self.by_channel: dict[str, dict[str, int]] = {}
+        self.parts = 0
+        self.first: datetime | None = None
+        self.last: datetime | None = None
+
+    def add(
+        self,
+        channel: int,
+        status: str,
+        count: int,
+        parts: int,
+        first: datetime | None,
+        last: datetime | None,
+    ) -> None:
+        self.by_status[status] = self.by_status.get(status, 0) + count
+        name = CHANNEL_NAMES.get(Channel(channel), str(channel))
+        per = self.by_channel.setdefault(name, {})
+        per[status] = per.get(status, 0) + count
+        if channel == Channel.SMS:
+            self.parts += int(parts)
+        if first is not None:
+            first = _aware(first)
+            self.first = first if self.first is None else min(self.first, first)
+        if last is not None:
+            last = _aware(last)
+            self.last = last if self.last is None else max(self.last, last)
+
+    def counts(self) -> dict[str, Any]:
+        attempted = sum(self.by_status.get(status, 0) for status in ATTEMPTED)
+        accepted = self.by_status.get("sent", 0) + self.by_status.get("delivered", 0)
+        reported = sum(self.by_status.get(status, 0) for status in REPORTED)
+        return {
+            "messages": sum(self.by_status.values()),
+            "by_status": self.by_status,
+            "by_channel": self.by_channel,
+            "accepted_rate": round(accepted / attempted, 4) if attempted else None,
+            "delivery_rate": (
+                round(self.by_status.get("delivered", 0) / reported, 4) if reported else None
+            ),
+            "sms_parts": self.parts,
+            "first_sent_at": self.first,
+            "last_sent_at": self.last,
+        }
+
+
+def _aware(moment: datetime) -> datetime:
+    """Aggregates skip the column type: SQLite hands back naive UTC (or text)."""
+    if isinstance(moment, str):
+        moment = datetime.fromisoformat(moment)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+async def retry_failed(session: AsyncSession, *, mailing_id: int) -> RetryResult:
+    """Send the failed and undelivered messages again; a completed mailing becomes active."""
+    mailing = await get(session, mailing_id=mailing_id)
+    if mailing.status not in (
+        MailingStatus.ACTIVE,
+        MailingStatus.PAUSED,
+        MailingStatus.COMPLETED,
+    ):
+        raise lifecycle.illegal(
+            f"Рассылку {mailing.id} нельзя отправить повторно: она "
+            f"{lifecycle.STATUS_NAMES[MailingStatus(mailing.status)]}"
+        )
+    count, run_ids = await message_repository.retry_failed(
+        session, mailing_id=mailing.id, now=utcnow()
+    )
+    if count and mailing.status == MailingStatus.COMPLETED:
+        mailing.status = MailingStatus.ACTIVE
+        mailing.status_reason = None
+    await queue.notify_work(session)
+    await session.flush()
+    return RetryResult(requeued=count, runs=run_ids)

@@ -29,7 +29,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from rassylka.clients.models import Client
 from rassylka.db import UTCDateTime
 from rassylka.mailings.models import Channel
-from rassylka.messages.models import Message, MessageEvent, MessageStatus, Run
+from rassylka.messages import queue
+from rassylka.messages.models import Message, MessageEvent, MessageStatus, Run, RunStatus
 from rassylka.scheduling import SendWindow, opening_at_or_after
 from rassylka.suppressions.models import Suppression
 
@@ -305,14 +306,20 @@ async def runs_page(
 async def messages_page(
     session: AsyncSession,
     *,
-    mailing_id: int,
-    status: str | None,
-    channel: int | None,
+    mailing_id: int | None = None,
+    client_id: int | None = None,
+    status: str | None = None,
+    channel: int | None = None,
     limit: int,
     offset: int,
 ) -> tuple[list[Message], int, dict[int, list[MessageEvent]]]:
-    """A mailing's messages in id order, filtered, with each one's events oldest first."""
-    query = select(Message).where(Message.mailing_id == mailing_id)
+    """A mailing's or a client's messages in id order, filtered, with each one's events
+    oldest first."""
+    query = select(Message)
+    if mailing_id is not None:
+        query = query.where(Message.mailing_id == mailing_id)
+    if client_id is not None:
+        query = query.where(Message.client_id == client_id)
     if status is not None:
         query = query.where(Message.status == status)
     if channel is not None:
@@ -329,3 +336,58 @@ async def messages_page(
         for event in events:
             history[event.message_id].append(event)
     return found, int(total or 0), history
+
+
+async def stats(session: AsyncSession, *, mailing_id: int, since: datetime) -> dict[str, Any]:
+    """Counts per run, status and channel; SMS parts; first and last send; sends since."""
+    rows = await session.execute(
+        select(
+            MESSAGE.c.run_id,
+            MESSAGE.c.channel,
+            MESSAGE.c.status,
+            func.count(),
+            func.coalesce(func.sum(MESSAGE.c.parts), 0),
+            func.min(MESSAGE.c.sent_at),
+            func.max(MESSAGE.c.sent_at),
+        )
+        .where(MESSAGE.c.mailing_id == mailing_id)
+        .group_by(MESSAGE.c.run_id, MESSAGE.c.channel, MESSAGE.c.status)
+    )
+    recent = await session.scalar(
+        select(func.count()).where(MESSAGE.c.mailing_id == mailing_id, MESSAGE.c.sent_at >= since)
+    )
+    return {"groups": [tuple(row) for row in rows], "recent": int(recent or 0)}
+
+
+async def retry_failed(
+    session: AsyncSession, *, mailing_id: int, now: datetime
+) -> tuple[int, list[int]]:
+    """Queue the failed and undelivered messages of a mailing again, attempts from zero; how
+    many, and the ids of their runs, which are running again."""
+    run_ids: set[int] = set()
+    count = 0
+    for old in (MessageStatus.FAILED, MessageStatus.UNDELIVERED):
+        result = await session.execute(
+            update(MESSAGE)
+            .where(MESSAGE.c.mailing_id == mailing_id, MESSAGE.c.status == old)
+            .values(
+                status=MessageStatus.QUEUED,
+                attempts=0,
+                next_attempt_at=now,
+                leased_until=None,
+                reason=None,
+                updated_at=now,
+            )
+            .returning(MESSAGE.c.id, MESSAGE.c.run_id)
+        )
+        rows = result.all()
+        await queue.log_events(session, ids=[row[0] for row in rows], old_status=old, now=now)
+        run_ids.update(row[1] for row in rows)
+        count += len(rows)
+    if run_ids:
+        await session.execute(
+            update(RUN)
+            .where(RUN.c.id.in_(run_ids))
+            .values(status=RunStatus.RUNNING, finished_at=None)
+        )
+    return count, sorted(run_ids)
