@@ -13,8 +13,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from helpers import assert_ok, make_project, make_template
 from rassylka.clients.models import Client
 from rassylka.db import create_sessionmaker, utcnow
+from rassylka.engine.scheduler import Scheduler
 from rassylka.mailings.models import Mailing
-from rassylka.messages import repository, service
+from rassylka.messages import repository
 from rassylka.messages.models import Message, Run
 from rassylka.suppressions.models import Suppression
 
@@ -52,8 +53,7 @@ async def arrange(api: httpx.AsyncClient, **mailing: Any) -> int:
 
 
 async def start(engine: AsyncEngine) -> list[int]:
-    async with create_sessionmaker(engine)() as session, session.begin():
-        return await service.start_due_mailings(session)
+    return await Scheduler(create_sessionmaker(engine)).tick()
 
 
 async def messages(engine: AsyncEngine) -> dict[tuple[str | None, int], tuple[str, str | None]]:

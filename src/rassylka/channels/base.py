@@ -12,10 +12,11 @@ window) fits behind the same call.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class ChannelKind(StrEnum):
@@ -80,3 +81,18 @@ class Channel(Protocol):
     async def close(self) -> None:
         """Release connections; in-flight sends have finished or been cancelled."""
         ...
+
+
+async def send_each(
+    messages: Sequence[OutboundMessage],
+    send_one: Callable[[OutboundMessage], Coroutine[Any, Any, Outcome]],
+    *,
+    name: str,
+) -> list[Outcome]:
+    """Send every message at once, one task each; outcomes in the messages' order."""
+    async with asyncio.TaskGroup() as group:
+        tasks: list[asyncio.Task[Outcome]] = [
+            group.create_task(send_one(message), name=f"{name}-send-{message.id}")
+            for message in messages
+        ]
+    return [task.result() for task in tasks]

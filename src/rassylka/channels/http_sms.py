@@ -48,6 +48,7 @@ from rassylka.channels.base import (
     Outcome,
     PermanentChannelError,
     TransientChannelError,
+    send_each,
 )
 from rassylka.channels.sms_text import SmsTooLongError, encode_sms
 
@@ -153,12 +154,7 @@ class HttpSmsChannel:
         )
 
     async def send(self, messages: Sequence[OutboundMessage]) -> list[Outcome]:
-        async with asyncio.TaskGroup() as group:
-            tasks = [
-                group.create_task(self._send_one(message), name=f"http-sms-send-{message.id}")
-                for message in messages
-            ]
-        return [task.result() for task in tasks]
+        return await send_each(messages, self._send_one, name="http-sms")
 
     async def close(self) -> None:
         await self._client.aclose()

@@ -86,6 +86,7 @@ from rassylka.channels.base import (
     Outcome,
     PermanentChannelError,
     TransientChannelError,
+    send_each,
 )
 from rassylka.channels.sms_text import UCS2_DATA_CODING, SmsTooLongError, encode_sms
 
@@ -1018,12 +1019,9 @@ class SmppChannel:
 
     async def send(self, messages: Sequence[OutboundMessage]) -> list[Outcome]:
         state = _SendState()
-        async with asyncio.TaskGroup() as group:
-            tasks = [
-                group.create_task(self._send_one(message, state), name=f"smpp-send-{message.id}")
-                for message in messages
-            ]
-        return [task.result() for task in tasks]
+        return await send_each(
+            messages, lambda message: self._send_one(message, state), name="smpp"
+        )
 
     async def close(self) -> None:
         """Unbind and close the connection (bounded, never hangs); a later ``send`` reconnects.

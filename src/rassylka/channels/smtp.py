@@ -30,6 +30,7 @@ from rassylka.channels.base import (
     Outcome,
     PermanentChannelError,
     TransientChannelError,
+    send_each,
 )
 from rassylka.channels.email_message import ComposedEmail, compose, flatten, parse_sender
 
@@ -111,12 +112,7 @@ class SmtpChannel:
         )
 
     async def send(self, messages: Sequence[OutboundMessage]) -> list[Outcome]:
-        async with asyncio.TaskGroup() as group:
-            tasks = [
-                group.create_task(self._send_one(message), name=f"smtp-send-{message.id}")
-                for message in messages
-            ]
-        return [task.result() for task in tasks]
+        return await send_each(messages, self._send_one, name="smtp")
 
     async def close(self) -> None:
         """QUIT and close every pooled connection; a later ``send`` would reconnect."""

@@ -27,7 +27,6 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -46,12 +45,19 @@ from rassylka.config import Settings
 from rassylka.db import utcnow
 from rassylka.engine.ratelimit import RateLimiter
 from rassylka.engine.retry import RetryPolicy
+from rassylka.engine.waiting import wait_any
 from rassylka.mailings.models import Channel as MailingChannel
 from rassylka.mailings.models import Mailing
 from rassylka.mailings.timing import window_of
 from rassylka.messages import queue
 from rassylka.projects.models import Project
-from rassylka.scheduling import SendWindow, WindowError, contains, opening_at_or_after
+from rassylka.scheduling import (
+    SendWindow,
+    WindowError,
+    contains,
+    opening_at_or_after,
+    zone_or_utc,
+)
 from rassylka.templates.models import Template
 from rassylka.templates.rendering import (
     RenderError,
@@ -301,18 +307,18 @@ class _Lane:
                 self.room.clear()  # before looking, so a sender's "room" is never missed
                 room = self.capacity - self.queue.qsize()
                 if room < max(1, self.capacity // 2):
-                    await _wait_any(stop, self.room, seconds=config.poll_interval)
+                    await wait_any(stop, self.room, seconds=config.poll_interval)
                     continue
                 claimed = await self._claim(room)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 logger.exception("claiming %s messages failed; trying again", self.kind)
-                await _wait_any(stop, seconds=DB_RETRY_DELAY)
+                await wait_any(stop, seconds=DB_RETRY_DELAY)
                 continue
             if not claimed:
                 self.wake.clear()
-                await _wait_any(stop, self.wake, seconds=config.poll_interval)
+                await wait_any(stop, self.wake, seconds=config.poll_interval)
 
     async def _recover(self) -> None:
         async with self._sessionmaker() as session, session.begin():
@@ -584,28 +590,11 @@ def _window_opening(message: queue.Claimed, contexts: _Contexts, now: datetime) 
     mailing = contexts.mailings.get(message.mailing_id)
     if mailing is None or mailing.window is None:
         return None
-    zone = _zone(message.timezone)
+    zone = zone_or_utc(message.timezone)
     if contains(mailing.window, now, zone):
         return None
     return opening_at_or_after(mailing.window, now, zone)
 
 
-def _zone(name: str | None) -> ZoneInfo:
-    try:
-        return ZoneInfo(name) if name else ZoneInfo("UTC")
-    except (ZoneInfoNotFoundError, ValueError):
-        return ZoneInfo("UTC")
-
-
 def _describe(outcome: Outcome | _RenderFailure) -> str:
     return outcome.reason if isinstance(outcome, _RenderFailure) else outcome.reply
-
-
-async def _wait_any(*events: asyncio.Event, seconds: float) -> None:
-    """Until one of ``events`` is set or ``seconds`` pass."""
-    waiters = [asyncio.ensure_future(event.wait()) for event in events]
-    try:
-        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()

@@ -14,7 +14,6 @@ without its messages, and exactly one worker starts it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from datetime import datetime
@@ -22,6 +21,7 @@ from datetime import datetime
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from rassylka.db import utcnow
+from rassylka.engine.waiting import wait_any
 from rassylka.mailings import repository as mailings
 from rassylka.messages import queue
 from rassylka.messages.service import advance
@@ -114,15 +114,4 @@ class Scheduler:
             except Exception:
                 logger.exception("the scheduler's tick failed; trying again")
                 delay = 1.0
-            await _wait_any(stop, self._wake, seconds=delay)
-
-
-async def _wait_any(*events: asyncio.Event, seconds: float) -> None:
-    waiters = [asyncio.ensure_future(event.wait()) for event in events]
-    try:
-        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.gather(*waiters, return_exceptions=True)
+            await wait_any(stop, self._wake, seconds=delay)

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, time
+from datetime import date, datetime
 from typing import Annotated, Any, Literal
-from zoneinfo import ZoneInfo
 
 from pydantic import (
     AfterValidator,
@@ -60,17 +59,6 @@ def parse_event(value: str) -> date | datetime:
         raise ValueError(
             f"Ожидается дата ГГГГ-ММ-ДД или дата-время ISO 8601, получено «{value}»"
         ) from None
-
-
-def event_moment(value: str, timezone: str) -> datetime:
-    """The UTC moment an ``event`` names; a date or a time without offset is in ``timezone``."""
-    parsed = parse_event(value)
-    zone = ZoneInfo(timezone)
-    if not isinstance(parsed, datetime):
-        parsed = datetime.combine(parsed, time.min)
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=zone)
-    return parsed.astimezone(UTC)
 
 
 def _check_event(value: str) -> str:

@@ -276,17 +276,11 @@ async def stats(session: AsyncSession, *, mailing_id: int) -> MailingStats:
     found = await message_repository.stats(
         session, mailing_id=mailing_id, since=now - timedelta(seconds=RATE_WINDOW)
     )
-    runs_of = {
-        run.id: run.scheduled_at
-        for run in (
-            await message_repository.runs_page(
-                session, mailing_id=mailing_id, limit=10_000, offset=0
-            )
-        )[0]
-    }
     total = _Tally()
     per_run: dict[int, _Tally] = {}
-    for run_id, channel, status, count, parts, first, last in found["groups"]:
+    runs_of: dict[int, datetime] = {}
+    for run_id, scheduled_at, channel, status, count, parts, first, last in found["groups"]:
+        runs_of[run_id] = _aware(scheduled_at)
         for tally in (total, per_run.setdefault(run_id, _Tally())):
             tally.add(channel, status, count, parts, first, last)
     return MailingStats(
@@ -294,7 +288,6 @@ async def stats(session: AsyncSession, *, mailing_id: int) -> MailingStats:
         runs=[
             RunStats(run_id=run_id, scheduled_at=runs_of[run_id], **tally.counts())
             for run_id, tally in sorted(per_run.items(), key=lambda item: runs_of[item[0]])
-            if run_id in runs_of
         ],
         send_rate=round(found["recent"] / RATE_WINDOW, 3),
     )

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, cast
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import (
     ColumnElement,
@@ -31,7 +30,7 @@ from rassylka.db import UTCDateTime
 from rassylka.mailings.models import Channel
 from rassylka.messages import queue
 from rassylka.messages.models import Message, MessageEvent, MessageStatus, Run, RunStatus
-from rassylka.scheduling import SendWindow, opening_at_or_after
+from rassylka.scheduling import SendWindow, opening_at_or_after, zone_or_utc
 from rassylka.suppressions.models import Suppression
 
 MESSAGE = cast(Table, Message.__table__)
@@ -251,7 +250,7 @@ async def hold_for_window(
     )
     waiting = 0
     for name in list(zones):
-        zone = _zone(name)
+        zone = zone_or_utc(name)
         opening = opening_at_or_after(window, scheduled_at, zone)
         if opening <= scheduled_at:
             continue
@@ -266,13 +265,6 @@ async def hold_for_window(
             .values(next_attempt_at=opening)
         )
     return waiting
-
-
-def _zone(name: str | None) -> ZoneInfo:
-    try:
-        return ZoneInfo(name) if name else ZoneInfo("UTC")
-    except (ZoneInfoNotFoundError, ValueError):
-        return ZoneInfo("UTC")
 
 
 async def runs_page(
@@ -339,10 +331,12 @@ async def messages_page(
 
 
 async def stats(session: AsyncSession, *, mailing_id: int, since: datetime) -> dict[str, Any]:
-    """Counts per run, status and channel; SMS parts; first and last send; sends since."""
+    """Counts per run (with its moment), channel and status; SMS parts; first and last send;
+    sends since ``since``."""
     rows = await session.execute(
         select(
             MESSAGE.c.run_id,
+            RUN.c.scheduled_at,
             MESSAGE.c.channel,
             MESSAGE.c.status,
             func.count(),
@@ -350,8 +344,9 @@ async def stats(session: AsyncSession, *, mailing_id: int, since: datetime) -> d
             func.min(MESSAGE.c.sent_at),
             func.max(MESSAGE.c.sent_at),
         )
+        .join(RUN, RUN.c.id == MESSAGE.c.run_id)
         .where(MESSAGE.c.mailing_id == mailing_id)
-        .group_by(MESSAGE.c.run_id, MESSAGE.c.channel, MESSAGE.c.status)
+        .group_by(MESSAGE.c.run_id, RUN.c.scheduled_at, MESSAGE.c.channel, MESSAGE.c.status)
     )
     recent = await session.scalar(
         select(func.count()).where(MESSAGE.c.mailing_id == mailing_id, MESSAGE.c.sent_at >= since)

@@ -1,5 +1,5 @@
-"""Turning due mailings into runs and messages (the simple start rule: an active mailing
-whose ``event`` has come; the scheduling issue adds recurrence and send windows)."""
+"""Advancing a due mailing: its occurrence becomes a run with its messages, held for each
+recipient's send window, and the next occurrence is set (the scheduler calls this)."""
 
 from __future__ import annotations
 
@@ -8,27 +8,10 @@ from typing import cast
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from rassylka.db import utcnow
-from rassylka.mailings import repository as mailing_repository
 from rassylka.mailings import timing
 from rassylka.mailings.models import Mailing, MailingStatus
 from rassylka.messages import queue, repository
 from rassylka.scheduling import CatchUp, ScheduleError, WindowError, due_occurrence
-
-
-async def start_due_mailings(session: AsyncSession, *, now: datetime | None = None) -> list[int]:
-    """Advance every due mailing once in this transaction (the scheduler does the same, one
-    transaction per mailing); returns the ids of the runs created."""
-    now = now or utcnow()
-    runs: list[int] = []
-    for mailing_id in await mailing_repository.due_ids(session, now=now):
-        mailing = await mailing_repository.lock_due(session, mailing_id, now=now)
-        if mailing is None:
-            continue
-        run_id = await advance(session, mailing, now=now)
-        if run_id is not None:
-            runs.append(run_id)
-    return runs
 
 
 async def advance(session: AsyncSession, mailing: Mailing, *, now: datetime) -> int | None:

@@ -23,7 +23,7 @@ from rassylka.scheduling.window import (
     parse_window,
     window_end_after,
 )
-from rassylka.scheduling.zones import phone_zone, phone_zones, recipient_zone
+from rassylka.scheduling.zones import phone_zone, phone_zones, recipient_zone, zone_or_utc
 
 __all__ = [
     "CatchUp",
@@ -44,4 +44,5 @@ __all__ = [
     "upcoming",
     "wall_to_utc",
     "window_end_after",
+    "zone_or_utc",
 ]

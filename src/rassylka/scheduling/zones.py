@@ -34,6 +34,8 @@ tables, ~1 ms. Cheap enough to call per client without a cache.
 
 from __future__ import annotations
 
+from zoneinfo import ZoneInfo
+
 import phonenumbers
 from phonenumbers import timezone as phone_timezone
 
@@ -68,3 +70,10 @@ def recipient_zone(client_timezone: str | None, phone: str | None, mailing_timez
     if client_timezone and known_zone(client_timezone):
         return client_timezone
     return phone_zone(phone) or mailing_timezone
+
+
+def zone_or_utc(name: str | None) -> ZoneInfo:
+    """The zone stored with a message, or UTC when it is missing or no longer known."""
+    if name and known_zone(name):
+        return ZoneInfo(name)
+    return ZoneInfo("UTC")
