@@ -72,8 +72,8 @@ class Scheduler:
             if self._on_new_work:
                 self._on_new_work()
         async with self._sessionmaker() as session, session.begin():
-            expired = await queue.expire_queued(session, reason=ENDED_REASON, now=now)
             ended = await mailings.end_past(session, now=now)
+            expired = await queue.expire_queued(session, reason=ENDED_REASON, now=now)
         if ended:
             logger.info("mailings %s reached their end; %s messages expired", ended, expired)
         async with self._sessionmaker() as session, session.begin():

@@ -58,6 +58,7 @@ async def apply(session: AsyncSession, mailing: Mailing, action: Action) -> Mail
     mailing.status_reason = None
     if action is Action.CANCEL:
         mailing.next_run_at = None
+        await session.flush()  # the mailing's row before the events (see messages.queue)
         await queue.expire_queued(session, mailing_id=mailing.id, reason=CANCELLED_REASON, now=now)
     await queue.notify_schedule(session)
     await session.flush()

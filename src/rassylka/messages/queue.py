@@ -8,6 +8,14 @@ needs. On SQLite the same statement runs under the database's single writer lock
 
 A claim whose lease runs out (its worker died) goes back to ``queued`` by ``recover``; its
 attempt stays counted, because the send may have happened.
+
+Every status change writes an event (``message_event``) in the same transaction. Readers (the
+live stream, webhooks) resume from the last event id they saw, so ids must become visible in
+id order. SQLite has one writer, so they do. On PostgreSQL a sequence hands out ids before
+commit, and a later id can commit first; so a transaction takes one advisory lock right before
+it writes events and keeps it to its commit: event-writing transactions commit one at a time,
+in id order. The rule that keeps this free of deadlocks: **events are the last rows a
+transaction writes** (all its message updates come first; after the events only NOTIFY).
 """
 
 from __future__ import annotations
@@ -50,6 +58,11 @@ RUN = cast(Table, Run.__table__)
 # schedule or status changed.
 NOTIFY_CHANNEL = "rassylka_work"
 SCHEDULE_CHANNEL = "rassylka_schedule"
+# New events were committed (the live stream's readers wake on it).
+EVENTS_CHANNEL = "rassylka_events"
+# The advisory lock that orders event-writing transactions on PostgreSQL (a key of its own:
+# "rassylka" in ASCII).
+EVENTS_LOCK = 0x7261737379_6C6B61
 PEER_ID_LENGTH = 255
 
 
@@ -195,7 +208,6 @@ async def record(
                 for result in sent
             ],
         )
-        await _log_changed(session, [r.id for r in sent], MessageStatus.SENT, now)
     if retries:
         await session.execute(
             update(MESSAGE)
@@ -216,7 +228,6 @@ async def record(
                 for result in retries
             ],
         )
-        await _log_changed(session, [r.id for r in retries], MessageStatus.QUEUED, now)
     if failed:
         await session.execute(
             update(MESSAGE)
@@ -238,7 +249,10 @@ async def record(
                 for result in failed
             ],
         )
-        await _log_changed(session, [r.id for r in failed], MessageStatus.FAILED, now)
+    # Events last (see the module's docstring).
+    await _log_changed(session, [r.id for r in sent], MessageStatus.SENT, now)
+    await _log_changed(session, [r.id for r in retries], MessageStatus.QUEUED, now)
+    await _log_changed(session, [r.id for r in failed], MessageStatus.FAILED, now)
 
 
 async def release(session: AsyncSession, *, ids: Sequence[int], now: datetime) -> None:
@@ -270,7 +284,9 @@ async def recover(session: AsyncSession, *, channel: int, now: datetime) -> int:
         .values(status=MessageStatus.QUEUED, leased_until=None, next_attempt_at=now, updated_at=now)
         .returning(MESSAGE.c.id)
     )
-    return len(result.all())
+    ids = sorted(row[0] for row in result)
+    await log_events(session, ids=ids, old_status=MessageStatus.SENDING, now=now)
+    return len(ids)
 
 
 async def finish_runs(
@@ -514,4 +530,60 @@ async def _insert_events(
         "peer_message_id",
         "created_at",
     ]
+    if _is_postgresql(session):
+        # Held to commit: event ids become visible in order (see the module's docstring).
+        await session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": EVENTS_LOCK})
+        await session.execute(text("SELECT pg_notify(:channel, '')"), {"channel": EVENTS_CHANNEL})
     await session.execute(insert(EVENT).from_select(columns, rows))
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What a peer said later of a message it had accepted: a delivery receipt, a bounce, a
+    provider's callback. ``status`` is the new status (delivered, undelivered, expired,
+    bounced) or ``sent`` for a note that changes nothing but the reason (a soft bounce)."""
+
+    id: int
+    status: str
+    reason: str | None = None
+
+
+# What a later verdict may move a message to; only a ``sent`` message takes one (a duplicate
+# receipt, or one for a message already bounced or delivered, changes nothing).
+VERDICTS = frozenset(
+    {
+        MessageStatus.SENT,
+        MessageStatus.DELIVERED,
+        MessageStatus.UNDELIVERED,
+        MessageStatus.EXPIRED,
+        MessageStatus.BOUNCED,
+    }
+)
+
+
+async def settle(session: AsyncSession, *, verdicts: Sequence[Verdict], now: datetime) -> list[int]:
+    """Apply later verdicts to ``sent`` messages, each with its event; the ids that changed."""
+    verdicts = [verdict for verdict in verdicts if verdict.status in VERDICTS]
+    if not verdicts:
+        return []
+    await session.execute(
+        update(MESSAGE)
+        .where(MESSAGE.c.id == bindparam("message_id"), MESSAGE.c.status == MessageStatus.SENT)
+        .values(status=bindparam("status"), reason=bindparam("reason"), updated_at=now),
+        [{"message_id": v.id, "status": v.status, "reason": storable(v.reason)} for v in verdicts],
+    )
+    ids = sorted({verdict.id for verdict in verdicts})
+    changed: list[int] = []
+    for start in range(0, len(ids), EVENT_CHUNK):
+        chunk = ids[start : start + EVENT_CHUNK]
+        changed += await session.scalars(
+            select(MESSAGE.c.id).where(MESSAGE.c.id.in_(chunk), MESSAGE.c.updated_at == now)
+        )
+    await log_events(
+        session,
+        ids=changed,
+        old_status=MessageStatus.SENT,
+        where=[MESSAGE.c.updated_at == now],
+        now=now,
+    )
+    return changed

@@ -360,6 +360,7 @@ async def retry_failed(
     """Queue the failed and undelivered messages of a mailing again, attempts from zero; how
     many, and the ids of their runs, which are running again."""
     run_ids: set[int] = set()
+    requeued: dict[str, list[int]] = {}
     count = 0
     for old in (MessageStatus.FAILED, MessageStatus.UNDELIVERED):
         result = await session.execute(
@@ -376,7 +377,7 @@ async def retry_failed(
             .returning(MESSAGE.c.id, MESSAGE.c.run_id)
         )
         rows = result.all()
-        await queue.log_events(session, ids=[row[0] for row in rows], old_status=old, now=now)
+        requeued[old] = sorted(row[0] for row in rows)
         run_ids.update(row[1] for row in rows)
         count += len(rows)
     if run_ids:
@@ -385,4 +386,7 @@ async def retry_failed(
             .where(RUN.c.id.in_(run_ids))
             .values(status=RunStatus.RUNNING, finished_at=None)
         )
+    # Events last (see messages.queue).
+    for status, ids in requeued.items():
+        await queue.log_events(session, ids=ids, old_status=status, now=now)
     return count, sorted(run_ids)
