@@ -29,6 +29,8 @@ MODEL_TABLES = {
     "message",
     "suppression",
     "message_event",
+    "message_part",
+    "receipt",
 }
 
 

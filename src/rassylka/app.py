@@ -14,11 +14,9 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from rassylka import __version__
-from rassylka.channels.registry import describe, open_channels
 from rassylka.clients.router import router as client_router
 from rassylka.config import Settings, environment_settings
 from rassylka.db import create_engine, create_sessionmaker
-from rassylka.engine.dispatcher import DispatchConfig
 from rassylka.engine.worker import Worker, run_until_stopped
 from rassylka.errors import error_response, install_handlers, openapi_error_responses
 from rassylka.http import BodyLimitMiddleware, SettingsMiddleware, require_api_key
@@ -54,9 +52,7 @@ def create_app(settings: Settings | None = None, *, worker: bool = False) -> Fas
         app.state.sessionmaker = create_sessionmaker(engine)
         embedded: asyncio.Task[None] | None = None
         if worker:
-            channels = open_channels(settings)
-            logger.info("sending through %s", describe(channels))
-            app.state.worker = Worker(engine, channels, DispatchConfig.from_settings(settings))
+            app.state.worker = Worker.open(engine, settings)
             embedded = asyncio.create_task(run_until_stopped(app.state.worker), name="worker")
         try:
             yield

@@ -63,9 +63,8 @@ def worker() -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    channels = open_channels(settings)
-    console.print(f"Rassylka worker: {describe(channels)}")
-    asyncio.run(run_worker(settings, channels))
+    console.print(f"Rassylka worker: {describe(open_channels(settings))}")
+    asyncio.run(run_worker(settings))
 
 
 @db_app.command("upgrade")

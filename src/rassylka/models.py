@@ -2,7 +2,7 @@
 
 from rassylka.clients.models import Client
 from rassylka.mailings.models import Mailing
-from rassylka.messages.models import Message, MessageEvent, Run
+from rassylka.messages.models import Message, MessageEvent, MessagePart, Receipt, Run
 from rassylka.projects.models import Project
 from rassylka.suppressions.models import Suppression
 from rassylka.templates.models import Template
@@ -12,7 +12,9 @@ __all__ = [
     "Mailing",
     "Message",
     "MessageEvent",
+    "MessagePart",
     "Project",
+    "Receipt",
     "Run",
     "Suppression",
     "Template",

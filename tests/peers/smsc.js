@@ -20,6 +20,11 @@
 //   55  the connection is closed at once, without an answer
 //   88  the server sends unbind instead of an answer, then closes after unbind_resp
 //   13  accepted; the receipt says UNDELIV err:001
+//   14  the receipt (DELIVRD) goes first, the submit_sm_resp 150 ms after it
+//   15  accepted; the receipt says EXPIRED err:002
+//   16  accepted; the receipt is text only (no receipted_message_id/message_state TLVs)
+//   17  accepted; the receipt says REJECTD err:003
+//   18  accepted; first a receipt for an id this SMSC never gave, then the real one
 //   anything else: accepted at once.
 // An accepted submit_sm gets a message_id and, 10 ms later, a delivery receipt (deliver_sm with
 // esm_class 0x04, receipted_message_id and message_state) that is logged with its answer.
@@ -73,6 +78,11 @@ function verdictFor(pdu) {
     case '55': return { name: 'drop' };
     case '88': return { name: 'unbind' };
     case '13': return { name: 'undeliverable', status: 0, receipt: 'UNDELIV' };
+    case '14': return { name: 'receipt-first', status: 0, receiptFirst: true };
+    case '15': return { name: 'expires', status: 0, receipt: 'EXPIRED' };
+    case '16': return { name: 'text-receipt', status: 0, textOnly: true };
+    case '17': return { name: 'rejected', status: 0, receipt: 'REJECTD' };
+    case '18': return { name: 'stray-receipt', status: 0, stray: true };
     default: return { name: 'accepted', status: 0 };
   }
 }
@@ -167,22 +177,37 @@ const server = smpp.createServer(function (session) {
         session.send(pdu.response({ command_status: verdict.status }));
         return;
       }
+      if (verdict.receiptFirst) {
+        sendReceipt(pdu, messageId, 'DELIVRD', verdict);
+        setTimeout(() => session.send(pdu.response({ message_id: messageId })), 150);
+        return;
+      }
       session.send(pdu.response({ message_id: messageId }));
-      setTimeout(() => sendReceipt(pdu, messageId, verdict.receipt || 'DELIVRD'), RECEIPT_DELAY_MS);
+      if (verdict.stray) sendReceipt(pdu, 'STRAY' + messageId, 'DELIVRD', verdict);
+      setTimeout(
+        () => sendReceipt(pdu, messageId, verdict.receipt || 'DELIVRD', verdict),
+        RECEIPT_DELAY_MS
+      );
     };
     if (verdict.delay) setTimeout(answer, verdict.delay);
     else answer();
   });
 
-  function sendReceipt(submit, messageId, stat) {
+  function sendReceipt(submit, messageId, stat, verdict) {
     const now = smppDate(new Date());
-    const err = stat === 'DELIVRD' ? '000' : '001';
+    const err = { DELIVRD: '000', UNDELIV: '001', EXPIRED: '002', REJECTD: '003' }[stat];
     const text =
       `id:${messageId} sub:001 dlvrd:${stat === 'DELIVRD' ? '001' : '000'} ` +
       `submit date:${now} done date:${now} stat:${stat} err:${err} text:receipt`;
-    const state = stat === 'DELIVRD' ? smpp.MESSAGE_STATE.DELIVERED : smpp.MESSAGE_STATE.UNDELIVERABLE;
+    const state = {
+      DELIVRD: smpp.MESSAGE_STATE.DELIVERED,
+      UNDELIV: smpp.MESSAGE_STATE.UNDELIVERABLE,
+      EXPIRED: smpp.MESSAGE_STATE.EXPIRED,
+      REJECTD: smpp.MESSAGE_STATE.REJECTED,
+    }[stat];
+    const tlvs = verdict.textOnly ? {} : { receipted_message_id: messageId, message_state: state };
     const sent = session.deliver_sm(
-      {
+      Object.assign({
         source_addr_ton: submit.dest_addr_ton,
         source_addr_npi: submit.dest_addr_npi,
         source_addr: submit.destination_addr,
@@ -192,9 +217,7 @@ const server = smpp.createServer(function (session) {
         esm_class: smpp.ESM_CLASS.MC_DELIVERY_RECEIPT,
         data_coding: 0,
         short_message: Buffer.from(text, 'ascii'),
-        receipted_message_id: messageId,
-        message_state: state,
-      },
+      }, tlvs),
       (resp) =>
         log('deliver_sm_resp', {
           session: id,

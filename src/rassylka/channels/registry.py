@@ -10,14 +10,17 @@ from __future__ import annotations
 from rassylka.channels.base import Channel, ChannelKind
 from rassylka.channels.http_sms import HttpSmsChannel, HttpSmsConfig
 from rassylka.channels.outbox import OutboxChannel
-from rassylka.channels.smpp import SmppChannel, SmppConfig
+from rassylka.channels.smpp import ReceiptHandler, SmppChannel, SmppConfig
 from rassylka.channels.smtp import SmtpChannel, SmtpConfig
 from rassylka.config import Settings
 from rassylka.mailings.models import Channel as MailingChannel
 
 
-def open_channels(settings: Settings) -> dict[int, Channel]:
-    """The transport of each mailing channel (1 email, 2 SMS); none connects before use."""
+def open_channels(
+    settings: Settings, *, on_receipt: ReceiptHandler | None = None
+) -> dict[int, Channel]:
+    """The transport of each mailing channel (1 email, 2 SMS); none connects before use.
+    ``on_receipt`` gets the SMSC's delivery receipts."""
     email: Channel = (
         SmtpChannel(SmtpConfig.from_settings(settings))
         if settings.smtp_host
@@ -25,7 +28,7 @@ def open_channels(settings: Settings) -> dict[int, Channel]:
     )
     sms: Channel
     if settings.smpp_host:
-        sms = SmppChannel(SmppConfig.from_settings(settings))
+        sms = SmppChannel(SmppConfig.from_settings(settings), on_receipt=on_receipt)
     elif settings.sms_http_url:
         sms = HttpSmsChannel(HttpSmsConfig.from_settings(settings))
     else:

@@ -133,10 +133,14 @@ class Dispatcher:
         config: DispatchConfig | None = None,
         *,
         clock: Callable[[], datetime] = utcnow,
+        on_parts: Callable[[list[str]], None] | None = None,
     ) -> None:
         self._sessionmaker = sessionmaker
         self._config = config or DispatchConfig()
         self.clock = clock
+        # Told the peer ids of SMS parts just recorded as sent: receipts that came before
+        # them are waiting (the receipt inbox matches them).
+        self.on_parts = on_parts
         # Mailings with messages claimed into this worker's memory, and those of them that a
         # person paused or cancelled (or that ended) since: checked every HOLD_CHECK seconds,
         # so a pause stops their sends within about that long.
@@ -458,10 +462,12 @@ class _Lane:
             pauses = dict(self.dispatcher._pauses_to_write)
             try:
                 async with self._sessionmaker() as session, session.begin():
-                    await self._write(session, results, unsent, now)
-                    await queue.defer(session, deferrals=deferrals, now=now)
+                    # The mailings' rows before the messages' events (see messages.queue).
                     await self.dispatcher._write_pauses(session, pauses, now)
+                    part_ids = await self._write(session, results, unsent, deferrals, now)
                 self.dispatcher._pauses_written(pauses)
+                if part_ids and self.dispatcher.on_parts is not None:
+                    self.dispatcher.on_parts(part_ids)
                 if results:
                     await self._finish({claimed.run_id for claimed, _ in results})
                 return
@@ -486,8 +492,14 @@ class _Lane:
             logger.warning("closing runs %s failed; the scheduler closes them later", run_ids)
 
     async def _write(
-        self, session: AsyncSession, results: list[_Result], unsent: list[int], now: datetime
-    ) -> None:
+        self,
+        session: AsyncSession,
+        results: list[_Result],
+        unsent: list[int],
+        deferrals: list[queue.Deferral],
+        now: datetime,
+    ) -> list[str]:
+        """Record a batch; the peer ids of the SMS parts it marked sent."""
         retry = self.dispatcher.config.retry
         sent: list[queue.SentResult] = []
         retries: list[queue.RetryResult] = []
@@ -496,7 +508,11 @@ class _Lane:
             if isinstance(outcome, Accepted):
                 sent.append(
                     queue.SentResult(
-                        claimed.id, outcome.peer_message_id, outcome.reply, outcome.parts
+                        claimed.id,
+                        outcome.peer_message_id,
+                        outcome.reply,
+                        outcome.parts,
+                        self._part_ids(outcome),
                     )
                 )
             elif isinstance(outcome, _RenderFailure):
@@ -512,8 +528,25 @@ class _Lane:
                     failed.append(queue.FailedResult(claimed.id, reason, outcome.reply))
                 else:
                     retries.append(queue.RetryResult(claimed.id, outcome.reply, moment))
-        await queue.record(session, sent=sent, retries=retries, failed=failed, now=now)
-        await queue.release(session, ids=unsent, now=now)
+        await queue.record(
+            session,
+            sent=sent,
+            retries=retries,
+            failed=failed,
+            unsent=unsent,
+            deferrals=deferrals,
+            now=now,
+        )
+        return [peer_id for result in sent for peer_id in result.part_ids]
+
+    def _part_ids(self, accepted: Accepted) -> tuple[str, ...]:
+        """Receipts come for SMS only, per part; a peer that numbers no parts numbers the
+        message (the HTTP provider)."""
+        if self.channel is not MailingChannel.SMS:
+            return ()
+        if accepted.part_ids:
+            return accepted.part_ids
+        return (accepted.peer_message_id,) if accepted.peer_message_id else ()
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,11 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from rassylka.channels.base import Channel
+from rassylka.channels.registry import describe, open_channels
 from rassylka.config import Settings
 from rassylka.db import create_engine, create_sessionmaker
 from rassylka.engine.dispatcher import DispatchConfig, Dispatcher
+from rassylka.engine.receipts import ReceiptInbox
 from rassylka.engine.scheduler import Scheduler
 from rassylka.messages.queue import NOTIFY_CHANNEL, SCHEDULE_CHANNEL
 
@@ -26,6 +28,8 @@ logger = logging.getLogger(__name__)
 LISTEN_CHECK_INTERVAL = 5.0
 # How long in-flight sends get to finish once a stop is asked for.
 STOP_GRACE = 30.0
+# How long receipts in hand get to be written once the channels are closed.
+RECEIPTS_GRACE = 5.0
 
 
 class Worker:
@@ -36,15 +40,29 @@ class Worker:
         config: DispatchConfig | None = None,
         *,
         schedule: bool = True,
+        receipts: ReceiptInbox | None = None,
     ) -> None:
+        """``receipts`` is the inbox the channels hand delivery receipts to (see
+        ``Worker.open``); the worker runs it and tells it of recorded SMS parts."""
         self.engine = engine
         self.channels = channels
         sessionmaker = create_sessionmaker(engine)
-        self.dispatcher = Dispatcher(sessionmaker, channels, config)
+        self.receipts = receipts or ReceiptInbox(sessionmaker)
+        self.dispatcher = Dispatcher(
+            sessionmaker, channels, config, on_parts=self.receipts.parts_recorded
+        )
         self.scheduler = (
             Scheduler(sessionmaker, on_new_work=self.dispatcher.wake) if schedule else None
         )
         self.stop_event = asyncio.Event()
+
+    @classmethod
+    def open(cls, engine: AsyncEngine, settings: Settings) -> Worker:
+        """A worker with the transports the settings name, their receipts wired to it."""
+        inbox = ReceiptInbox(create_sessionmaker(engine))
+        channels = open_channels(settings, on_receipt=inbox.receive)
+        logger.info("sending through %s", describe(channels))
+        return cls(engine, channels, DispatchConfig.from_settings(settings), receipts=inbox)
 
     def wake_scheduler(self) -> None:
         if self.scheduler is not None:
@@ -56,6 +74,9 @@ class Worker:
 
     async def run(self) -> None:
         stop = self.stop_event
+        # Receipts keep coming until the channels are closed, after the sending stopped.
+        receipts_stop = asyncio.Event()
+        inbox = asyncio.create_task(self.receipts.run(receipts_stop), name="receipts")
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self.dispatcher.run(stop), name="dispatcher")
@@ -72,6 +93,12 @@ class Worker:
                     await channel.close()
                 except Exception:
                     logger.exception("closing the %s channel failed", channel.kind)
+            receipts_stop.set()
+            done, _ = await asyncio.wait({inbox}, timeout=RECEIPTS_GRACE)
+            if not done:
+                inbox.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await inbox
 
 
 async def listen(
@@ -109,10 +136,10 @@ async def listen(
                     await stop.wait()
 
 
-async def run_worker(settings: Settings, channels: Mapping[int, Channel]) -> None:
+async def run_worker(settings: Settings) -> None:
     """The ``rassylka worker`` process: until SIGTERM or SIGINT, then a graceful stop."""
     engine = create_engine(settings.database_url, pool_pre_ping=True)
-    worker = Worker(engine, channels, DispatchConfig.from_settings(settings))
+    worker = Worker.open(engine, settings)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, worker.stop)

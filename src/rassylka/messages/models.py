@@ -115,3 +115,37 @@ class MessageEvent(Base):
     reason: Mapped[str | None] = mapped_column(Text)
     peer_message_id: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class MessagePart(Base):
+    """One part of a sent SMS as the peer numbered it: delivery receipts come per part."""
+
+    __tablename__ = "message_part"
+    __table_args__ = (
+        UniqueConstraint("message_id", "part"),
+        Index("ix_message_part_peer", "peer_message_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    message_id: Mapped[int] = mapped_column(ForeignKey("message.id", ondelete="CASCADE"))
+    part: Mapped[int] = mapped_column(SmallInteger)
+    peer_message_id: Mapped[str] = mapped_column(String(255))
+    # The receipt's state as SMPP spells it (DELIVRD, UNDELIV, EXPIRED, ENROUTE, …).
+    state: Mapped[str | None] = mapped_column(String(16))
+    error: Mapped[str | None] = mapped_column(String(64))
+    receipt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class Receipt(Base):
+    """A delivery receipt not yet matched to a message part: it came before the part's peer
+    id was recorded (the SMSC answered and reported at once), or it names an id we never
+    sent. Matched receipts are deleted; unknown ones are dropped, logged, after a while."""
+
+    __tablename__ = "receipt"
+    __table_args__ = (Index("ix_receipt_peer", "peer_message_id"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    peer_message_id: Mapped[str] = mapped_column(String(255))
+    state: Mapped[str] = mapped_column(String(16))
+    error: Mapped[str | None] = mapped_column(String(64))
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -30,6 +30,7 @@ from sqlalchemy import (
     String,
     Table,
     bindparam,
+    delete,
     exists,
     func,
     insert,
@@ -44,10 +45,18 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from rassylka.clients.models import Client
 from rassylka.db import UTCDateTime
 from rassylka.mailings.models import Mailing, MailingStatus
-from rassylka.messages.models import Message, MessageEvent, MessageStatus, Run, RunStatus
+from rassylka.messages.models import (
+    Message,
+    MessageEvent,
+    MessagePart,
+    MessageStatus,
+    Run,
+    RunStatus,
+)
 
 CLIENT = cast(Table, Client.__table__)
 MESSAGE = cast(Table, Message.__table__)
+PART = cast(Table, MessagePart.__table__)
 EVENT = cast(Table, MessageEvent.__table__)
 # Ids per statement when events are logged for a list of messages (SQLite binds ≤ 32,766).
 EVENT_CHUNK = 5000
@@ -85,6 +94,8 @@ class SentResult:
     peer_message_id: str | None
     reply: str
     parts: int
+    # The peer's id of each part, for the delivery receipts that name them (SMS).
+    part_ids: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -179,11 +190,14 @@ async def record(
     retries: Sequence[RetryResult],
     failed: Sequence[FailedResult],
     now: datetime,
+    unsent: Sequence[int] = (),
+    deferrals: Sequence[Deferral] = (),
 ) -> None:
-    """Write a batch of outcomes, one executemany per kind.
+    """Write a batch of outcomes, one executemany per kind, then their events.
 
     Only rows still ``sending`` change: a claim whose lease ran out and that another worker
-    took is that worker's to record.
+    took is that worker's to record. ``unsent`` are released (see ``release``), ``deferrals``
+    deferred (see ``defer``), in the same transaction.
     """
     if sent:
         await session.execute(
@@ -249,14 +263,39 @@ async def record(
                 for result in failed
             ],
         )
+    await _release(session, unsent, now)
+    await _defer(session, deferrals, now)
+    await _add_parts(session, sent)
     # Events last (see the module's docstring).
     await _log_changed(session, [r.id for r in sent], MessageStatus.SENT, now)
     await _log_changed(session, [r.id for r in retries], MessageStatus.QUEUED, now)
     await _log_changed(session, [r.id for r in failed], MessageStatus.FAILED, now)
+    await _log_changed(session, unsent, MessageStatus.QUEUED, now)
+    await _log_changed(session, [d.id for d in deferrals], MessageStatus.QUEUED, now)
+
+
+async def _add_parts(session: AsyncSession, sent: Sequence[SentResult]) -> None:
+    """The peer ids of the sent SMS parts, which delivery receipts will name. A message the
+    same batch could not mark sent (another worker's now) has its parts kept all the same: a
+    receipt for them is still about that message."""
+    rows = [
+        {"message_id": result.id, "part": number, "peer_message_id": stored}
+        for result in sent
+        for number, peer_id in enumerate(result.part_ids, start=1)
+        if (stored := storable(peer_id, PEER_ID_LENGTH))
+    ]
+    if rows:
+        await session.execute(delete(PART).where(PART.c.message_id.in_({r.id for r in sent})))
+        await session.execute(insert(PART), rows)
 
 
 async def release(session: AsyncSession, *, ids: Sequence[int], now: datetime) -> None:
     """Hand claimed messages that were never sent back to the queue, their attempt uncounted."""
+    await _release(session, ids, now)
+    await _log_changed(session, ids, MessageStatus.QUEUED, now)
+
+
+async def _release(session: AsyncSession, ids: Sequence[int], now: datetime) -> None:
     if not ids:
         return
     await session.execute(
@@ -269,7 +308,6 @@ async def release(session: AsyncSession, *, ids: Sequence[int], now: datetime) -
             updated_at=now,
         )
     )
-    await _log_changed(session, ids, MessageStatus.QUEUED, now)
 
 
 async def recover(session: AsyncSession, *, channel: int, now: datetime) -> int:
@@ -387,6 +425,11 @@ class Deferral:
 async def defer(session: AsyncSession, *, deferrals: Sequence[Deferral], now: datetime) -> None:
     """Claimed messages that may not go yet (their recipient's window is shut) wait until
     ``until``, their attempt uncounted."""
+    await _defer(session, deferrals, now)
+    await _log_changed(session, [d.id for d in deferrals], MessageStatus.QUEUED, now)
+
+
+async def _defer(session: AsyncSession, deferrals: Sequence[Deferral], now: datetime) -> None:
     if not deferrals:
         return
     await session.execute(
@@ -401,7 +444,6 @@ async def defer(session: AsyncSession, *, deferrals: Sequence[Deferral], now: da
         ),
         [{"message_id": deferral.id, "until": deferral.until} for deferral in deferrals],
     )
-    await _log_changed(session, [d.id for d in deferrals], MessageStatus.QUEUED, now)
 
 
 async def not_sending(

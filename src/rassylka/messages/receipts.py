@@ -1,0 +1,214 @@
+"""Delivery receipts to messages: store what the peer reported, match it to the SMS part it
+names, and settle the message once its parts tell how it ended.
+
+A receipt is stored first (table ``receipt``) and matched by the peer's id against the parts
+recorded when the message was sent (``message_part``). A receipt can come before its part is
+recorded — the SMSC answers submit_sm and reports delivery at once, while the writer batches
+— and from another connection or process than the one that sent; it waits in ``receipt``
+until a later ``match`` finds its part. Matched receipts are deleted; receipts that match
+nothing for a long time are dropped by ``drop_unmatched`` (and logged by the caller).
+
+How parts settle a message: any part undelivered, rejected or deleted → ``undelivered``;
+else any expired → ``expired``; else every part delivered → ``delivered``. The state and the
+peer's error code are the message's reason (``UNDELIV err:005``).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import cast
+
+from sqlalchemy import Table, bindparam, delete, func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from rassylka.messages import queue
+from rassylka.messages.models import MessagePart, MessageStatus, Receipt
+
+PART = cast(Table, MessagePart.__table__)
+RECEIPT = cast(Table, Receipt.__table__)
+STATE_LENGTH = 16
+ERROR_LENGTH = 64
+# Receipts matched per statement batch.
+MATCH_BATCH = 1000
+
+DELIVERED = "DELIVRD"
+EXPIRED = "EXPIRED"
+NOT_DELIVERED = frozenset({"UNDELIV", "REJECTD", "DELETED"})
+# A final state is never overwritten by a later intermediate one (ENROUTE, ACCEPTD, …).
+FINAL_STATES = NOT_DELIVERED | {DELIVERED, EXPIRED}
+
+
+@dataclass(frozen=True)
+class Report:
+    """One receipt: the peer's id of the part, its state as SMPP spells it (``DELIVRD``,
+    ``UNDELIV``, ``EXPIRED``, ``REJECTD``, ``DELETED``, ``ENROUTE``, ``ACCEPTD``, ``UNKNOWN``)
+    and the peer's error code, if any."""
+
+    peer_message_id: str
+    state: str
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Matched:
+    receipts: int
+    """Receipts that found their part (and were deleted)."""
+    settled: list[int]
+    """Messages whose status changed."""
+
+
+async def store(session: AsyncSession, *, reports: Sequence[Report], now: datetime) -> None:
+    """Keep receipts until ``match`` finds their parts; one statement."""
+    rows = [
+        {
+            "peer_message_id": peer_id,
+            "state": report.state.upper()[:STATE_LENGTH],
+            "error": queue.storable(report.error, ERROR_LENGTH),
+            "received_at": now,
+        }
+        for report in reports
+        if (peer_id := queue.storable(report.peer_message_id.strip(), queue.PEER_ID_LENGTH))
+    ]
+    if rows:
+        await session.execute(insert(RECEIPT), rows)
+
+
+async def match(
+    session: AsyncSession, *, now: datetime, peer_ids: Sequence[str] | None = None
+) -> Matched:
+    """Match waiting receipts (those naming ``peer_ids``, or all) to their parts, and settle
+    the messages whose parts now tell how they ended (events last, by ``queue.settle``)."""
+    matched = 0
+    touched: set[int] = set()
+    if peer_ids is not None:
+        wanted = sorted(set(peer_ids))
+        for start in range(0, len(wanted), MATCH_BATCH):
+            count, messages = await _match_batch(session, now, wanted[start : start + MATCH_BATCH])
+            matched += count
+            touched |= messages
+    else:
+        after = 0
+        while True:
+            page = (
+                await session.execute(
+                    select(RECEIPT.c.id, RECEIPT.c.peer_message_id)
+                    .where(RECEIPT.c.id > after)
+                    .order_by(RECEIPT.c.id)
+                    .limit(MATCH_BATCH)
+                )
+            ).all()
+            if not page:
+                break
+            after = page[-1].id
+            count, messages = await _match_batch(
+                session, now, sorted({row.peer_message_id for row in page})
+            )
+            matched += count
+            touched |= messages
+    settled = await queue.settle(session, verdicts=await _verdicts(session, touched), now=now)
+    return Matched(matched, settled)
+
+
+async def _match_batch(
+    session: AsyncSession, now: datetime, peer_ids: list[str]
+) -> tuple[int, set[int]]:
+    """Apply the waiting receipts of these peer ids to their parts; how many receipts found
+    a part, and the messages of the parts that changed."""
+    receipts = (
+        await session.execute(
+            select(RECEIPT.c.id, RECEIPT.c.peer_message_id, RECEIPT.c.state, RECEIPT.c.error)
+            .where(RECEIPT.c.peer_message_id.in_(peer_ids))
+            .order_by(RECEIPT.c.id)
+        )
+    ).all()
+    if not receipts:
+        return 0, set()
+    # An SMSC may reuse ids after a long while: a receipt is about the newest part named so.
+    parts = {
+        peer_id: (part_id, message_id, state)
+        for part_id, message_id, peer_id, state in (
+            await session.execute(
+                select(PART.c.id, PART.c.message_id, PART.c.peer_message_id, PART.c.state)
+                .where(PART.c.peer_message_id.in_({row.peer_message_id for row in receipts}))
+                .order_by(PART.c.id)
+            )
+        ).all()
+    }
+    changes: dict[int, dict[str, object]] = {}
+    done: list[int] = []
+    touched: set[int] = set()
+    for receipt_id, peer_id, state, error in receipts:
+        if peer_id not in parts:
+            continue
+        done.append(receipt_id)
+        part_id, message_id, current = parts[peer_id]
+        current = cast(str | None, changes.get(part_id, {}).get("state", current))
+        if current in FINAL_STATES:
+            continue  # a duplicate, or a late intermediate report
+        changes[part_id] = {"part_id": part_id, "state": state, "error": error, "at": now}
+        touched.add(message_id)
+    if changes:
+        await session.execute(
+            update(PART)
+            .where(PART.c.id == bindparam("part_id"))
+            .values(state=bindparam("state"), error=bindparam("error"), receipt_at=bindparam("at")),
+            list(changes.values()),
+        )
+    if done:
+        await session.execute(delete(RECEIPT).where(RECEIPT.c.id.in_(done)))
+    return len(done), touched
+
+
+async def _verdicts(session: AsyncSession, message_ids: set[int]) -> list[queue.Verdict]:
+    if not message_ids:
+        return []
+    states: dict[int, list[tuple[str | None, str | None]]] = defaultdict(list)
+    ids = sorted(message_ids)
+    for start in range(0, len(ids), MATCH_BATCH):
+        rows = await session.execute(
+            select(PART.c.message_id, PART.c.state, PART.c.error)
+            .where(PART.c.message_id.in_(ids[start : start + MATCH_BATCH]))
+            .order_by(PART.c.message_id, PART.c.part)
+        )
+        for message_id, state, error in rows:
+            states[message_id].append((state, error))
+    verdicts = []
+    for message_id, parts in states.items():
+        verdict = verdict_of(parts)
+        if verdict is not None:
+            verdicts.append(queue.Verdict(message_id, *verdict))
+    return verdicts
+
+
+def verdict_of(parts: Sequence[tuple[str | None, str | None]]) -> tuple[str, str] | None:
+    """The status and reason that a message's parts (state, error) give it, if final."""
+
+    def reason(state: str, error: str | None) -> str:
+        return f"{state} err:{error}" if error else state
+
+    for state, error in parts:
+        if state in NOT_DELIVERED:
+            return MessageStatus.UNDELIVERED, reason(state, error)
+    for state, error in parts:
+        if state == EXPIRED:
+            return MessageStatus.EXPIRED, reason(state, error)
+    if parts and all(state == DELIVERED for state, _ in parts):
+        return MessageStatus.DELIVERED, reason(DELIVERED, parts[-1][1])
+    return None
+
+
+async def drop_unmatched(session: AsyncSession, *, before: datetime) -> list[str]:
+    """Drop receipts that have waited since before ``before`` for a part that never came;
+    the peer ids they named."""
+    rows = await session.execute(
+        delete(RECEIPT).where(RECEIPT.c.received_at < before).returning(RECEIPT.c.peer_message_id)
+    )
+    return [row[0] for row in rows]
+
+
+async def waiting(session: AsyncSession) -> int:
+    """How many receipts wait for their part."""
+    return int(await session.scalar(select(func.count()).select_from(RECEIPT)) or 0)

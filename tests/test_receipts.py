@@ -1,0 +1,262 @@
+"""Delivery receipts back to messages: SMPP deliver_sm from a real SMSC (``tests/peers/smsc.js``)
+through a worker into the database, and the matching rules on the database itself."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from conftest import FAST_RETRY
+from rassylka.channels.smpp import SmppChannel, SmppConfig
+from rassylka.db import create_sessionmaker, utcnow
+from rassylka.engine.dispatcher import DispatchConfig
+from rassylka.engine.receipts import ReceiptInbox
+from rassylka.engine.scheduler import Scheduler
+from rassylka.engine.worker import Worker, run_until_stopped
+from rassylka.messages import queue, receipts
+from rassylka.messages.models import Message, MessageEvent, MessagePart, Receipt
+from smsc_peer import PASSWORD, SYSTEM_ID, Smsc, start_smsc
+from test_dispatcher import arrange, client, statuses, until
+
+LONG_TEXT = "Уважаемый клиент! " + "Ваш заказ готов к выдаче. " * 4  # two UCS-2 parts
+
+
+@pytest.fixture
+async def smsc() -> AsyncIterator[Smsc]:
+    peer = await start_smsc()
+    yield peer
+    await peer.stop()
+
+
+async def settled(engine: AsyncEngine) -> bool:
+    """No SMS is queued, sending or merely sent any more: every receipt has been applied."""
+    open_ = func.count().filter(
+        Message.channel == 2, Message.status.in_(["queued", "sending", "sent"])
+    )
+    async with engine.connect() as connection:
+        total, waiting = (await connection.execute(select(func.count(), open_))).one()
+    return bool(total) and waiting == 0
+
+
+async def test_smpp_receipts_settle_each_message_by_its_parts(
+    api: httpx.AsyncClient, engine: AsyncEngine, smsc: Smsc
+) -> None:
+    phones = {
+        "+79161234500": "delivered",  # receipt with TLVs
+        "+79161234513": "undelivered",  # UNDELIV err:001
+        "+79161234514": "delivered",  # the receipt comes before the submit_sm_resp
+        "+79161234515": "expired",  # EXPIRED err:002
+        "+79161234516": "delivered",  # the receipt's text only, no TLVs
+        "+79161234517": "undelivered",  # REJECTD err:003
+        "+79161234518": "delivered",  # after a receipt for an id never given
+    }
+    mailing_id = await arrange(
+        api,
+        [client(n, None, phone=phone) for n, phone in enumerate(phones)],
+        channels=[2],
+        sms_text="Заказ готов",
+    )
+    inbox = ReceiptInbox(create_sessionmaker(engine), sweep_interval=0.2)
+    channel = SmppChannel(
+        SmppConfig(
+            host="127.0.0.1",
+            port=smsc.port,
+            system_id=SYSTEM_ID,
+            password=PASSWORD,
+            source_addr="Rassylka",
+        ),
+        on_receipt=inbox.receive,
+    )
+    worker = Worker(
+        engine,
+        {2: channel},
+        DispatchConfig(poll_interval=0.05, retry=FAST_RETRY),
+        receipts=inbox,
+    )
+    task = asyncio.create_task(run_until_stopped(worker))
+    try:
+        await until(lambda: settled(engine))
+    finally:
+        worker.stop()
+        await task
+
+    found = await statuses(engine)
+    assert {phone: found[phone]["status"] for phone in phones} == phones
+    assert found["+79161234513"]["reason"] == "UNDELIV err:001"
+    assert found["+79161234515"]["reason"] == "EXPIRED err:002"
+    assert found["+79161234517"]["reason"] == "REJECTD err:003"
+    assert found["+79161234500"]["reason"] == "DELIVRD err:000"
+    first = smsc.of("submit_sm", destination_addr="79161234514")[0]
+    assert found["+79161234514"]["peer_message_id"] == first["message_id"]
+    # Every receipt was acknowledged with ESME_ROK, the stray one too: it is kept, not refused.
+    answers = smsc.of("deliver_sm_resp")
+    assert len(answers) == len(phones) + 1
+    assert {answer["status"] for answer in answers} == {0}
+    async with engine.connect() as connection:
+        stray = (await connection.execute(select(Receipt.peer_message_id))).scalars().all()
+        history = (
+            await connection.execute(
+                select(MessageEvent.old_status, MessageEvent.status, MessageEvent.reason)
+                .join(Message, Message.id == MessageEvent.message_id)
+                .where(Message.address == "+79161234514")
+                .order_by(MessageEvent.id)
+            )
+        ).all()
+    assert stray == [
+        "STRAY" + smsc.of("submit_sm", destination_addr="79161234518")[0]["message_id"]
+    ]
+    assert inbox.counts["received"] == len(phones) + 1
+    assert inbox.counts["settled"] == len(phones)
+    assert [tuple(row) for row in history] == [
+        (None, "queued", None),
+        ("queued", "sending", None),
+        ("sending", "sent", None),
+        ("sent", "delivered", "DELIVRD err:000"),
+    ]
+    listed = (await api.get(f"/mailing/{mailing_id}/messages?status=delivered")).json()
+    assert listed["data"]["total"] == 4
+
+
+async def test_a_long_sms_is_delivered_when_every_part_is(
+    api: httpx.AsyncClient, engine: AsyncEngine, smsc: Smsc
+) -> None:
+    await arrange(
+        api,
+        [client(1, None, phone="+79161234500"), client(2, None, phone="+79161234513")],
+        channels=[2],
+        sms_text=LONG_TEXT,
+    )
+    inbox = ReceiptInbox(create_sessionmaker(engine))
+    channel = SmppChannel(
+        SmppConfig(host="127.0.0.1", port=smsc.port, system_id=SYSTEM_ID, password=PASSWORD),
+        on_receipt=inbox.receive,
+    )
+    worker = Worker(engine, {2: channel}, DispatchConfig(poll_interval=0.05), receipts=inbox)
+    task = asyncio.create_task(run_until_stopped(worker))
+    try:
+        await until(lambda: settled(engine))
+    finally:
+        worker.stop()
+        await task
+    found = await statuses(engine)
+    assert found["+79161234500"]["status"] == "delivered"
+    assert found["+79161234500"]["parts"] == 2
+    assert found["+79161234513"]["status"] == "undelivered"
+    async with engine.connect() as connection:
+        parts = (
+            await connection.execute(
+                select(MessagePart.peer_message_id, MessagePart.state).order_by(MessagePart.id)
+            )
+        ).all()
+    given = [submit["message_id"] for submit in smsc.of("submit_sm")]
+    assert sorted(peer_id for peer_id, _ in parts) == sorted(given)
+    assert len(parts) == 4
+    assert {state for _, state in parts} == {"DELIVRD", "UNDELIV"}
+
+
+async def _sent_sms(api: httpx.AsyncClient, engine: AsyncEngine, *, parts: tuple[str, ...]) -> int:
+    """One SMS message claimed and recorded as sent with these part ids; its id."""
+    await arrange(api, [client(1, None, phone="+79161234500")], channels=[2], sms_text="Привет")
+    sessionmaker = create_sessionmaker(engine)
+    await Scheduler(sessionmaker).tick()
+    now = utcnow()
+    async with sessionmaker() as session, session.begin():
+        [claimed] = await queue.claim(
+            session, channel=2, limit=10, now=now, lease_until=now + timedelta(minutes=5)
+        )
+    async with sessionmaker() as session, session.begin():
+        await queue.record(
+            session,
+            sent=[queue.SentResult(claimed.id, parts[0], "OK", len(parts), parts)],
+            retries=[],
+            failed=[],
+            now=utcnow(),
+        )
+    return claimed.id
+
+
+async def test_a_receipt_stored_before_its_part_is_matched_when_the_part_comes(
+    api: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    """Across processes: one stores the receipt (its SMPP session got it first), another
+    records the sent message afterwards; matching then settles it."""
+    sessionmaker = create_sessionmaker(engine)
+    async with sessionmaker() as session, session.begin():
+        await receipts.store(
+            session,
+            reports=[receipts.Report("A1", "DELIVRD", "000"), receipts.Report("A2", "ENROUTE")],
+            now=utcnow(),
+        )
+        early = await receipts.match(session, now=utcnow())
+    assert early.receipts == 0
+    message_id = await _sent_sms(api, engine, parts=("A1", "A2"))
+    async with sessionmaker() as session, session.begin():
+        partial = await receipts.match(session, now=utcnow(), peer_ids=["A1", "A2"])
+    assert partial.receipts == 2
+    assert partial.settled == [], "part 2 is only en route"
+    async with sessionmaker() as session, session.begin():
+        await receipts.store(session, reports=[receipts.Report("A2", "DELIVRD")], now=utcnow())
+        # A late intermediate report never undoes a final one.
+        await receipts.store(session, reports=[receipts.Report("A1", "ENROUTE")], now=utcnow())
+        done = await receipts.match(session, now=utcnow())
+    assert done.settled == [message_id]
+    async with sessionmaker() as session, session.begin():
+        # A duplicate receipt after the message is delivered changes nothing.
+        await receipts.store(session, reports=[receipts.Report("A2", "UNDELIV", "9")], now=utcnow())
+        again = await receipts.match(session, now=utcnow())
+        left = await receipts.waiting(session)
+    assert again.receipts == 1
+    assert again.settled == []
+    assert left == 0
+    found = await statuses(engine)
+    assert found["+79161234500"]["status"] == "delivered"
+
+
+async def test_receipts_for_unknown_ids_are_kept_then_dropped_and_counted(
+    engine: AsyncEngine,
+) -> None:
+    sessionmaker = create_sessionmaker(engine)
+    async with sessionmaker() as session, session.begin():
+        await receipts.store(
+            session, reports=[receipts.Report("NOPE", "DELIVRD")], now=utcnow() - timedelta(days=2)
+        )
+    clock_now = utcnow()
+    inbox = ReceiptInbox(sessionmaker, keep=3600, sweep_interval=0.05, clock=lambda: clock_now)
+    stop = asyncio.Event()
+    task = asyncio.create_task(inbox.run(stop))
+    try:
+        await until(lambda: _none_waiting(engine), seconds=5)
+    finally:
+        stop.set()
+        await task
+    assert inbox.counts["unknown"] == 1
+
+
+async def _none_waiting(engine: AsyncEngine) -> bool:
+    async with engine.connect() as connection:
+        return not await connection.scalar(select(func.count()).select_from(Receipt))
+
+
+@pytest.mark.parametrize(
+    ("parts", "verdict"),
+    [
+        ([("DELIVRD", "000")], ("delivered", "DELIVRD err:000")),
+        ([("DELIVRD", None), ("DELIVRD", None)], ("delivered", "DELIVRD")),
+        ([("DELIVRD", None), (None, None)], None),
+        ([("DELIVRD", None), ("ENROUTE", None)], None),
+        ([("EXPIRED", "2"), ("UNDELIV", "5")], ("undelivered", "UNDELIV err:5")),
+        ([("DELIVRD", None), ("EXPIRED", None)], ("expired", "EXPIRED")),
+        ([("DELETED", None)], ("undelivered", "DELETED")),
+        ([("ACCEPTD", None)], None),
+    ],
+)
+def test_how_parts_settle_a_message(
+    parts: list[tuple[str | None, str | None]], verdict: tuple[str, str] | None
+) -> None:
+    assert receipts.verdict_of(parts) == verdict
