@@ -13,6 +13,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from conftest import FAST_RETRY
+from rassylka.channels.base import DeliveryReport
 from rassylka.channels.smpp import SmppChannel, SmppConfig
 from rassylka.db import create_sessionmaker, utcnow
 from rassylka.engine.dispatcher import DispatchConfig
@@ -190,7 +191,7 @@ async def test_a_receipt_stored_before_its_part_is_matched_when_the_part_comes(
     async with sessionmaker() as session, session.begin():
         await receipts.store(
             session,
-            reports=[receipts.Report("A1", "DELIVRD", "000"), receipts.Report("A2", "ENROUTE")],
+            reports=[DeliveryReport("A1", "DELIVRD", "000"), DeliveryReport("A2", "ENROUTE")],
             now=utcnow(),
         )
         early = await receipts.match(session, now=utcnow())
@@ -201,14 +202,14 @@ async def test_a_receipt_stored_before_its_part_is_matched_when_the_part_comes(
     assert partial.receipts == 2
     assert partial.settled == [], "part 2 is only en route"
     async with sessionmaker() as session, session.begin():
-        await receipts.store(session, reports=[receipts.Report("A2", "DELIVRD")], now=utcnow())
+        await receipts.store(session, reports=[DeliveryReport("A2", "DELIVRD")], now=utcnow())
         # A late intermediate report never undoes a final one.
-        await receipts.store(session, reports=[receipts.Report("A1", "ENROUTE")], now=utcnow())
+        await receipts.store(session, reports=[DeliveryReport("A1", "ENROUTE")], now=utcnow())
         done = await receipts.match(session, now=utcnow())
     assert done.settled == [message_id]
     async with sessionmaker() as session, session.begin():
         # A duplicate receipt after the message is delivered changes nothing.
-        await receipts.store(session, reports=[receipts.Report("A2", "UNDELIV", "9")], now=utcnow())
+        await receipts.store(session, reports=[DeliveryReport("A2", "UNDELIV", "9")], now=utcnow())
         again = await receipts.match(session, now=utcnow())
         left = await receipts.waiting(session)
     assert again.receipts == 1
@@ -224,7 +225,7 @@ async def test_receipts_for_unknown_ids_are_kept_then_dropped_and_counted(
     sessionmaker = create_sessionmaker(engine)
     async with sessionmaker() as session, session.begin():
         await receipts.store(
-            session, reports=[receipts.Report("NOPE", "DELIVRD")], now=utcnow() - timedelta(days=2)
+            session, reports=[DeliveryReport("NOPE", "DELIVRD")], now=utcnow() - timedelta(days=2)
         )
     clock_now = utcnow()
     inbox = ReceiptInbox(sessionmaker, keep=3600, sweep_interval=0.05, clock=lambda: clock_now)

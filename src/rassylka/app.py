@@ -21,6 +21,7 @@ from rassylka.engine.worker import Worker, run_until_stopped
 from rassylka.errors import error_response, install_handlers, openapi_error_responses
 from rassylka.http import BodyLimitMiddleware, SettingsMiddleware, require_api_key
 from rassylka.mailings.router import router as mailing_router
+from rassylka.messages.router import router as delivery_router
 from rassylka.projects.router import router as project_router
 from rassylka.suppressions.router import router as suppression_router
 from rassylka.templates.router import router as template_router
@@ -35,6 +36,10 @@ TAGS = [
     {
         "name": "Suppressions",
         "description": "Список подавления: адреса проекта, на которые ничего не отправляется",
+    },
+    {
+        "name": "Delivery",
+        "description": "Отчёты о доставке от провайдеров (вызывают они, а не CRM)",
     },
     {"name": "Service", "description": "Состояние сервиса"},
 ]
@@ -86,6 +91,8 @@ def create_app(settings: Settings | None = None, *, worker: bool = False) -> Fas
         suppression_router,
     ):
         app.include_router(router, dependencies=protected)
+    # Called by peers (providers), not by the CRM: each checks its own token, not an API key.
+    app.include_router(delivery_router)
 
     @app.get(
         "/health",

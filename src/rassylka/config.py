@@ -79,6 +79,15 @@ class Settings(BaseSettings):
     """Dotted path in the JSON answer holding the provider's message id."""
     sms_http_timeout: float = Field(default=10.0, gt=0)
     sms_http_concurrency: int = Field(default=8, ge=1, le=256)
+    # The provider's status callbacks (POST /webhook/sms/status).
+    sms_http_callback_token: str | None = None
+    """When set, a callback must carry it (``?token=…``), else 403."""
+    sms_http_status_id_field: str = "id"
+    """Dotted path (JSON) or field name (form) of the provider's message id in a callback."""
+    sms_http_status_field: str = "status"
+    sms_http_status_error_field: str = "error"
+    sms_http_status_map: dict[str, str] = Field(default_factory=dict)
+    """JSON object: the provider's status word → SMPP state (DELIVRD, UNDELIV, EXPIRED, …)."""
 
     # The dispatcher.
     dispatch_batch_size: int = Field(default=200, ge=1, le=10_000)

@@ -49,6 +49,17 @@ class Accepted:
     ``peer_message_id`` is the first of them."""
 
 
+@dataclass(frozen=True)
+class DeliveryReport:
+    """What a peer reported later of one message (one part of a long SMS): the peer's id of
+    it, its state as SMPP spells it (``DELIVRD``, ``UNDELIV``, ``EXPIRED``, ``REJECTD``,
+    ``DELETED``, ``ENROUTE``, ``ACCEPTD``, ``UNKNOWN``) and the peer's error code, if any."""
+
+    peer_message_id: str
+    state: str
+    error: str | None = None
+
+
 class ChannelError(Exception):
     def __init__(self, reply: str, *, code: int | None = None) -> None:
         super().__init__(reply)

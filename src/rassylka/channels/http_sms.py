@@ -44,6 +44,7 @@ from rassylka.channels.base import (
     Accepted,
     ChannelError,
     ChannelKind,
+    DeliveryReport,
     OutboundMessage,
     Outcome,
     PermanentChannelError,
@@ -287,3 +288,86 @@ def _reply(response: httpx.Response) -> str:
     if len(excerpt) > REPLY_EXCERPT:
         excerpt = excerpt[: REPLY_EXCERPT - 1] + "…"
     return f"{reply}: {excerpt}" if excerpt else reply
+
+
+# --------------------------------------------------------------------------------------------
+# Status callbacks: the provider's report of a message's fate, posted to us later.
+
+# A provider's status words, in lower case, as SMPP spells the states; what is not here (nor
+# in the configured map) is an intermediate state that settles nothing.
+STATUS_WORDS = {
+    "delivered": "DELIVRD",
+    "delivrd": "DELIVRD",
+    "undelivered": "UNDELIV",
+    "undeliverable": "UNDELIV",
+    "undeliv": "UNDELIV",
+    "failed": "UNDELIV",
+    "rejected": "REJECTD",
+    "rejectd": "REJECTD",
+    "expired": "EXPIRED",
+    "deleted": "DELETED",
+    "accepted": "ACCEPTD",
+    "acceptd": "ACCEPTD",
+    "enroute": "ENROUTE",
+    "sent": "ENROUTE",
+    "queued": "ENROUTE",
+}
+
+
+@dataclass(frozen=True)
+class StatusCallbackFormat:
+    """Where a provider's status callback keeps the message id, the status and the error
+    (dotted paths into a JSON object, or form field names), and its own status words."""
+
+    id_field: str = "id"
+    status_field: str = "status"
+    error_field: str = "error"
+    statuses: Mapping[str, str] = field(default_factory=dict)
+    """Provider's word → SMPP state, over ``STATUS_WORDS`` (case is ignored)."""
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> StatusCallbackFormat:
+        return cls(
+            id_field=settings.sms_http_status_id_field,
+            status_field=settings.sms_http_status_field,
+            error_field=settings.sms_http_status_error_field,
+            statuses=dict(settings.sms_http_status_map),
+        )
+
+
+class CallbackError(ValueError):
+    """A status callback we cannot read; ``field`` names what is wrong."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
+def parse_status_callback(payload: Any, spec: StatusCallbackFormat) -> list[DeliveryReport]:
+    """The reports in a callback: one object, or a list of them (some providers batch)."""
+    items = payload if isinstance(payload, list) else [payload]
+    if not items:
+        raise CallbackError("body", "no status in the callback")
+    words = {**STATUS_WORDS, **{k.lower(): v.upper() for k, v in spec.statuses.items()}}
+    reports = []
+    for index, item in enumerate(items):
+        where = f"{index}." if isinstance(payload, list) else ""
+        if not isinstance(item, dict):
+            raise CallbackError(f"{where}body", "a status is an object")
+        peer_id = _lookup(item, spec.id_field)
+        if peer_id is _MISSING or peer_id in (None, ""):
+            raise CallbackError(f"{where}{spec.id_field}", "no message id")
+        status = _lookup(item, spec.status_field)
+        if status is _MISSING or status in (None, ""):
+            raise CallbackError(f"{where}{spec.status_field}", "no status")
+        error = _lookup(item, spec.error_field)
+        word = _as_text(status).strip()
+        reports.append(
+            DeliveryReport(
+                peer_message_id=_as_text(peer_id),
+                state=words.get(word.lower(), "UNKNOWN"),
+                error=None if error is _MISSING or error is None else _as_text(error),
+            )
+        )
+    return reports

@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from rassylka.channels.base import DeliveryReport
 from rassylka.channels.smpp import DeliveryReceipt
 from rassylka.db import utcnow
 from rassylka.engine.waiting import wait_any
@@ -45,7 +46,7 @@ class ReceiptInbox:
         self._keep = keep
         self._sweep_interval = sweep_interval
         self._clock = clock
-        self._incoming: list[tuple[receipts.Report, asyncio.Future[None]]] = []
+        self._incoming: list[tuple[DeliveryReport, asyncio.Future[None]]] = []
         self._recorded: set[str] = set()
         self._ready = asyncio.Event()
         # received, matched (receipts that found their part), settled (messages), unknown
@@ -55,7 +56,7 @@ class ReceiptInbox:
     async def receive(self, receipt: DeliveryReceipt) -> None:
         """Store one receipt; returns when it is committed, raises if it could not be."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        report = receipts.Report(receipt.peer_message_id, receipt.state, receipt.error)
+        report = DeliveryReport(receipt.peer_message_id, receipt.state, receipt.error)
         self._incoming.append((report, future))
         self._ready.set()
         await future

@@ -24,6 +24,7 @@ from typing import cast
 from sqlalchemy import Table, bindparam, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from rassylka.channels.base import DeliveryReport
 from rassylka.messages import queue
 from rassylka.messages.models import MessagePart, MessageStatus, Receipt
 
@@ -42,17 +43,6 @@ FINAL_STATES = NOT_DELIVERED | {DELIVERED, EXPIRED}
 
 
 @dataclass(frozen=True)
-class Report:
-    """One receipt: the peer's id of the part, its state as SMPP spells it (``DELIVRD``,
-    ``UNDELIV``, ``EXPIRED``, ``REJECTD``, ``DELETED``, ``ENROUTE``, ``ACCEPTD``, ``UNKNOWN``)
-    and the peer's error code, if any."""
-
-    peer_message_id: str
-    state: str
-    error: str | None = None
-
-
-@dataclass(frozen=True)
 class Matched:
     receipts: int
     """Receipts that found their part (and were deleted)."""
@@ -60,7 +50,7 @@ class Matched:
     """Messages whose status changed."""
 
 
-async def store(session: AsyncSession, *, reports: Sequence[Report], now: datetime) -> None:
+async def store(session: AsyncSession, *, reports: Sequence[DeliveryReport], now: datetime) -> None:
     """Keep receipts until ``match`` finds their parts; one statement."""
     rows = [
         {

@@ -1,0 +1,76 @@
+"""HTTP endpoints that report on messages from outside: the SMS provider's status callbacks."""
+
+from __future__ import annotations
+
+import hmac
+import json
+from typing import Any
+
+from fastapi import APIRouter, Query, Request
+from pydantic import BaseModel
+
+from rassylka.channels.http_sms import CallbackError, StatusCallbackFormat, parse_status_callback
+from rassylka.db import SessionDep, utcnow
+from rassylka.errors import FieldError, Forbidden, ValidationFailed, openapi_error_responses
+from rassylka.messages import receipts
+from rassylka.schemas import Envelope, ok
+
+router = APIRouter(prefix="/webhook", tags=["Delivery"])
+
+
+class CallbackResult(BaseModel):
+    received: int
+    matched: int
+    """Reports that found the message they name; the rest wait for it (a report may come
+    before the message is recorded as sent) and are dropped after a day."""
+    settled: int
+    """Messages whose status changed."""
+
+
+@router.post(
+    "/sms/status",
+    status_code=200,
+    summary="Статус доставки SMS от HTTP-провайдера",
+    description=(
+        "Провайдер SMS сообщает, чем кончилось сообщение: JSON-объект, список объектов или "
+        "форма, с id сообщения у провайдера, статусом и кодом ошибки (поля задаются "
+        "настройками RASSYLKA_SMS_HTTP_STATUS_*). Ключ API не нужен; если задан "
+        "RASSYLKA_SMS_HTTP_CALLBACK_TOKEN, он передаётся в ?token=."
+    ),
+    response_model=Envelope[CallbackResult],
+    responses=openapi_error_responses(400, 403, 413, 500),
+)
+async def sms_status(
+    session: SessionDep, request: Request, token: str | None = Query(default=None)
+) -> dict[str, object]:
+    settings = request.app.state.settings
+    expected: str | None = settings.sms_http_callback_token
+    if expected and not (token and hmac.compare_digest(token.encode(), expected.encode())):
+        raise Forbidden()
+    payload = await _payload(request)
+    try:
+        reports = parse_status_callback(payload, StatusCallbackFormat.from_settings(settings))
+    except CallbackError as error:
+        raise ValidationFailed([FieldError(field=error.field, message=error.message)]) from None
+    now = utcnow()
+    await receipts.store(session, reports=reports, now=now)
+    matched = await receipts.match(
+        session, now=now, peer_ids=[report.peer_message_id for report in reports]
+    )
+    result = CallbackResult(
+        received=len(reports), matched=matched.receipts, settled=len(matched.settled)
+    )
+    return ok(result, status=200)
+
+
+async def _payload(request: Request) -> Any:
+    """The callback's body: JSON, or a form (every value as text)."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        form = await request.form()
+        return {key: value for key, value in form.items() if isinstance(value, str)}
+    body = await request.body()
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise ValidationFailed.on("body", "ожидался JSON или форма") from None
