@@ -3,16 +3,18 @@ when a peer's reply is not clean text."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 import httpx
+import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from rassylka.db import create_sessionmaker, utcnow
 from rassylka.engine.scheduler import Scheduler
 from rassylka.messages import queue
-from rassylka.messages.models import Message
+from rassylka.messages.models import Message, MessageEvent
 from test_dispatcher import arrange, client
 
 
@@ -79,3 +81,42 @@ async def test_replies_that_no_database_would_take_are_stored_cleaned(
     assert rows[first.id].peer_message_id == "x" * 255
     assert rows[second.id].status == "failed"
     assert rows[second.id].reply == "550 bad"
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+async def test_event_ids_become_visible_in_id_order(
+    api: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    """A reader resuming after the last event id it saw must miss nothing: a transaction
+    whose events got later ids cannot commit before one holding earlier ids."""
+    await arrange(api, [client(n, f"user{n}@example.ru") for n in range(2)])
+    sessionmaker = create_sessionmaker(engine)
+    await Scheduler(sessionmaker).tick()
+    async with engine.connect() as connection:
+        first_id, second_id = await connection.scalars(select(Message.id).order_by(Message.id))
+    early = sessionmaker()
+    await early.begin()
+    await queue.log_events(early, ids=[first_id], old_status=None, now=utcnow())
+
+    async def later() -> None:
+        async with sessionmaker() as session, session.begin():
+            await queue.log_events(session, ids=[second_id], old_status=None, now=utcnow())
+
+    task = asyncio.create_task(later())
+    try:
+        done, _ = await asyncio.wait({task}, timeout=0.5)
+        assert not done, "the later writer committed while the earlier one was open"
+        await early.commit()
+        await asyncio.wait_for(task, 10)
+    finally:
+        await early.close()
+    async with engine.connect() as connection:
+        order = (
+            await connection.scalars(
+                select(MessageEvent.message_id)
+                .where(MessageEvent.old_status.is_(None), MessageEvent.status == "queued")
+                .order_by(MessageEvent.id.desc())
+                .limit(2)
+            )
+        ).all()
+    assert order == [second_id, first_id]
