@@ -29,6 +29,8 @@ MODEL_TABLES = {
     "message",
     "suppression",
     "message_event",
+    "webhook",
+    "webhook_delivery",
 }
 
 

@@ -26,6 +26,8 @@ from rassylka.mailings.router import router as mailing_router
 from rassylka.projects.router import router as project_router
 from rassylka.suppressions.router import router as suppression_router
 from rassylka.templates.router import router as template_router
+from rassylka.webhooks.delivery import WebhookConfig
+from rassylka.webhooks.router import router as webhook_router
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +39,10 @@ TAGS = [
     {
         "name": "Suppressions",
         "description": "Список подавления: адреса проекта, на которые ничего не отправляется",
+    },
+    {
+        "name": "Webhooks",
+        "description": "Вебхуки: статусы сообщений приходят в CRM подписанными POST-запросами",
     },
     {"name": "Service", "description": "Состояние сервиса"},
 ]
@@ -56,7 +62,12 @@ def create_app(settings: Settings | None = None, *, worker: bool = False) -> Fas
         if worker:
             channels = open_channels(settings)
             logger.info("sending through %s", describe(channels))
-            app.state.worker = Worker(engine, channels, DispatchConfig.from_settings(settings))
+            app.state.worker = Worker(
+                engine,
+                channels,
+                DispatchConfig.from_settings(settings),
+                webhooks=WebhookConfig.from_settings(settings),
+            )
             embedded = asyncio.create_task(run_until_stopped(app.state.worker), name="worker")
         try:
             yield
@@ -88,6 +99,7 @@ def create_app(settings: Settings | None = None, *, worker: bool = False) -> Fas
         template_router,
         mailing_router,
         suppression_router,
+        webhook_router,
     ):
         app.include_router(router, dependencies=protected)
 

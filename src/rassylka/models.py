@@ -6,6 +6,7 @@ from rassylka.messages.models import Message, MessageEvent, Run
 from rassylka.projects.models import Project
 from rassylka.suppressions.models import Suppression
 from rassylka.templates.models import Template
+from rassylka.webhooks.models import Webhook, WebhookDelivery
 
 __all__ = [
     "Client",
@@ -16,4 +17,6 @@ __all__ = [
     "Run",
     "Suppression",
     "Template",
+    "Webhook",
+    "WebhookDelivery",
 ]

@@ -20,7 +20,8 @@ from rassylka.config import Settings
 from rassylka.db import create_engine, create_sessionmaker
 from rassylka.engine.dispatcher import DispatchConfig, Dispatcher
 from rassylka.engine.scheduler import Scheduler
-from rassylka.messages.queue import NOTIFY_CHANNEL, SCHEDULE_CHANNEL
+from rassylka.messages.queue import EVENTS_CHANNEL, NOTIFY_CHANNEL, SCHEDULE_CHANNEL
+from rassylka.webhooks.delivery import WebhookConfig, WebhookSender
 
 logger = logging.getLogger(__name__)
 LISTEN_CHECK_INTERVAL = 5.0
@@ -36,6 +37,7 @@ class Worker:
         config: DispatchConfig | None = None,
         *,
         schedule: bool = True,
+        webhooks: WebhookConfig | None = None,
     ) -> None:
         self.engine = engine
         self.channels = channels
@@ -44,6 +46,7 @@ class Worker:
         self.scheduler = (
             Scheduler(sessionmaker, on_new_work=self.dispatcher.wake) if schedule else None
         )
+        self.webhooks = WebhookSender(sessionmaker, webhooks)
         self.stop_event = asyncio.Event()
 
     def wake_scheduler(self) -> None:
@@ -59,10 +62,14 @@ class Worker:
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self.dispatcher.run(stop), name="dispatcher")
+                group.create_task(self.webhooks.run(stop), name="webhooks")
                 if self.scheduler is not None:
                     group.create_task(self.scheduler.run(stop), name="scheduler")
                 if self.engine.dialect.name == "postgresql":
-                    listeners = {NOTIFY_CHANNEL: self.dispatcher.wake}
+                    listeners = {
+                        NOTIFY_CHANNEL: self.dispatcher.wake,
+                        EVENTS_CHANNEL: self.webhooks.wake,
+                    }
                     if self.scheduler is not None:
                         listeners[SCHEDULE_CHANNEL] = self.scheduler.wake
                     group.create_task(listen(self.engine, listeners, stop), name="listener")
@@ -112,7 +119,12 @@ async def listen(
 async def run_worker(settings: Settings, channels: Mapping[int, Channel]) -> None:
     """The ``rassylka worker`` process: until SIGTERM or SIGINT, then a graceful stop."""
     engine = create_engine(settings.database_url, pool_pre_ping=True)
-    worker = Worker(engine, channels, DispatchConfig.from_settings(settings))
+    worker = Worker(
+        engine,
+        channels,
+        DispatchConfig.from_settings(settings),
+        webhooks=WebhookConfig.from_settings(settings),
+    )
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, worker.stop)
