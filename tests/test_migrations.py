@@ -31,6 +31,8 @@ MODEL_TABLES = {
     "message_event",
     "message_part",
     "receipt",
+    "webhook",
+    "webhook_delivery",
 }
 
 

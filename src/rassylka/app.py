@@ -25,6 +25,7 @@ from rassylka.messages.router import router as delivery_router
 from rassylka.projects.router import router as project_router
 from rassylka.suppressions.router import router as suppression_router
 from rassylka.templates.router import router as template_router
+from rassylka.webhooks.router import router as webhook_router
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +41,10 @@ TAGS = [
     {
         "name": "Delivery",
         "description": "Отчёты о доставке от провайдеров (вызывают они, а не CRM)",
+    },
+    {
+        "name": "Webhooks",
+        "description": "Вебхуки: статусы сообщений приходят в CRM подписанными POST-запросами",
     },
     {"name": "Service", "description": "Состояние сервиса"},
 ]
@@ -89,6 +94,7 @@ def create_app(settings: Settings | None = None, *, worker: bool = False) -> Fas
         template_router,
         mailing_router,
         suppression_router,
+        webhook_router,
     ):
         app.include_router(router, dependencies=protected)
     # Called by peers (providers), not by the CRM: each checks its own token, not an API key.

@@ -114,6 +114,24 @@ class Settings(BaseSettings):
     """How many of a mailing's latest sends (in one worker) the error rate is judged over;
     nothing is judged before that many."""
 
+    # Outgoing webhooks: message events POSTed, signed, to the CRM (docs/webhooks.md).
+    webhook_timeout: float = Field(default=10.0, gt=0)
+    """Seconds one POST may take, all of it; longer counts as a failure and is retried."""
+    webhook_concurrency: int = Field(default=8, ge=1, le=256)
+    """POSTs in flight at once, per worker."""
+    webhook_max_attempts: int = Field(default=10, ge=1, le=100)
+    webhook_retry_base_delay: float = Field(default=30.0, gt=0)
+    """Seconds before the first retry; each next waits twice as long (with jitter)."""
+    webhook_retry_max_delay: float = Field(default=3600.0, gt=0)
+    webhook_max_age: float = Field(default=86400.0, gt=0)
+    """Seconds after an event when its delivery stops being retried (status failed)."""
+    webhook_lease: float = Field(default=60.0, gt=0)
+    """Seconds a claimed delivery is this worker's (at least twice the timeout plus 5)."""
+    webhook_poll_interval: float = Field(default=0.5, gt=0)
+    """Seconds between looks for new events and due retries when no notification arrives."""
+    webhook_batch_size: int = Field(default=500, ge=1, le=10_000)
+    """Events one look turns into deliveries per webhook at most."""
+
     @field_validator("api_keys", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:

@@ -6,6 +6,7 @@ from rassylka.messages.models import Message, MessageEvent, MessagePart, Receipt
 from rassylka.projects.models import Project
 from rassylka.suppressions.models import Suppression
 from rassylka.templates.models import Template
+from rassylka.webhooks.models import Webhook, WebhookDelivery
 
 __all__ = [
     "Client",
@@ -18,4 +19,6 @@ __all__ = [
     "Run",
     "Suppression",
     "Template",
+    "Webhook",
+    "WebhookDelivery",
 ]

@@ -22,7 +22,8 @@ from rassylka.db import create_engine, create_sessionmaker
 from rassylka.engine.dispatcher import DispatchConfig, Dispatcher
 from rassylka.engine.receipts import ReceiptInbox
 from rassylka.engine.scheduler import Scheduler
-from rassylka.messages.queue import NOTIFY_CHANNEL, SCHEDULE_CHANNEL
+from rassylka.messages.queue import EVENTS_CHANNEL, NOTIFY_CHANNEL, SCHEDULE_CHANNEL
+from rassylka.webhooks.delivery import WebhookConfig, WebhookSender
 
 logger = logging.getLogger(__name__)
 LISTEN_CHECK_INTERVAL = 5.0
@@ -41,9 +42,11 @@ class Worker:
         *,
         schedule: bool = True,
         receipts: ReceiptInbox | None = None,
+        webhooks: WebhookConfig | None = None,
     ) -> None:
         """``receipts`` is the inbox the channels hand delivery receipts to (see
-        ``Worker.open``); the worker runs it and tells it of recorded SMS parts."""
+        ``Worker.open``); the worker runs it and tells it of recorded SMS parts. ``webhooks``
+        configures the sender of the CRM's webhooks, which runs beside the sending."""
         self.engine = engine
         self.channels = channels
         sessionmaker = create_sessionmaker(engine)
@@ -54,6 +57,7 @@ class Worker:
         self.scheduler = (
             Scheduler(sessionmaker, on_new_work=self.dispatcher.wake) if schedule else None
         )
+        self.webhooks = WebhookSender(sessionmaker, webhooks)
         self.stop_event = asyncio.Event()
 
     @classmethod
@@ -62,7 +66,13 @@ class Worker:
         inbox = ReceiptInbox(create_sessionmaker(engine))
         channels = open_channels(settings, on_receipt=inbox.receive)
         logger.info("sending through %s", describe(channels))
-        return cls(engine, channels, DispatchConfig.from_settings(settings), receipts=inbox)
+        return cls(
+            engine,
+            channels,
+            DispatchConfig.from_settings(settings),
+            receipts=inbox,
+            webhooks=WebhookConfig.from_settings(settings),
+        )
 
     def wake_scheduler(self) -> None:
         if self.scheduler is not None:
@@ -80,10 +90,14 @@ class Worker:
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self.dispatcher.run(stop), name="dispatcher")
+                group.create_task(self.webhooks.run(stop), name="webhooks")
                 if self.scheduler is not None:
                     group.create_task(self.scheduler.run(stop), name="scheduler")
                 if self.engine.dialect.name == "postgresql":
-                    listeners = {NOTIFY_CHANNEL: self.dispatcher.wake}
+                    listeners = {
+                        NOTIFY_CHANNEL: self.dispatcher.wake,
+                        EVENTS_CHANNEL: self.webhooks.wake,
+                    }
                     if self.scheduler is not None:
                         listeners[SCHEDULE_CHANNEL] = self.scheduler.wake
                     group.create_task(listen(self.engine, listeners, stop), name="listener")
