@@ -21,6 +21,8 @@ from rassylka.db import create_engine, create_sessionmaker
 from rassylka.engine.dispatcher import DispatchConfig
 from rassylka.engine.worker import Worker, run_until_stopped
 from rassylka.errors import error_response, install_handlers, openapi_error_responses
+from rassylka.events.bus import EventHub
+from rassylka.events.router import router as event_router
 from rassylka.http import BodyLimitMiddleware, SettingsMiddleware, require_api_key
 from rassylka.mailings.router import router as mailing_router
 from rassylka.projects.router import router as project_router
@@ -52,6 +54,8 @@ def create_app(settings: Settings | None = None, *, worker: bool = False) -> Fas
         engine = create_engine(settings.database_url, pool_pre_ping=True)
         app.state.engine = engine
         app.state.sessionmaker = create_sessionmaker(engine)
+        app.state.event_hub = EventHub(engine)
+        app.state.event_hub.start()
         embedded: asyncio.Task[None] | None = None
         if worker:
             channels = open_channels(settings)
@@ -61,6 +65,7 @@ def create_app(settings: Settings | None = None, *, worker: bool = False) -> Fas
         try:
             yield
         finally:
+            await app.state.event_hub.stop()
             if embedded is not None:
                 app.state.worker.stop()
                 await embedded
@@ -88,6 +93,7 @@ def create_app(settings: Settings | None = None, *, worker: bool = False) -> Fas
         template_router,
         mailing_router,
         suppression_router,
+        event_router,
     ):
         app.include_router(router, dependencies=protected)
 
