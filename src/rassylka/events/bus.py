@@ -1,10 +1,11 @@
 """The per-process fan-out hub: it learns that new events were committed (PostgreSQL NOTIFY, or
-polling the newest event id) and wakes every live-stream subscriber, which then reads its own
-events from the database.
+polling), reads them once, and wakes every live-stream subscriber.
 
-The hub carries no events, only wake-ups: each subscriber keeps its own cursor and queries
-``repository.after`` itself, so memory per subscriber is one batch at most and a slow client
-delays only itself.
+Each subscriber keeps its own cursor. One that is caught up takes the new events from the
+hub's one shared batch (``Fresh``), filtered in memory, so a burst costs one query per
+process, not one per stream; one that has fallen behind (a slow client, a replay) queries
+``repository.after`` from its own cursor, batch by batch, so it delays only itself. Memory is
+one batch for the hub and at most one per subscriber.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -20,6 +22,7 @@ from rassylka.db import create_sessionmaker
 from rassylka.engine.waiting import wait_any
 from rassylka.engine.worker import listen
 from rassylka.events import repository
+from rassylka.events.schemas import StatusEvent
 from rassylka.messages.queue import EVENTS_CHANNEL
 
 logger = logging.getLogger(__name__)
@@ -30,10 +33,21 @@ POLL_INTERVAL = 0.1
 # While LISTENing, a slower look all the same: a connection that died without a word (no RST)
 # still looks open, and a notification lost that way must not stall the streams.
 SAFETY_INTERVAL = 1.0
+# Events one query reads at most (the hub's and each subscriber's).
+BATCH = 500
 # Subscribers' queries at once, so streams never take every pooled connection from the API.
 QUERY_SLOTS = 4
 # How long an idle hub (no subscribers) sleeps between looks at its stop event.
 IDLE_WAIT = 60.0
+
+
+@dataclass(frozen=True)
+class Fresh:
+    """Every event with ``after < id <= upto``, oldest first, each with its JSON encoded once."""
+
+    after: int
+    upto: int
+    events: tuple[tuple[StatusEvent, str], ...] = ()
 
 
 class Subscription:
@@ -68,7 +82,8 @@ class EventHub:
 
     ``last_id`` is the newest event id the hub has read, so every event up to it is visible to
     any query that starts later (SQLite has one writer; on PostgreSQL event-writing
-    transactions commit in id order, see ``messages/queue.py``).
+    transactions commit in id order, see ``messages/queue.py``); ``fresh`` holds the events
+    of its latest read.
     """
 
     def __init__(self, engine: AsyncEngine) -> None:
@@ -76,6 +91,10 @@ class EventHub:
         self.sessionmaker = create_sessionmaker(engine)
         self.query_slots = asyncio.Semaphore(QUERY_SLOTS)
         self.last_id = 0
+        self.fresh = Fresh(after=0, upto=0)
+        # False until the first look after an idle spell: the hub then starts from the newest
+        # id rather than reading through everything it missed (no one is waiting for that).
+        self._looked = False
         self.listening = False
         self._subscribers: set[Subscription] = set()
         self._notified = asyncio.Event()
@@ -131,6 +150,7 @@ class EventHub:
     async def _run(self) -> None:
         while not self._stop.is_set():
             if not self._subscribers:
+                self._looked = False
                 self._joined.clear()
                 await wait_any(self._stop, self._joined, seconds=IDLE_WAIT)
                 continue
@@ -140,16 +160,38 @@ class EventHub:
             await wait_any(self._stop, self._notified, seconds=interval)
 
     async def _look(self) -> None:
-        """Read the newest event id; if it grew, ring every subscriber. One query per
-        notification (or poll) for the whole process, however many subscribers."""
+        """Read the events after ``last_id``; if there are any, share them and ring every
+        subscriber. One query per notification (or poll) for the whole process."""
+        started = not self._looked
         try:
             async with self.sessionmaker() as session:
-                newest = await repository.last_id(session)
+                if started:
+                    # What is already there is no one's to share: subscribers read their
+                    # own way up to it.
+                    newest = await repository.last_id(session)
+                batch = await repository.after(
+                    session, cursor=newest if started else self.last_id, limit=BATCH
+                )
         except Exception:
             # The loop's boundary: the database may be restarting; the next look retries.
-            logger.warning("reading the newest event id failed", exc_info=True)
+            logger.warning("reading new events failed", exc_info=True)
             return
-        if newest > self.last_id:
+        if started:
+            self._looked = True
             self.last_id = newest
-            for subscription in list(self._subscribers):
-                subscription.ring()
+            self.fresh = Fresh(after=newest, upto=newest)
+        elif not batch:
+            return
+        if batch:
+            # Unfiltered, so the last id read is the newest visible one: nothing is missing
+            # below it.
+            self.fresh = Fresh(
+                after=self.last_id,
+                upto=batch[-1].id,
+                events=tuple((event, event.model_dump_json()) for event in batch),
+            )
+            self.last_id = batch[-1].id
+            if len(batch) == BATCH:
+                self._notified.set()  # more to read: look again at once
+        for subscription in list(self._subscribers):
+            subscription.ring()

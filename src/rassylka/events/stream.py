@@ -26,12 +26,11 @@ import anyio
 from sse_starlette import ServerSentEvent
 
 from rassylka.events import repository
-from rassylka.events.bus import EventHub, Subscription
+from rassylka.events.bus import BATCH, EventHub, Subscription
+from rassylka.events.schemas import StatusEvent
 
 logger = logging.getLogger(__name__)
 
-# Events one query reads at most; a reader far behind catches up batch by batch.
-BATCH = 500
 # The reconnection delay (ms) suggested to EventSource clients.
 RETRY_MS = 1000
 # After a failed query (the database restarting), the wait before the next try; the stream
@@ -43,6 +42,12 @@ ERROR_PAUSE = 1.0
 class StreamFilter:
     mailing_id: int | None = None
     project_id: int | None = None
+
+    def matches(self, event: StatusEvent) -> bool:
+        """The filter of ``repository.after``, for events the hub has already read."""
+        return (self.mailing_id is None or event.mailing_id == self.mailing_id) and (
+            self.project_id is None or event.project_id == self.project_id
+        )
 
 
 async def status_events(
@@ -62,33 +67,27 @@ async def status_events(
             _close_on(shutdown, subscription), name="event-stream-shutdown"
         )
         try:
+            behind = True  # until its first read: a replay, or the hub has not looked yet
             while True:
                 subscription.clear()
-                # Read before the query: every event up to it is visible to the query.
-                visible = hub.last_id
-                try:
-                    async with hub.query_slots, hub.sessionmaker() as session:
-                        batch = await repository.after(
-                            session,
-                            cursor=cursor,
-                            limit=BATCH,
-                            mailing_id=only.mailing_id,
-                            project_id=only.project_id,
-                        )
-                except Exception:
-                    logger.warning(
-                        "reading events after %s failed; retrying", cursor, exc_info=True
-                    )
-                    batch = None
-                for event in batch or ():
-                    yield ServerSentEvent(
-                        data=event.model_dump_json(), event="status", id=str(event.id)
-                    )
-                    cursor = event.id
-                if batch is not None and len(batch) < BATCH:
-                    # Caught up to ``visible``: skip the ids of other mailings and projects, so
-                    # the next query does not scan them again.
-                    cursor = max(cursor, visible)
+                fresh = hub.fresh
+                more = False
+                if not behind and fresh.after <= cursor < fresh.upto:
+                    # Caught up: the hub's shared read has everything after the cursor.
+                    for event, data in fresh.events:
+                        if event.id > cursor and only.matches(event):
+                            yield _status(event.id, data)
+                    cursor = fresh.upto
+                elif behind or cursor < fresh.after:
+                    # Behind (a replay, or a client slower than the events): its own reads.
+                    batch = await _read(hub, cursor, only)
+                    if batch is None:
+                        await subscription.wait(ERROR_PAUSE)
+                        continue
+                    for event in batch.events:
+                        yield _status(event.id, event.model_dump_json())
+                    cursor = batch.upto
+                    more = behind = batch.more
                 if subscription.closed_because is not None:
                     yield _goodbye(cursor, subscription.closed_because)
                     return
@@ -96,13 +95,47 @@ async def status_events(
                 if remaining <= 0:
                     yield _goodbye(cursor, "lifetime")
                     return
-                if batch is not None and len(batch) == BATCH:
-                    continue
-                await subscription.wait(min(remaining, ERROR_PAUSE) if batch is None else remaining)
+                if not more:
+                    await subscription.wait(remaining)
         finally:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
+
+
+@dataclass(frozen=True)
+class _Batch:
+    events: list[StatusEvent]
+    upto: int
+    more: bool
+
+
+async def _read(hub: EventHub, cursor: int, only: StreamFilter) -> _Batch | None:
+    """One batch of this reader's events after ``cursor``; None if the database failed."""
+    # Read before the query: every event up to it is visible to the query.
+    visible = hub.last_id
+    try:
+        async with hub.query_slots, hub.sessionmaker() as session:
+            events = await repository.after(
+                session,
+                cursor=cursor,
+                limit=BATCH,
+                mailing_id=only.mailing_id,
+                project_id=only.project_id,
+            )
+    except Exception:
+        logger.warning("reading events after %s failed; retrying", cursor, exc_info=True)
+        return None
+    if len(events) == BATCH:
+        return _Batch(events, events[-1].id, more=True)
+    # Caught up to ``visible``: the ids of other mailings and projects below it are skipped,
+    # so the next read does not scan them again.
+    upto = max([cursor, visible, *(event.id for event in events[-1:])])
+    return _Batch(events, upto, more=False)
+
+
+def _status(event_id: int, data: str) -> ServerSentEvent:
+    return ServerSentEvent(data=data, event="status", id=str(event_id))
 
 
 def _goodbye(cursor: int, reason: str) -> ServerSentEvent:
