@@ -403,3 +403,19 @@ async def _listen_pids(engine: AsyncEngine) -> list[int]:
 async def _listener_pid(engine: AsyncEngine) -> int | None:
     pids = await _listen_pids(engine)
     return pids[0] if len(pids) == 1 else None
+
+
+async def test_more_events_than_a_batch_stream_whole_and_in_order(
+    api: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    count = 1200  # over two batches of 500, for the hub's shared reads and a replay's own
+    people = [client(n, f"user{n}@example.ru") for n in range(1, count + 1)]
+    async with open_stream(api, "/events") as live:
+        mailing_id = await arrange(api, people)
+        assert await Scheduler(create_sessionmaker(engine)).tick()
+        expected = [brief(event) for event in await database_events(engine, mailing_id)]
+        assert len(expected) == count
+        streamed = [brief(await live.next_status()) for _ in range(count)]
+        assert streamed == expected
+    async with open_stream(api, f"/mailing/{mailing_id}/events?since=0") as replay:
+        assert [brief(await replay.next_status()) for _ in range(count)] == expected
