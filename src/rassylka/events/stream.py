@@ -71,7 +71,7 @@ async def status_events(
             while True:
                 subscription.clear()
                 fresh = hub.fresh
-                more = False
+                more = failed = False
                 if not behind and fresh.after <= cursor < fresh.upto:
                     # Caught up: the hub's shared read has everything after the cursor.
                     for event, data in fresh.events:
@@ -82,12 +82,12 @@ async def status_events(
                     # Behind (a replay, or a client slower than the events): its own reads.
                     batch = await _read(hub, cursor, only)
                     if batch is None:
-                        await subscription.wait(ERROR_PAUSE)
-                        continue
-                    for event in batch.events:
-                        yield _status(event.id, event.model_dump_json())
-                    cursor = batch.upto
-                    more = behind = batch.more
+                        failed = True
+                    else:
+                        for event in batch.events:
+                            yield _status(event.id, event.model_dump_json())
+                        cursor = batch.upto
+                        more = behind = batch.more
                 if subscription.closed_because is not None:
                     yield _goodbye(cursor, subscription.closed_because)
                     return
@@ -95,7 +95,9 @@ async def status_events(
                 if remaining <= 0:
                     yield _goodbye(cursor, "lifetime")
                     return
-                if not more:
+                if failed:
+                    await subscription.wait(min(remaining, ERROR_PAUSE))
+                elif not more:
                     await subscription.wait(remaining)
         finally:
             watcher.cancel()
