@@ -19,6 +19,8 @@ from rassylka.config import Settings, environment_settings
 from rassylka.db import create_engine, create_sessionmaker
 from rassylka.engine.worker import Worker, run_until_stopped
 from rassylka.errors import error_response, install_handlers, openapi_error_responses
+from rassylka.events.bus import EventHub
+from rassylka.events.router import router as event_router
 from rassylka.http import BodyLimitMiddleware, SettingsMiddleware, require_api_key
 from rassylka.mailings.router import router as mailing_router
 from rassylka.messages.router import router as delivery_router
@@ -60,6 +62,8 @@ def create_app(settings: Settings | None = None, *, worker: bool = False) -> Fas
         engine = create_engine(settings.database_url, pool_pre_ping=True)
         app.state.engine = engine
         app.state.sessionmaker = create_sessionmaker(engine)
+        app.state.event_hub = EventHub(engine)
+        app.state.event_hub.start()
         embedded: asyncio.Task[None] | None = None
         if worker:
             app.state.worker = Worker.open(engine, settings)
@@ -67,6 +71,7 @@ def create_app(settings: Settings | None = None, *, worker: bool = False) -> Fas
         try:
             yield
         finally:
+            await app.state.event_hub.stop()
             if embedded is not None:
                 app.state.worker.stop()
                 await embedded
@@ -95,6 +100,7 @@ def create_app(settings: Settings | None = None, *, worker: bool = False) -> Fas
         mailing_router,
         suppression_router,
         webhook_router,
+        event_router,
     ):
         app.include_router(router, dependencies=protected)
     # Called by peers (providers), not by the CRM: each checks its own token, not an API key.

@@ -132,6 +132,14 @@ class Settings(BaseSettings):
     webhook_batch_size: int = Field(default=500, ge=1, le=10_000)
     """Events one look turns into deliveries per webhook at most."""
 
+    # The live status stream (Server-Sent Events).
+    sse_ping: float = Field(default=15.0, ge=0)
+    """Seconds between heartbeat comments on an idle stream (keeps proxies from closing it);
+    0 sends none."""
+    sse_max_lifetime: float = Field(default=3600.0, gt=0)
+    """Seconds a stream stays open; then it ends with ``event: reconnect`` and the client
+    resumes with ``Last-Event-ID``."""
+
     @field_validator("api_keys", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:

@@ -116,10 +116,16 @@ class Worker:
 
 
 async def listen(
-    engine: AsyncEngine, listeners: Mapping[str, Callable[[], None]], stop: asyncio.Event
+    engine: AsyncEngine,
+    listeners: Mapping[str, Callable[[], None]],
+    stop: asyncio.Event,
+    *,
+    on_connected: Callable[[bool], None] | None = None,
 ) -> None:
     """Call each channel's function on its NOTIFY, reconnecting if the connection drops;
-    while it is down, polling and the scheduler's own timer still find the work."""
+    while it is down, polling and the scheduler's own timer still find the work.
+    ``on_connected`` hears when listening starts (True) and ends (False), for a caller that
+    polls faster while nothing is heard."""
 
     def callback(_connection: Any, _pid: int, channel: str, _payload: str) -> None:
         listeners[channel]()
@@ -131,12 +137,16 @@ async def listen(
                 driver: Any = raw.driver_connection
                 for channel in listeners:
                     await driver.add_listener(channel, callback)
+                if on_connected is not None:
+                    on_connected(True)
                 try:
                     while not stop.is_set() and not driver.is_closed():
                         with contextlib.suppress(TimeoutError):
                             async with asyncio.timeout(LISTEN_CHECK_INTERVAL):
                                 await stop.wait()
                 finally:
+                    if on_connected is not None:
+                        on_connected(False)
                     if not driver.is_closed():
                         for channel in listeners:
                             await driver.remove_listener(channel, callback)

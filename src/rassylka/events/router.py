@@ -1,0 +1,139 @@
+"""HTTP endpoints of the live status stream (Server-Sent Events): a mailing's events, a
+project's, or everyone's."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import anyio
+from fastapi import APIRouter, Header, Path, Query, Request
+from sqlalchemy.ext.asyncio import AsyncSession
+from sse_starlette import EventSourceResponse
+
+from rassylka.config import Settings
+from rassylka.errors import ValidationFailed, openapi_error_responses
+from rassylka.events import repository
+from rassylka.events.bus import EventHub
+from rassylka.events.stream import StreamFilter, status_events
+from rassylka.mailings import service as mailing_service
+from rassylka.projects import service as project_service
+from rassylka.schemas import MAX_ID
+
+router = APIRouter(tags=["Mailing"])
+# Seconds a stream gets, once the server is stopping, to send its goodbye before it is cut.
+SHUTDOWN_GRACE = 2.0
+# A client that reads nothing for this long (its socket buffers full) is dropped.
+SEND_TIMEOUT = 30.0
+
+DESCRIPTION = """Server-Sent Events: каждое изменение статуса сообщения —
+`id: <номер события>`, `event: status`, `data: <JSON события>`.
+
+Откуда начинать: заголовок `Last-Event-ID` (его шлёт EventSource при переподключении), иначе
+`last_event_id` в строке запроса, иначе `since` (например, `since=0` — вся история); без них —
+только новые события. Отдаются события с номером больше указанного, по порядку, без повторов.
+Раз в `RASSYLKA_SSE_PING` секунд — комментарий-пинг; через `RASSYLKA_SSE_MAX_LIFETIME` секунд
+(и при остановке сервера) поток завершается событием `reconnect`, после которого клиент
+переподключается с `Last-Event-ID`."""
+
+STREAM_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "Поток событий (text/event-stream)",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    },
+    **openapi_error_responses(400, 403, 404, 500),
+}
+LastEventIdHeader = Annotated[
+    str | None,
+    Header(
+        alias="Last-Event-ID",
+        description="Номер последнего полученного события (шлёт EventSource при переподключении)",
+    ),
+]
+LastEventIdQuery = Annotated[
+    int | None,
+    Query(ge=0, le=MAX_ID, description="То же, что Last-Event-ID, для клиентов без заголовков"),
+]
+Since = Annotated[
+    int | None,
+    Query(ge=0, le=MAX_ID, description="Начать после этого номера события (0 — с начала)"),
+]
+
+
+@router.get(
+    "/mailing/{id:int}/events",
+    summary="Поток статусов сообщений рассылки (SSE)",
+    description=DESCRIPTION,
+    response_class=EventSourceResponse,
+    responses=STREAM_RESPONSES,
+)
+async def mailing_events(
+    request: Request,
+    id: Annotated[int, Path(ge=1, le=MAX_ID, description="Идентификатор рассылки")],
+    last_event_id_header: LastEventIdHeader = None,
+    last_event_id: LastEventIdQuery = None,
+    since: Since = None,
+) -> EventSourceResponse:
+    hub: EventHub = request.app.state.event_hub
+    async with hub.sessionmaker() as session:
+        await mailing_service.get(session, mailing_id=id)
+        cursor = await _cursor(session, last_event_id_header, last_event_id, since)
+    return _stream(request, hub, cursor, StreamFilter(mailing_id=id))
+
+
+@router.get(
+    "/events",
+    summary="Поток статусов сообщений проекта или всех проектов (SSE)",
+    description=DESCRIPTION,
+    response_class=EventSourceResponse,
+    responses=STREAM_RESPONSES,
+)
+async def project_events(
+    request: Request,
+    project_id: Annotated[
+        int | None, Query(ge=1, le=MAX_ID, description="Только события этого проекта")
+    ] = None,
+    last_event_id_header: LastEventIdHeader = None,
+    last_event_id: LastEventIdQuery = None,
+    since: Since = None,
+) -> EventSourceResponse:
+    hub: EventHub = request.app.state.event_hub
+    async with hub.sessionmaker() as session:
+        if project_id is not None:
+            await project_service.get(session, project_id=project_id)
+        cursor = await _cursor(session, last_event_id_header, last_event_id, since)
+    return _stream(request, hub, cursor, StreamFilter(project_id=project_id))
+
+
+async def _cursor(
+    session: AsyncSession, header: str | None, query: int | None, since: int | None
+) -> int:
+    """Where the stream starts: the header an EventSource resends wins over the URL's
+    parameters (which stay the same on every reconnect); with none, from now on."""
+    if header is not None and header.strip():
+        value = header.strip()
+        if not (value.isascii() and value.isdigit()) or int(value) > MAX_ID:
+            raise ValidationFailed.on(
+                "Last-Event-ID", "Должен быть номером события: целое число от 0"
+            )
+        return int(value)
+    if query is not None:
+        return query
+    if since is not None:
+        return since
+    return await repository.last_id(session)
+
+
+def _stream(
+    request: Request, hub: EventHub, cursor: int, only: StreamFilter
+) -> EventSourceResponse:
+    settings: Settings = request.app.state.settings
+    shutdown = anyio.Event()
+    return EventSourceResponse(
+        status_events(
+            hub, cursor=cursor, only=only, lifetime=settings.sse_max_lifetime, shutdown=shutdown
+        ),
+        ping=settings.sse_ping,
+        send_timeout=SEND_TIMEOUT,
+        shutdown_event=shutdown,
+        shutdown_grace_period=SHUTDOWN_GRACE,
+    )
