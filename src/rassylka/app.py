@@ -14,6 +14,8 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from rassylka import __version__
+from rassylka.bounces.listener import BounceListener
+from rassylka.bounces.router import router as bounce_router
 from rassylka.channels.registry import describe, open_channels
 from rassylka.clients.router import router as client_router
 from rassylka.config import Settings, environment_settings
@@ -38,6 +40,7 @@ TAGS = [
         "name": "Suppressions",
         "description": "Список подавления: адреса проекта, на которые ничего не отправляется",
     },
+    {"name": "Bounces", "description": "Возвраты писем (bounce) от почтовых провайдеров"},
     {"name": "Service", "description": "Состояние сервиса"},
 ]
 
@@ -53,6 +56,10 @@ def create_app(settings: Settings | None = None, *, worker: bool = False) -> Fas
         app.state.engine = engine
         app.state.sessionmaker = create_sessionmaker(engine)
         embedded: asyncio.Task[None] | None = None
+        bounces: BounceListener | None = None
+        if worker and settings.bounce_domain:
+            bounces = BounceListener.from_settings(settings, app.state.sessionmaker)
+            await bounces.start()
         if worker:
             channels = open_channels(settings)
             logger.info("sending through %s", describe(channels))
@@ -64,6 +71,8 @@ def create_app(settings: Settings | None = None, *, worker: bool = False) -> Fas
             if embedded is not None:
                 app.state.worker.stop()
                 await embedded
+            if bounces is not None:
+                await bounces.stop()
             await engine.dispose()
 
     app = FastAPI(
@@ -88,6 +97,7 @@ def create_app(settings: Settings | None = None, *, worker: bool = False) -> Fas
         template_router,
         mailing_router,
         suppression_router,
+        bounce_router,
     ):
         app.include_router(router, dependencies=protected)
 
