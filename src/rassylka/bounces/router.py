@@ -59,7 +59,11 @@ async def report_bounce(request: Request) -> dict[str, object]:
         try:
             report = BounceReport.model_validate_json(body)
         except ValidationError as error:
-            raise RequestValidationError(error.errors(include_url=False)) from None
+            errors = error.errors(include_url=False)
+            # Located in the body, as FastAPI locates the errors of a body it parsed itself.
+            raise RequestValidationError(
+                [{**detail, "loc": ("body", *detail["loc"])} for detail in errors]
+            ) from None
         verdict = service.verdict_of(report)
         async with sessionmaker() as session, session.begin():
             message_id = await service.find(session, report=report, verp=verp)
