@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+import tempfile
+from collections.abc import AsyncIterator, Iterator
 from email import policy
 from email.message import EmailMessage
 from pathlib import Path
@@ -25,7 +27,9 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from conftest import FAST_RETRY, StartServer
-from helpers import assert_error, assert_ok
+from helpers import assert_error, assert_ok, missing_peer
+from postfix_peer import PostfixPeer
+from postfix_peer import available as postfix_available
 from rassylka.app import create_app
 from rassylka.bounces import dsn
 from rassylka.bounces.listener import BounceListener
@@ -132,10 +136,10 @@ async def listener(engine: AsyncEngine) -> AsyncIterator[BounceListener]:
     await listener.stop()
 
 
-async def send_with_verp(engine: AsyncEngine, smtp: SmtpPeer, *, messages: int) -> None:
-    """Run a worker whose SMTP transport uses VERP until ``messages`` messages exist and
-    every one is final."""
-    channel = SmtpChannel(SmtpConfig(host="127.0.0.1", port=smtp.port, verp=VERP))
+async def send_with_verp(engine: AsyncEngine, port: int, *, messages: int) -> None:
+    """Run a worker whose SMTP transport (to 127.0.0.1:``port``) uses VERP until
+    ``messages`` messages exist and every one is final."""
+    channel = SmtpChannel(SmtpConfig(host="127.0.0.1", port=port, verp=VERP))
     config = DispatchConfig(poll_interval=0.05, retry=FAST_RETRY, error_rate_window=1000)
     worker = Worker(engine, {1: channel}, config)
     task = asyncio.create_task(run_until_stopped(worker, grace=10))
@@ -161,7 +165,7 @@ async def sent_mail(
     """A mailing to ``addresses`` sent with VERP: its id, the message rows and the mails the
     SMTP server received, by address."""
     mailing_id = await arrange(api, [client(n, address) for n, address in enumerate(addresses)])
-    await send_with_verp(engine, smtp, messages=len(addresses))
+    await send_with_verp(engine, smtp.port, messages=len(addresses))
     rows = await statuses(engine)
     mails = {str(mail["To"]): mail for mail in smtp.received}
     return mailing_id, rows, mails
@@ -255,7 +259,7 @@ async def test_a_hard_bounce_bounces_the_message_and_suppresses_the_address_a_so
     }
     second = int(assert_ok(await api.post("/mailing/create", json=body))["id"])
     smtp.received.clear()
-    await send_with_verp(engine, smtp, messages=4)
+    await send_with_verp(engine, smtp.port, messages=4)
     listed = assert_ok(await api.get(f"/mailing/{second}/messages"), 200)
     by_address = {item["address"]: item for item in listed["items"]}
     assert by_address["anna@example.ru"]["status"] == "skipped"
@@ -325,6 +329,62 @@ async def test_the_listener_runs_inside_serve_when_a_bounce_domain_is_set(
             await smtp.rcpt(f"nobody@{DOMAIN}")
         await smtp.quit()
     assert not await listening(port)
+
+
+@pytest.fixture
+def postfix(smtp: SmtpPeer) -> Iterator[PostfixPeer]:
+    """A private Postfix relaying example.ru and the bounce domain to the ``smtp`` peer."""
+    problem = postfix_available()
+    if problem is not None:
+        missing_peer(problem)
+    # Not tmp_path: the postfix user must reach it, and pytest's folders are private.
+    root = Path(tempfile.mkdtemp(prefix="rassylka-postfix-"))
+    root.chmod(0o755)
+    peer = PostfixPeer(root / "postfix", {"example.ru": smtp.port, DOMAIN: smtp.port})
+    try:
+        yield peer.start()
+    finally:
+        peer.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+async def test_a_bounce_written_by_postfix_is_understood(
+    api: httpx.AsyncClient,
+    engine: AsyncEngine,
+    smtp: SmtpPeer,
+    postfix: PostfixPeer,
+    listener: BounceListener,
+) -> None:
+    """Rassylka → Postfix (accepts: ``sent``) → the final server refuses never@ with 550 →
+    Postfix mails its own DSN to the VERP address → the listener takes it."""
+    await arrange(api, [client(1, "never@example.ru"), client(2, "ok@example.ru")])
+    await send_with_verp(engine, postfix.port, messages=2)
+    rows = await statuses(engine)
+    never = rows["never@example.ru"]
+    assert never["status"] == rows["ok@example.ru"]["status"] == "sent"
+
+    def bounced_back() -> list[EmailMessage]:
+        return [mail for mail in smtp.received if str(mail["To"]).startswith("bounce+")]
+
+    await until(lambda: asyncio.sleep(0, bool(bounced_back())), seconds=60)
+    report = bounced_back()[0]
+    assert str(report["To"]) == VERP.address(never["id"])
+    assert report.get_content_type() == "multipart/report"
+    parts = {part.get_content_type(): part for part in report.iter_parts()}
+    # Postfix offered DSN, so the token went as ENVID and only headers came back (RET=HDRS).
+    assert "text/rfc822-headers" in parts
+    assert "message/delivery-status" in parts
+    assert f"Original-Envelope-Id: {VERP.token(never['id'])}" in report.as_string()
+
+    reply = await mail_to(listener.port, VERP.address(never["id"]), report.as_bytes())
+    assert reply == "250 2.0.0 OK"
+    rows = await statuses(engine)
+    assert rows["never@example.ru"]["status"] == "bounced"
+    assert rows["never@example.ru"]["reason"].startswith("5.1.1 ")
+    assert "No such user here" in rows["never@example.ru"]["reason"]
+    assert rows["ok@example.ru"]["status"] == "sent"
+    suppressed = assert_ok(await api.get("/suppression/list"), 200)
+    assert [item["address"] for item in suppressed["items"]] == ["never@example.ru"]
 
 
 # -- over HTTP ---------------------------------------------------------------------------------
@@ -402,7 +462,7 @@ async def test_webhook_hard_soft_unknown_and_invalid(
             {"project": "010", "email": "nobody@example.ru", "type": "soft"},
         ):
             assert_error(await hooks.post("/webhook/bounce", json=body), 404, "Страница не найдена")
-        for body in (
+        invalid: list[Any] = [
             {"type": "hard"},
             {"message_id": anna["id"], "token": "1-abc", "type": "hard"},
             {"message_id": anna["id"], "type": "bounced"},
@@ -412,7 +472,8 @@ async def test_webhook_hard_soft_unknown_and_invalid(
             {"project": "nope", "email": "anna@example.ru", "type": "hard"},
             {"message_id": "x", "type": "hard"},
             [1, 2],
-        ):
+        ]
+        for body in invalid:
             assert_error(await hooks.post("/webhook/bounce", json=body), 400, "Ошибка валидации")
         assert_error(
             await hooks.post("/webhook/bounce", content=b"{not json"), 400, "Ошибка валидации"
