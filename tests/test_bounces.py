@@ -310,6 +310,23 @@ async def test_forged_addresses_are_refused_and_what_is_no_report_is_ignored(
     assert await event_count(engine) == before
 
 
+async def test_a_report_over_the_size_limit_is_refused(engine: AsyncEngine) -> None:
+    listener = BounceListener(create_sessionmaker(engine), VERP, port=0, max_size=2048)
+    await listener.start()
+    try:
+        big = b"Subject: big\r\n\r\n" + (b"x" * 70 + b"\r\n") * 60
+        with pytest.raises(aiosmtplib.SMTPDataError) as refused:
+            await mail_to(listener.port, VERP.address(1), big)
+        assert refused.value.code == 552
+        # The listener still serves the next mail.
+        assert await mail_to(listener.port, VERP.address(1), b"Subject: small\r\n\r\nhi") == (
+            "250 2.0.0 OK"
+        )
+        assert listener.handler.counts == {"ignored": 1}
+    finally:
+        await listener.stop()
+
+
 async def test_the_listener_runs_inside_serve_when_a_bounce_domain_is_set(
     database_url: str, tmp_path: Path
 ) -> None:
