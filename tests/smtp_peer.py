@@ -26,6 +26,8 @@ from aiosmtpd.smtp import Envelope, Session
 class SmtpPeer:
     delay: float = 0.0
     received: list[EmailMessage] = field(default_factory=list)
+    senders: list[str] = field(default_factory=list)
+    """MAIL FROM of each message received, in the same order."""
     arrivals: list[float] = field(default_factory=list)
     rcpt_attempts: Counter[str] = field(default_factory=Counter)
     in_data: int = 0
@@ -78,6 +80,7 @@ class SmtpPeer:
         self.received.append(
             email.message_from_bytes(content.replace(b"\r\n", b"\n"), policy=policy.default)  # type: ignore[arg-type]
         )
+        self.senders.append(str(envelope.mail_from))
         self.arrivals.append(time.monotonic())
         return "250 2.0.0 Ok: queued"
 

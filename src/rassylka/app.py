@@ -14,6 +14,8 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from rassylka import __version__
+from rassylka.bounces.listener import BounceListener
+from rassylka.bounces.router import router as bounce_router
 from rassylka.clients.router import router as client_router
 from rassylka.config import Settings, environment_settings
 from rassylka.db import create_engine, create_sessionmaker
@@ -48,6 +50,7 @@ TAGS = [
         "name": "Webhooks",
         "description": "Вебхуки: статусы сообщений приходят в CRM подписанными POST-запросами",
     },
+    {"name": "Bounces", "description": "Возвраты писем (bounce) от почтовых провайдеров"},
     {"name": "Service", "description": "Состояние сервиса"},
 ]
 
@@ -65,6 +68,10 @@ def create_app(settings: Settings | None = None, *, worker: bool = False) -> Fas
         app.state.event_hub = EventHub(engine)
         app.state.event_hub.start()
         embedded: asyncio.Task[None] | None = None
+        bounces: BounceListener | None = None
+        if worker and settings.bounce_domain:
+            bounces = BounceListener.from_settings(settings, app.state.sessionmaker)
+            await bounces.start()
         if worker:
             app.state.worker = Worker.open(engine, settings)
             embedded = asyncio.create_task(run_until_stopped(app.state.worker), name="worker")
@@ -75,6 +82,8 @@ def create_app(settings: Settings | None = None, *, worker: bool = False) -> Fas
             if embedded is not None:
                 app.state.worker.stop()
                 await embedded
+            if bounces is not None:
+                await bounces.stop()
             await engine.dispose()
 
     app = FastAPI(
@@ -101,6 +110,7 @@ def create_app(settings: Settings | None = None, *, worker: bool = False) -> Fas
         suppression_router,
         webhook_router,
         event_router,
+        bounce_router,
     ):
         app.include_router(router, dependencies=protected)
     # Called by peers (providers), not by the CRM: each checks its own token, not an API key.

@@ -1,4 +1,4 @@
-"""The ``rassylka`` command: serve, worker, db upgrade/downgrade."""
+"""The ``rassylka`` command: serve, worker, bounces, db upgrade/downgrade."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import uvicorn
 from rich.console import Console
 
 from rassylka import migrate
+from rassylka.bounces.listener import run_listener
 from rassylka.channels.registry import describe, open_channels
 from rassylka.config import get_settings
 from rassylka.db import create_engine
@@ -65,6 +66,24 @@ def worker() -> None:
     )
     console.print(f"Rassylka worker: {describe(open_channels(settings))}")
     asyncio.run(run_worker(settings))
+
+
+@app.command()
+def bounces() -> None:
+    """Только приём возвратов писем (DSN) по SMTP на RASSYLKA_BOUNCE_HOST:RASSYLKA_BOUNCE_PORT
+    для адресов @RASSYLKA_BOUNCE_DOMAIN. Останавливается по SIGTERM."""
+    settings = get_settings()
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if not settings.bounce_domain:
+        console.print("[red]Не задан RASSYLKA_BOUNCE_DOMAIN[/]: возвраты принимать не для кого")
+        raise typer.Exit(2)
+    console.print(
+        f"Rassylka bounces: smtp://{settings.bounce_host}:{settings.bounce_port}"
+        f" для bounce+…@{settings.bounce_domain}"
+    )
+    asyncio.run(run_listener(settings))
 
 
 @db_app.command("upgrade")

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from contextvars import ContextVar
 from functools import lru_cache
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -46,6 +47,16 @@ class Settings(BaseSettings):
     smtp_pool_size: int = Field(default=4, ge=1, le=256)
     smtp_timeout: float = Field(default=30.0, gt=0)
     email_from: str = "Rassylka <rassylka@localhost>"
+
+    # Email bounces (docs/bounces.md): VERP envelope senders and the inbound DSN listener.
+    bounce_domain: str | None = None
+    """Envelope senders become ``bounce+<token>@<domain>``; the domain's MX is the listener."""
+    bounce_host: str = "127.0.0.1"
+    bounce_port: int = Field(default=2525, ge=1, le=65535)
+    bounce_max_size: int = Field(default=10 * 1024 * 1024, ge=1024)
+    """Largest DSN the listener takes (bytes); larger gets 552."""
+    secret_key: SecretStr | None = None
+    """Signs the VERP tokens; required with a bounce domain, the same in every process."""
 
     # SMS over SMPP 3.4 (a transceiver bind to the SMSC).
     smpp_host: str | None = None
@@ -146,6 +157,31 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [key.strip() for key in value.split(",") if key.strip()]
         return value
+
+    @field_validator("bounce_domain")
+    @classmethod
+    def _ascii_domain(cls, value: str | None) -> str | None:
+        if value is None or not value.strip().strip("."):
+            return None
+        try:
+            domain = value.strip().strip(".").lower().encode("idna").decode("ascii")
+        except UnicodeError:
+            domain = ""
+        if not re.fullmatch(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?", domain):
+            raise ValueError(f"invalid bounce domain {value!r}")
+        return domain
+
+    @model_validator(mode="after")
+    def _bounces_need_a_key(self) -> Settings:
+        # A key made up at start would differ between processes and restarts, and every
+        # bounce to an address signed with another key would be refused.
+        key = self.secret_key.get_secret_value().strip() if self.secret_key else ""
+        if self.bounce_domain and len(key) < 16:
+            raise ValueError(
+                "RASSYLKA_BOUNCE_DOMAIN needs RASSYLKA_SECRET_KEY (at least 16 characters, "
+                "the same in every process) to sign bounce addresses"
+            )
+        return self
 
     @field_validator("default_timezone")
     @classmethod

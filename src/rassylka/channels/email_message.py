@@ -36,7 +36,8 @@ class ComposedEmail:
     """A message ready for any connection; flattened per connection (8BITMIME or not)."""
 
     sender: str
-    """The envelope sender (MAIL FROM): the From address, where bounces go."""
+    """The envelope sender (MAIL FROM), where bounces go: the From address, or the message's
+    own VERP address when bounces are taken in (the SMTP transport sets it)."""
     recipient: str
     """The envelope recipient (RCPT TO)."""
     mail: EmailMessage
@@ -44,6 +45,8 @@ class ComposedEmail:
     """The Message-ID header as sent, angle brackets included."""
     utf8: bool
     """Sender or recipient has a non-ASCII local part: needs SMTPUTF8."""
+    envelope_id: str | None = None
+    """ENVID for DSN-capable servers (RFC 3461): the VERP token, echoed in the bounce."""
 
     def as_bytes(self, *, eight_bit: bool = True) -> bytes:
         """The message as DATA carries it (CRLF line ends, before dot-stuffing)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Literal
 
 from aiosmtplib import (
@@ -22,6 +22,7 @@ from aiosmtplib import (
     SMTPServerDisconnected,
 )
 
+from rassylka.bounces.verp import Verp
 from rassylka.channels.base import (
     Accepted,
     ChannelError,
@@ -54,7 +55,9 @@ class SmtpConfig:
     pool_size: int = 4
     timeout: float = 30.0
     sender: str = "Rassylka <rassylka@localhost>"
-    """The From header; its address is also the envelope sender (where bounces go)."""
+    """The From header; its address is also the envelope sender (where bounces go)..."""
+    verp: Verp | None = None
+    """...unless bounces are taken in: then each message's own signed VERP address is."""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SmtpConfig:
@@ -69,6 +72,7 @@ class SmtpConfig:
             pool_size=settings.smtp_pool_size,
             timeout=settings.smtp_timeout,
             sender=settings.email_from,
+            verp=Verp.from_settings(settings),
         )
 
 
@@ -134,6 +138,11 @@ class SmtpChannel:
             envelope = compose(message, sender=self._from_header)
         except ChannelError as error:
             return error
+        verp = self._config.verp
+        if verp is not None:
+            envelope = replace(
+                envelope, sender=verp.address(message.id), envelope_id=verp.token(message.id)
+            )
         client = await self._idle.get()
         finished = False
         try:
@@ -187,8 +196,11 @@ class SmtpChannel:
                 options.append("BODY=8BITMIME")
             if utf8:
                 options.append("SMTPUTF8")
+            if envelope.envelope_id and client.supports_extension("dsn"):
+                # Headers only come back in a bounce: the token is all that is needed.
+                options += [f"ENVID={envelope.envelope_id}", "RET=HDRS"]
             encoding = "utf-8" if utf8 else "ascii"
-            await client.mail(self._sender, options=options, encoding=encoding)
+            await client.mail(envelope.sender, options=options, encoding=encoding)
         except SMTPServerDisconnected as error:
             if reused:
                 raise _StaleConnection from error

@@ -20,13 +20,21 @@ async def create(session: AsyncSession, *, data: SuppressionCreate) -> Suppressi
     """Suppress an address; an address already suppressed keeps its row (reason and date),
     which is returned, so a CRM may repeat the request safely."""
     project = await project_service.resolve(session, reference=data.project, field="project")
+    return await suppress(session, project_id=project.id, address=data.address, reason=data.reason)
+
+
+async def suppress(
+    session: AsyncSession, *, project_id: int, address: str, reason: str | None
+) -> Suppression:
+    """Suppress a normalised ``address`` in a project (or keep its row) and skip what is
+    queued for it. Writes message events: the caller writes nothing after it."""
     suppression = await repository.add_if_absent(
-        session, project_id=project.id, address=data.address, reason=data.reason
+        session, project_id=project_id, address=address, reason=reason
     )
     # What is queued for the address stays unsent: "never sent" holds for runs made earlier.
     reason = SUPPRESSED + (f": {suppression.reason}" if suppression.reason else "")
     await queue.skip_queued(
-        session, project_id=project.id, address=suppression.address, reason=reason, now=utcnow()
+        session, project_id=project_id, address=suppression.address, reason=reason, now=utcnow()
     )
     return suppression
 
