@@ -73,6 +73,18 @@ async def test_messages_are_filtered_by_status_and_channel(
     assert [item["address"] for item in failed["items"]] == ["never@example.ru"]
     assert failed["items"][0]["reply"] == "550 5.1.1 No such user here"
     assert assert_ok(await api.get(f"/mailing/{mailing_id}/messages?channel=2"), 200)["total"] == 0
+    assert (
+        assert_ok(await api.get(f"/mailing/{mailing_id}/messages?channel=sms"), 200)["total"] == 0
+    )
+    by_name = assert_ok(await api.get(f"/mailing/{mailing_id}/messages?channel=email"), 200)
+    assert by_name["total"] == 2
+    for wrong in ("fax", "3", "email,sms"):
+        details = assert_error(
+            await api.get(f"/mailing/{mailing_id}/messages?channel={wrong}"),
+            400,
+            "Ошибка валидации",
+        )
+        assert [detail["field"] for detail in details] == ["channel"]
     assert_error(
         await api.get(f"/mailing/{mailing_id}/messages?status=lost"), 400, "Ошибка валидации"
     )

@@ -10,6 +10,7 @@ from rassylka.db import SessionDep
 from rassylka.errors import openapi_error_responses
 from rassylka.mailings import lifecycle, service
 from rassylka.mailings.schemas import (
+    ChannelParam,
     MailingCreate,
     MailingRead,
     MailingStats,
@@ -192,7 +193,7 @@ async def list_messages(
     status: Annotated[
         MessageStatus | None, Query(description="Только сообщения в этом статусе")
     ] = None,
-    channel: Annotated[int | None, Query(ge=1, le=2, description="1 — email, 2 — SMS")] = None,
+    channel: Annotated[ChannelParam | None, Query(description="1 или email, 2 или sms")] = None,
 ) -> dict[str, object]:
     found, total = await service.messages(
         session,

@@ -48,6 +48,15 @@ def _parse_channels(value: Any) -> list[int]:
     return channels
 
 
+def _parse_channel(value: Any) -> int:
+    [channel] = _parse_channels(value)
+    return channel
+
+
+# One channel in a query string, by id or name: ``?channel=2`` or ``?channel=sms``.
+ChannelParam = Annotated[int, BeforeValidator(_parse_channel)]
+
+
 def parse_event(value: str) -> date | datetime:
     """A date (``2020-08-02``) or an ISO 8601 date-time, with or without an offset."""
     text = value.strip()
