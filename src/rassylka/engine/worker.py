@@ -10,8 +10,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Mapping
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -20,13 +19,13 @@ from rassylka.channels.registry import describe, open_channels
 from rassylka.config import Settings
 from rassylka.db import create_engine, create_sessionmaker
 from rassylka.engine.dispatcher import DispatchConfig, Dispatcher
+from rassylka.engine.listening import listen
 from rassylka.engine.receipts import ReceiptInbox
 from rassylka.engine.scheduler import Scheduler
 from rassylka.messages.queue import EVENTS_CHANNEL, NOTIFY_CHANNEL, SCHEDULE_CHANNEL
 from rassylka.webhooks.delivery import WebhookConfig, WebhookSender
 
 logger = logging.getLogger(__name__)
-LISTEN_CHECK_INTERVAL = 5.0
 # How long in-flight sends get to finish once a stop is asked for.
 STOP_GRACE = 30.0
 # How long receipts in hand get to be written once the channels are closed.
@@ -113,51 +112,6 @@ class Worker:
                 inbox.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await inbox
-
-
-async def listen(
-    engine: AsyncEngine,
-    listeners: Mapping[str, Callable[[], None]],
-    stop: asyncio.Event,
-    *,
-    on_connected: Callable[[bool], None] | None = None,
-) -> None:
-    """Call each channel's function on its NOTIFY, reconnecting if the connection drops;
-    while it is down, polling and the scheduler's own timer still find the work.
-    ``on_connected`` hears when listening starts (True) and ends (False), for a caller that
-    polls faster while nothing is heard."""
-
-    def callback(_connection: Any, _pid: int, channel: str, _payload: str) -> None:
-        listeners[channel]()
-
-    while not stop.is_set():
-        try:
-            async with engine.connect() as connection:
-                raw = await connection.get_raw_connection()
-                driver: Any = raw.driver_connection
-                for channel in listeners:
-                    await driver.add_listener(channel, callback)
-                if on_connected is not None:
-                    on_connected(True)
-                try:
-                    while not stop.is_set() and not driver.is_closed():
-                        with contextlib.suppress(TimeoutError):
-                            async with asyncio.timeout(LISTEN_CHECK_INTERVAL):
-                                await stop.wait()
-                finally:
-                    if on_connected is not None:
-                        on_connected(False)
-                    if not driver.is_closed():
-                        for channel in listeners:
-                            await driver.remove_listener(channel, callback)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            logger.warning("LISTEN %s failed; polling until it is back", ", ".join(listeners))
-        if not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(LISTEN_CHECK_INTERVAL):
-                    await stop.wait()
 
 
 async def run_worker(settings: Settings) -> None:

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from rassylka.db import create_sessionmaker
+from rassylka.engine.listening import listen
 from rassylka.engine.waiting import wait_any
-from rassylka.engine.worker import listen
 from rassylka.events import repository
 from rassylka.events.schemas import StatusEvent
 from rassylka.messages.queue import EVENTS_CHANNEL
