@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint format clean
+.PHONY: run test lint format bench clean
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -27,6 +27,14 @@ run: $(VENV)/.installed
 test: $(VENV)/.installed-dev
 	tests/peers/install.sh
 	$(BIN)/pytest
+
+# Every benchmark with its defaults (minutes; PostgreSQL and Postfix's tools needed).
+bench: $(VENV)/.installed-dev
+	tests/peers/install.sh
+	$(BIN)/python bench/email_e2e.py
+	$(BIN)/python bench/dispatch.py
+	$(BIN)/python bench/import_clients.py
+	$(BIN)/python bench/stream_latency.py
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check src tests

@@ -13,7 +13,7 @@ from rich.console import Console
 from rassylka import migrate
 from rassylka.bounces.listener import run_listener
 from rassylka.channels.registry import describe, open_channels
-from rassylka.config import get_settings
+from rassylka.config import Settings, get_settings
 from rassylka.db import create_engine
 from rassylka.engine.worker import run_worker
 
@@ -45,15 +45,35 @@ def serve(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     asyncio.run(_migrate("head"))
+    _warn_if_open(settings, host)
+    console.print(f"Rassylka: http://{host}:{port}  (документация API: http://{host}:{port}/docs)")
+    uvicorn.run(
+        "rassylka.app:create_embedded_app", factory=True, host=host, port=port, log_level="info"
+    )
+
+
+@app.command()
+def api(
+    host: Annotated[str, typer.Option(help="Адрес для входящих соединений")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Порт HTTP API")] = 8000,
+) -> None:
+    """Только HTTP API, без отправки: рядом запускают `rassylka worker` (сколько угодно, на
+    одной PostgreSQL). Схему базы не меняет — для этого `rassylka db upgrade`."""
+    settings = get_settings()
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    _warn_if_open(settings, host)
+    console.print(f"Rassylka API: http://{host}:{port}  (документация: http://{host}:{port}/docs)")
+    uvicorn.run("rassylka.app:create_app", factory=True, host=host, port=port, log_level="info")
+
+
+def _warn_if_open(settings: Settings, host: str) -> None:
     if not settings.api_keys and host not in {"127.0.0.1", "localhost", "::1"}:
         console.print(
             f"[yellow]Внимание:[/] API открыт без ключей на {host}. "
             "Задайте RASSYLKA_API_KEYS, чтобы требовать ключ."
         )
-    console.print(f"Rassylka: http://{host}:{port}  (документация API: http://{host}:{port}/docs)")
-    uvicorn.run(
-        "rassylka.app:create_embedded_app", factory=True, host=host, port=port, log_level="info"
-    )
 
 
 @app.command()

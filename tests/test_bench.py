@@ -1,0 +1,49 @@
+"""Every benchmark in ``bench/`` runs in a tiny mode here, so none can rot: it must finish and
+print the figure it is judged by. (The figures themselves are not checked: benchmarks are not
+timed tests.)"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import POSTGRES_URL, REQUIRE_POSTGRES, PostgresServer
+from helpers import missing_peer
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+POSTFIX_TOOLS = ("/usr/sbin/smtp-sink", "/usr/sbin/smtp-source")
+
+
+@pytest.mark.parametrize(
+    ("script", "arguments", "last_figure"),
+    [
+        ("email_e2e.py", ["--tiny"], "ratio (rassylka ÷ smtp-source)"),
+        ("dispatch.py", ["--messages", "200", "--budget", "5"], "÷ transport"),
+        ("import_clients.py", ["--rows", "500"], "÷ core"),
+        ("stream_latency.py", ["--events", "10", "--streams", "1"], "median ms"),
+    ],
+)
+def test_a_benchmark_runs_in_its_tiny_mode(
+    postgres: PostgresServer, script: str, arguments: list[str], last_figure: str
+) -> None:
+    if postgres.template is None:
+        if REQUIRE_POSTGRES:
+            pytest.fail(postgres.problem or "PostgreSQL required")
+        pytest.skip(postgres.problem or "PostgreSQL unavailable")
+    if script in ("email_e2e.py", "dispatch.py") and not all(
+        os.access(tool, os.X_OK) for tool in POSTFIX_TOOLS
+    ):
+        missing_peer("Postfix's smtp-sink and smtp-source are not installed")
+    run = subprocess.run(
+        [sys.executable, str(BENCH / script), *arguments, "--postgres-url", POSTGRES_URL],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=BENCH.parent,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert last_figure in run.stdout, run.stdout[-3000:]
