@@ -4,7 +4,7 @@ messages are listed with their whole history."""
 from __future__ import annotations
 
 import httpx
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from conftest import StartWorker
@@ -164,3 +164,44 @@ async def test_retrying_a_draft_is_409_and_a_clients_messages_are_listed(
         409,
         "Недопустимая смена статуса рассылки",
     )
+
+
+async def test_deleting_a_mailing_or_a_project_deletes_their_events(
+    api: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    """Events carry no foreign keys (a check per event costs too much at a million messages):
+    the deletes remove them explicitly, and nothing else's."""
+    first = await arrange(api, [client(1, "a@example.ru"), client(2, "b@example.ru")])
+    project_id = assert_ok(await api.get(f"/mailing/{first}"), 200)["project_id"]
+    template = assert_ok(await api.get(f"/mailing/{first}"), 200)["template_id"]
+    second = assert_ok(
+        await api.post(
+            "/mailing/create",
+            json={
+                "name": "Ещё",
+                "project_id": project_id,
+                "template_id": template,
+                "status": 1,
+                "channels": [1],
+                "event": "2020-01-01",
+            },
+        )
+    )["id"]
+    await Scheduler(create_sessionmaker(engine)).tick()
+
+    async def events_of(mailing_id: int) -> int:
+        async with engine.connect() as connection:
+            return int(
+                await connection.scalar(
+                    select(func.count()).where(MessageEvent.mailing_id == mailing_id)
+                )
+                or 0
+            )
+
+    assert await events_of(first) == 2
+    assert await events_of(second) == 2
+    assert_ok(await api.delete(f"/mailing/{first}"), 200)
+    assert await events_of(first) == 0
+    assert await events_of(second) == 2
+    assert_ok(await api.delete(f"/project/{project_id}"), 200)
+    assert await events_of(second) == 0
