@@ -205,3 +205,18 @@ async def test_deleting_a_mailing_or_a_project_deletes_their_events(
     assert await events_of(second) == 2
     assert_ok(await api.delete(f"/project/{project_id}"), 200)
     assert await events_of(second) == 0
+
+
+async def test_a_deleted_clients_messages_stay_in_the_history(
+    api: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    mailing_id = await arrange(api, [client(1, "a@example.ru"), client(2, "b@example.ru")])
+    await Scheduler(create_sessionmaker(engine)).tick()
+    clients = assert_ok(await api.get("/client/list?project=010"), 200)["items"]
+    gone = next(item["id"] for item in clients if item["guid"] == "c1")
+    assert_ok(await api.delete(f"/client/{gone}"), 200)
+    listed = assert_ok(await api.get(f"/mailing/{mailing_id}/messages"), 200)["items"]
+    by_address = {item["address"]: item for item in listed}
+    assert by_address["a@example.ru"]["client_id"] is None
+    assert by_address["b@example.ru"]["client_id"] is not None
+    assert len(by_address["a@example.ru"]["history"]) == 1

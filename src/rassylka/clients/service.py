@@ -15,6 +15,7 @@ from rassylka.clients.schemas import ClientCreate, ClientUpdate, contact_problem
 from rassylka.db import utcnow
 from rassylka.errors import Conflict, NotFound, ValidationFailed
 from rassylka.messages import queue
+from rassylka.messages import repository as message_repository
 from rassylka.messages.repository import OPTED_OUT
 from rassylka.projects import service as project_service
 from rassylka.scheduling import phone_zone
@@ -94,7 +95,9 @@ async def page(
 
 
 async def delete(session: AsyncSession, *, client_id: int) -> None:
-    await repository.delete(session, await get(session, client_id=client_id))
+    client = await get(session, client_id=client_id)
+    await message_repository.forget_client(session, client_id=client.id)
+    await repository.delete(session, client)
 
 
 async def upsert(

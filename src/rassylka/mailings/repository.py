@@ -5,12 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import delete as sql_delete
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from rassylka.mailings.models import Mailing, MailingStatus
-from rassylka.messages.models import MessageEvent
 
 
 async def get(session: AsyncSession, mailing_id: int) -> Mailing | None:
@@ -49,9 +47,6 @@ async def add(session: AsyncSession, mailing: Mailing) -> Mailing:
 
 
 async def delete(session: AsyncSession, mailing: Mailing) -> None:
-    """The mailing, its runs and messages (by the database's cascade), and its events (which
-    have no key to cascade by)."""
-    await session.execute(sql_delete(MessageEvent).where(MessageEvent.mailing_id == mailing.id))
     await session.delete(mailing)
     await session.flush()
 

@@ -8,6 +8,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from rassylka.config import get_settings
@@ -176,7 +177,12 @@ async def page(
 
 
 async def delete(session: AsyncSession, *, mailing_id: int) -> None:
-    await repository.delete(session, await get(session, mailing_id=mailing_id))
+    """The mailing with its runs (the database's cascade), its messages and events."""
+    mailing = await get(session, mailing_id=mailing_id)
+    await message_repository.forget_mailings(
+        session, mailing_ids=select(Mailing.id).where(Mailing.id == mailing.id)
+    )
+    await repository.delete(session, mailing)
 
 
 async def _template_for(session: AsyncSession, *, project_id: int, template_id: int) -> Template:

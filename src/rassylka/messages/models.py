@@ -65,15 +65,14 @@ class Message(Base):
     )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
-    run_id: Mapped[int] = mapped_column(ForeignKey("run.id", ondelete="CASCADE"))
-    # No foreign key: deleting a mailing deletes its runs, and their messages with them; a
-    # key here would only add a check per message made (materialising 1M messages is a
-    # million such checks).
+    # No foreign keys on the table a run fills a million rows at a time: each key costs a
+    # check per row made (auto_explain: the three keys were as long as the insert itself).
+    # What they did on delete is done by ``repository.forget_mailings`` (a mailing's or a
+    # project's messages and events go with it) and ``repository.forget_client`` (the history
+    # outlives a deleted client: the address was copied when the message was made).
+    run_id: Mapped[int] = mapped_column(Id)
     mailing_id: Mapped[int] = mapped_column(Id, index=True)
-    # The history outlives a deleted client: the address was copied when the message was made.
-    client_id: Mapped[int | None] = mapped_column(
-        ForeignKey("client.id", ondelete="SET NULL"), index=True
-    )
+    client_id: Mapped[int | None] = mapped_column(Id, index=True)
     channel: Mapped[int] = mapped_column(SmallInteger)
     address: Mapped[str | None] = mapped_column(String(320))
     # The recipient's zone when the message was made, for its send window.
@@ -107,8 +106,8 @@ class MessageEvent(Base):
     id: Mapped[int] = mapped_column(Id, primary_key=True)
     # No foreign keys: events are an append-only log written from the message rows in the
     # same statement, so they cannot name a message that does not exist; a key would cost a
-    # check per event (half the time of writing a big run's events). Deleting a mailing or a
-    # project deletes its events explicitly (mailings and projects repositories).
+    # check per event (half the time of writing a big run's events). A deleted mailing's
+    # events go with it by ``repository.forget_mailings``.
     message_id: Mapped[int] = mapped_column(Id)
     mailing_id: Mapped[int] = mapped_column(Id)
     run_id: Mapped[int] = mapped_column(Id)

@@ -9,11 +9,13 @@ from typing import Any, cast
 from sqlalchemy import (
     ColumnElement,
     Integer,
+    Select,
     SmallInteger,
     String,
     Table,
     and_,
     case,
+    delete,
     distinct,
     func,
     literal,
@@ -34,6 +36,7 @@ from rassylka.scheduling import SendWindow, opening_at_or_after, zone_or_utc
 from rassylka.suppressions.models import Suppression
 
 MESSAGE = cast(Table, Message.__table__)
+EVENT = cast(Table, MessageEvent.__table__)
 RUN = cast(Table, Run.__table__)
 SUPPRESSION = cast(Table, Suppression.__table__)
 NO_CONTACT = {
@@ -390,3 +393,17 @@ async def retry_failed(
     for status, ids in requeued.items():
         await queue.log_events(session, ids=ids, old_status=status, now=now)
     return count, sorted(run_ids)
+
+
+async def forget_mailings(session: AsyncSession, *, mailing_ids: Select[Any]) -> None:
+    """Delete the messages and events of these mailings (a mailing or a project being
+    deleted): they have no foreign keys to cascade by (see ``Message``)."""
+    await session.execute(delete(EVENT).where(EVENT.c.mailing_id.in_(mailing_ids)))
+    await session.execute(delete(MESSAGE).where(MESSAGE.c.mailing_id.in_(mailing_ids)))
+
+
+async def forget_client(session: AsyncSession, *, client_id: int) -> None:
+    """A client being deleted: its messages stay, for the mailings' history, without it."""
+    await session.execute(
+        update(MESSAGE).where(MESSAGE.c.client_id == client_id).values(client_id=None)
+    )

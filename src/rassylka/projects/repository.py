@@ -4,12 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import delete as sql_delete
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from rassylka.mailings.models import Mailing
-from rassylka.messages.models import MessageEvent
 from rassylka.projects.models import Project
 
 
@@ -35,9 +32,5 @@ async def add(session: AsyncSession, project: Project) -> Project:
 
 
 async def delete(session: AsyncSession, project: Project) -> None:
-    """The project and all it holds (by the database's cascades), and its mailings' events
-    (which have no key to cascade by)."""
-    mailings = select(Mailing.id).where(Mailing.project_id == project.id)
-    await session.execute(sql_delete(MessageEvent).where(MessageEvent.mailing_id.in_(mailings)))
     await session.delete(project)
     await session.flush()

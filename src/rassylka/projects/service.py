@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from rassylka.errors import Conflict, NotFound, ValidationFailed
+from rassylka.mailings.models import Mailing
+from rassylka.messages import repository as message_repository
 from rassylka.projects import repository
 from rassylka.projects.models import Project
 from rassylka.projects.schemas import ProjectCreate, ProjectUpdate
@@ -59,7 +62,13 @@ async def page(session: AsyncSession, *, limit: int, offset: int) -> tuple[Seque
 
 
 async def delete(session: AsyncSession, *, project_id: int) -> None:
-    await repository.delete(session, await get(session, project_id=project_id))
+    """The project and all it holds (the database's cascades), its mailings' messages and
+    events too."""
+    project = await get(session, project_id=project_id)
+    await message_repository.forget_mailings(
+        session, mailing_ids=select(Mailing.id).where(Mailing.project_id == project.id)
+    )
+    await repository.delete(session, project)
 
 
 async def _ensure_code_free(session: AsyncSession, *, code: str) -> None:
