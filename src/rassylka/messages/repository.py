@@ -124,6 +124,9 @@ async def materialize(
                 skip_reason.label("reason"),
             )
             .where(Client.project_id == project_id, *chosen)
+            # A fence (PostgreSQL does not inline a subquery with an OFFSET): the reason's
+            # suppression lookup runs once per client, not once per column that reads it.
+            .offset(0)
             .subquery("recipient")
         )
         sendable = recipient.c.reason.is_(None)
