@@ -303,7 +303,7 @@ def _custom(name: str, value: str) -> tuple[bytes, str]:
     if _plain_text(value):
         return _fold(name, value.split(" ")).encode(), value
     name, header = policy.SMTP.header_store_parse(name, value)
-    line = policy.SMTP.fold_binary(name, header).replace(b"\n", b"\r\n")
+    line = policy.SMTP.fold_binary(name, header)  # CRLF: the SMTP policy's line ends
     if any(len(part) > _MAX_OCTETS for part in line.split(b"\r\n")):
         raise _HeaderTooLong(f"header {name!r} cannot be folded into lines of 998 octets")
     return line, str(header)
@@ -324,11 +324,11 @@ def _plain_text(value: str) -> bool:
 
 def _phrase(name: str, column: int) -> list[str]:
     """A display name as tokens: atoms, one quoted string, or encoded words."""
+    if not _plain_text(name) or len(name) > _MAX_OCTETS // 2:
+        return _encoded_words(name, column)
     if _ATOM_PHRASE.match(name):
         return name.split(" ")
-    if _plain_text(name) and len(name) < _MAX_OCTETS // 2:
-        return ['"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"']
-    return _encoded_words(name, column)
+    return ['"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"']
 
 
 def _encoded_words(text: str, column: int) -> list[str]:
@@ -382,7 +382,10 @@ def _parse_address(value: str, role: str) -> Mailbox:
 def _parse_address_stdlib(value: str, role: str) -> Mailbox:
     try:
         header = _HEADER_REGISTRY("To", value)
-    except (ValueError, IndexError) as error:  # the parser's IndexError: "a@"
+    # The parser raises what it will on garbage: ValueError, IndexError ("a@"),
+    # UnboundLocalError ("<@[ "), HeaderParseError or AttributeError ("\\@["). An address it
+    # cannot read is not a valid one, whatever the exception.
+    except Exception as error:
         raise PermanentChannelError(f"invalid {role} address {value!r}") from error
     addresses = header.addresses if isinstance(header, AddressHeader) else ()
     # A non-ASCII local part is valid (RFC 6531) and handled with SMTPUTF8; any other defect
