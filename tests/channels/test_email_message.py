@@ -294,6 +294,7 @@ def test_every_message_has_its_own_id_and_boundary() -> None:
 
 
 def test_a_boundary_found_in_a_part_is_drawn_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``os.urandom`` is replaced: a random collision cannot be waited for."""
     draws = iter([b"A" * 12, b"A" * 12, b"B" * 12])
     monkeypatch.setattr(email_message.os, "urandom", lambda size: next(draws)[:size])
     text = "line\n--=_" + "41" * 12 + "\nmore"  # the first boundary drawn, as a delimiter
