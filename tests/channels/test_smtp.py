@@ -362,8 +362,9 @@ async def test_server_without_8bitmime_or_smtputf8(
     assert plain is not None
     assert rich is not None
     assert plain["Content-Transfer-Encoding"] == "base64"
-    assert plain.get_content().rstrip("\n") == "Здравствуйте!"
-    assert rich.get_content().rstrip("\n") == "<p>Привет</p>"
+    # Text is base64-encoded in its canonical form, CRLF line ends (RFC 2046 §4.1.1).
+    assert plain.get_content() == "Здравствуйте!\r\n"
+    assert rich.get_content() == "<p>Привет</p>\r\n"
     assert isinstance(refused, PermanentChannelError)
     assert "SMTPUTF8" in refused.reply
 

@@ -52,9 +52,7 @@ from rassylka.channels.email_message import compose, parse_sender
 from rassylka.channels.sms_text import SmsTooLongError, encode_sms
 
 if TYPE_CHECKING:
-    from email.headerregistry import Address
-
-    from rassylka.channels.email_message import ComposedEmail
+    from rassylka.channels.email_message import ComposedEmail, Sender
     from rassylka.config import Settings
 
 EMAIL_DIRECTORY = "email"
@@ -91,7 +89,7 @@ class OutboxChannel:
         self.kind = ChannelKind(kind)
         self._directory = Path(directory).absolute()
         self._clock = clock
-        self._sender: Address | None = None
+        self._sender: Sender | None = None
         if self.kind is ChannelKind.EMAIL:
             self._sender = parse_sender(sender)
         self._hard_links = True

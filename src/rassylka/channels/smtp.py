@@ -33,7 +33,7 @@ from rassylka.channels.base import (
     TransientChannelError,
     send_each,
 )
-from rassylka.channels.email_message import ComposedEmail, compose, flatten, parse_sender
+from rassylka.channels.email_message import ComposedEmail, compose, parse_sender
 
 if TYPE_CHECKING:
     from rassylka.config import Settings
@@ -188,7 +188,7 @@ class SmtpChannel:
                     f"{envelope.recipient} needs SMTPUTF8, which the server does not offer"
                 )
             eight_bit = client.supports_extension("8bitmime")
-            data = flatten(envelope.mail, utf8=utf8, eight_bit=eight_bit)
+            data = envelope.as_bytes(eight_bit=eight_bit)
             options = []
             if client.supports_extension("size"):
                 options.append(f"SIZE={len(data)}")
