@@ -156,7 +156,7 @@ class SmtpClient:
             refusal = _refusal(replies, _ENVELOPE_CLASSES)
             if refusal is not None:
                 await self._refused(refusal, replies)
-            [done] = await self._exchange(_stuffed(data), 1)
+            [done] = await self._exchange(dot_stuff(data), 1)
             if done.code // 100 != 2:
                 await self._refused(done, [done])
             return done
@@ -372,7 +372,7 @@ async def _read_reply(reader: asyncio.StreamReader) -> Reply:
             raise SmtpProtocolError(f"a reply of more than {_MAX_REPLY_LINES} lines")
 
 
-def _stuffed(data: bytes) -> bytes:
+def dot_stuff(data: bytes) -> bytes:
     """The message as DATA carries it: CRLF line ends, a dot doubled at the start of a line,
     and the final ``.`` line."""
     crlf = data.count(b"\r\n")
