@@ -7,7 +7,8 @@ only recipient (RFC 2920 3.1), answer 421 and hang up in the middle of a pipelin
 multi-line, CP1251 and over-long replies. It is still a real peer on a real socket.
 
 Verdicts go by the recipient's local part: ``never…`` 550 at RCPT, ``closing…`` 421 at RCPT and
-the connection closed, ``vanish…`` the connection closed at RCPT without a word, ``nodata…``
+the connection closed, ``vanish…`` the connection closed at RCPT without a word, ``slam…`` 550
+at RCPT and the connection closed, ``nodata…``
 554 to DATA, ``lenient…`` 550 at RCPT but 354 to DATA all the same, ``cp1251…`` 550 at RCPT in
 CP1251, ``long…`` a reply line of 10,000 bytes at RCPT, ``multiline…`` a two-line final reply.
 """
@@ -165,6 +166,9 @@ class _Session(asyncio.Protocol):
             self.reply("421 4.3.2 Service shutting down")
             self.hang_up()
         elif address.startswith("vanish"):
+            self.hang_up()
+        elif address.startswith("slam"):
+            self.reply("550 5.7.1 Go away")
             self.hang_up()
         elif address.startswith("cp1251"):
             self.reply("550 5.7.1 Получатель отклонён".encode("cp1251"))
@@ -330,6 +334,23 @@ async def test_a_connection_lost_mid_pipeline_is_transient_for_the_message_in_fl
     assert isinstance(lost, TransientChannelError)
     assert lost.code is None
     assert "connection lost" in lost.reply.lower()
+    assert isinstance(sent, Accepted)
+    assert len(server.connections) == 2
+
+
+async def test_a_refusal_stands_when_the_server_hangs_up_after_it(
+    start_server: Start, make_channel: Callable[..., SmtpChannel]
+) -> None:
+    server = await start_server()
+    channel = make_channel(server.port, pool_size=1)
+
+    refused, sent = await channel.send(
+        [email_to("slam@example.ru", id=1), email_to("ok@example.ru", id=2)]
+    )
+
+    # Permanent with the server's reply, not "connection lost" from the RSET after it.
+    assert isinstance(refused, PermanentChannelError)
+    assert (refused.code, refused.reply) == (550, "550 5.7.1 Go away")
     assert isinstance(sent, Accepted)
     assert len(server.connections) == 2
 

@@ -301,8 +301,9 @@ class SmtpClient:
         return replies
 
     async def _exchange(self, data: bytes, count: int, *, reused: bool = False) -> list[Reply]:
-        """Write ``data`` (if any) and read ``count`` replies, within one timeout. With
-        ``reused``, a closed connection or a 421 before the first reply is ``SmtpStale``."""
+        """Write ``data`` (if any) and read ``count`` replies, within one timeout; fewer if the
+        server refused and then closed the connection (or said 421). With ``reused``, a closed
+        connection or a 421 as the first reply is ``SmtpStale``."""
         reader, writer = self._reader, self._writer
         if reader is None or writer is None:
             raise SmtpConnectionLost("Connection lost: not connected")
@@ -322,9 +323,12 @@ class SmtpClient:
         except ConnectionError as error:
             if reused and not replies:
                 raise SmtpStale(str(error)) from error
-            if isinstance(error, SmtpConnectionLost):
-                raise
-            raise SmtpConnectionLost(f"Connection lost: {error}") from error
+            if not replies or replies[-1].code < 400:
+                if isinstance(error, SmtpConnectionLost):
+                    raise
+                raise SmtpConnectionLost(f"Connection lost: {error}") from error
+            # Refused, then hung up: the refusal is the answer, the rest will never come.
+            self.close()
         if reused and replies[0].code == _CLOSING:
             raise SmtpStale(str(replies[0]))
         return replies
@@ -336,10 +340,14 @@ class SmtpClient:
         if any(reply.code == _CLOSING for reply in replies):
             self.close()
             raise SmtpRefused(refusal)
-        if len(replies) == len(_ENVELOPE_CLASSES) and replies[-1].code == 354:
-            await self._exchange(b".\r\n", 1)
-        [reset] = await self._exchange(b"RSET\r\n", 1)
-        if reset.code != 250:
+        try:
+            if len(replies) == len(_ENVELOPE_CLASSES) and replies[-1].code == 354:
+                await self._exchange(b".\r\n", 1)
+            [reset] = await self._exchange(b"RSET\r\n", 1)
+            if reset.code != 250:
+                self.close()
+        except (SmtpError, OSError):
+            # The refusal stands whatever became of the connection after it.
             self.close()
         raise SmtpRefused(refusal)
 
