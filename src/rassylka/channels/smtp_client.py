@@ -29,7 +29,6 @@ import re
 import socket
 import ssl
 from dataclasses import dataclass
-from functools import cache
 from typing import Literal, NoReturn
 
 TlsMode = Literal["none", "starttls", "tls"]
@@ -230,7 +229,8 @@ class SmtpClient:
 
     async def _hello(self) -> None:
         self.extensions = {}
-        [reply] = await self._exchange(f"EHLO {_local_name()}\r\n".encode(), 1)
+        name = await _greeting_name()
+        [reply] = await self._exchange(f"EHLO {name}\r\n".encode(), 1)
         if reply.code == 250:
             for line in reply.text.split("\n")[1:]:  # the first is the server's name
                 keyword, _, parameters = line.strip().partition(" ")
@@ -240,7 +240,7 @@ class SmtpClient:
             return
         if not 500 <= reply.code < 600:
             raise SmtpRefused(reply)
-        [reply] = await self._exchange(f"HELO {_local_name()}\r\n".encode(), 1)
+        [reply] = await self._exchange(f"HELO {name}\r\n".encode(), 1)
         if reply.code != 250:
             raise SmtpRefused(reply)
 
@@ -413,8 +413,14 @@ def _tls_context(config: ClientConfig) -> ssl.SSLContext:
     return config.tls_context or ssl.create_default_context()
 
 
-@cache
-def _local_name() -> str:
-    """The name we greet with: this host's FQDN, looked up once per process."""
-    name = socket.getfqdn()
-    return name if name.isascii() and " " not in name else "localhost"
+_local_name: str | None = None
+
+
+async def _greeting_name() -> str:
+    """The name we greet with: this host's FQDN, looked up once per process (in a thread: it
+    may ask DNS)."""
+    global _local_name
+    if _local_name is None:
+        name = await asyncio.to_thread(socket.getfqdn)
+        _local_name = name if name.isascii() and name and " " not in name else "localhost"
+    return _local_name
