@@ -4,7 +4,8 @@
 test is what aiosmtpd and smtp-sink cannot be made to do: record each TCP read (to see what the
 client batched into one write), refuse the DATA command itself, accept DATA after refusing the
 only recipient (RFC 2920 3.1), answer 421 and hang up in the middle of a pipelined group, send
-multi-line, CP1251 and over-long replies. It is still a real peer on a real socket.
+multi-line, CP1251 and over-long replies, AUTH CRAM-MD5 (aiosmtpd has no CRAM-MD5). It is still
+a real peer on a real socket.
 
 Verdicts go by the recipient's local part: ``never…`` 550 at RCPT, ``closing…`` 421 at RCPT and
 the connection closed, ``vanish…`` the connection closed at RCPT without a word, ``slam…`` 550
@@ -16,6 +17,8 @@ CP1251, ``long…`` a reply line of 10,000 bytes at RCPT, ``multiline…`` a two
 from __future__ import annotations
 
 import asyncio
+import base64
+import hmac
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,6 +61,9 @@ class Connection:
 @dataclass
 class ScriptedServer:
     pipelining: bool = True
+    cram_md5: tuple[str, str] | None = None
+    """Offer AUTH CRAM-MD5 only, for this user and password."""
+    authenticated: list[str] = field(default_factory=list)
     drop_next_mail: bool = False
     connections: list[Connection] = field(default_factory=list)
     messages: list[bytes] = field(default_factory=list)
@@ -65,7 +71,11 @@ class ScriptedServer:
     port: int = 0
 
     def extensions(self) -> list[str]:
-        return [*BASE_EXTENSIONS, *(["PIPELINING"] if self.pipelining else [])]
+        return [
+            *BASE_EXTENSIONS,
+            *(["PIPELINING"] if self.pipelining else []),
+            *(["AUTH CRAM-MD5"] if self.cram_md5 else []),
+        ]
 
     def commands(self) -> list[str]:
         return [command for connection in self.connections for command in connection.commands]
@@ -79,6 +89,7 @@ class _Session(asyncio.Protocol):
         self.recipient: str | None = None
         self.lenient = False
         self.data: list[bytes] | None = None
+        self.challenge: bytes | None = None
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -95,6 +106,8 @@ class _Session(asyncio.Protocol):
             line += b"\n"
             if self.data is not None:
                 self.message_line(line)
+            elif self.challenge is not None:
+                self.cram_md5_answer(line.strip())
             else:
                 self.command(line.rstrip(b"\r\n").decode())
 
@@ -147,6 +160,9 @@ class _Session(asyncio.Protocol):
             else:
                 self.data = []
                 self.reply("354 End data with <CR><LF>.<CR><LF>")
+        elif verb == "AUTH" and argument.upper() == "CRAM-MD5" and self.server.cram_md5:
+            self.challenge = b"<1896.697170952@scripted>"
+            self.reply(b"334 " + base64.b64encode(self.challenge))
         elif verb == "RSET":
             self.recipient, self.lenient = None, False
             self.reply("250 2.0.0 Ok")
@@ -155,6 +171,18 @@ class _Session(asyncio.Protocol):
             self.hang_up()
         else:
             self.reply("502 5.5.2 Error: command not recognized")
+
+    def cram_md5_answer(self, answer: bytes) -> None:
+        assert self.challenge is not None
+        assert self.server.cram_md5 is not None
+        user, password = self.server.cram_md5
+        digest = hmac.new(password.encode(), self.challenge, "md5").hexdigest()
+        self.challenge = None
+        if base64.b64decode(answer) == f"{user} {digest}".encode():
+            self.server.authenticated.append(user)
+            self.reply("235 2.7.0 Authentication successful")
+        else:
+            self.reply("535 5.7.8 Authentication credentials invalid")
 
     def rcpt(self, address: str) -> None:
         if address.startswith("never"):
@@ -447,3 +475,21 @@ async def test_lines_starting_with_a_dot_are_stuffed_on_the_wire(
 def test_dot_stuffing_and_line_ends(data: bytes, wire: bytes) -> None:
     """The byte transformation alone (no peer needed): what DATA puts on the wire."""
     assert dot_stuff(data) == wire
+
+
+@pytest.mark.parametrize(("password", "sent"), [("s3cret", True), ("wrong", False)])
+async def test_auth_cram_md5_when_it_is_all_the_server_offers(
+    start_server: Start, make_channel: Callable[..., SmtpChannel], password: str, sent: bool
+) -> None:
+    server = await start_server(cram_md5=("crm", "s3cret"))
+    channel = make_channel(server.port, username="crm", password=password)
+
+    [outcome] = await channel.send([email_to("ok@example.ru")])
+
+    if sent:
+        assert isinstance(outcome, Accepted)
+        assert server.authenticated == ["crm"]
+    else:
+        assert isinstance(outcome, TransientChannelError)  # our configuration, not the message
+        assert outcome.code == 535
+        assert server.messages == []
