@@ -35,6 +35,8 @@ bench: $(VENV)/.installed-dev
 	$(BIN)/python bench/dispatch.py
 	$(BIN)/python bench/import_clients.py
 	$(BIN)/python bench/stream_latency.py
+	$(BIN)/python bench/smtp_transport.py
+	$(BIN)/python bench/compose.py
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check src tests

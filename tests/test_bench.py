@@ -16,6 +16,7 @@ from helpers import missing_peer
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 POSTFIX_TOOLS = ("/usr/sbin/smtp-sink", "/usr/sbin/smtp-source")
+NO_DATABASE = {"smtp_transport.py", "compose.py"}
 
 
 @pytest.mark.parametrize(
@@ -25,6 +26,8 @@ POSTFIX_TOOLS = ("/usr/sbin/smtp-sink", "/usr/sbin/smtp-source")
         ("dispatch.py", ["--messages", "200", "--budget", "5"], "÷ transport"),
         ("import_clients.py", ["--rows", "500"], "÷ core"),
         ("stream_latency.py", ["--events", "10", "--streams", "1"], "median ms"),
+        ("smtp_transport.py", ["--messages", "300", "--repeat", "1"], "SmtpChannel, composing"),
+        ("compose.py", ["--messages", "200"], "direct"),
     ],
 )
 def test_a_benchmark_runs_in_its_tiny_mode(
@@ -34,12 +37,14 @@ def test_a_benchmark_runs_in_its_tiny_mode(
         if REQUIRE_POSTGRES:
             pytest.fail(postgres.problem or "PostgreSQL required")
         pytest.skip(postgres.problem or "PostgreSQL unavailable")
-    if script in ("email_e2e.py", "dispatch.py") and not all(
+    if script in ("email_e2e.py", "dispatch.py", "smtp_transport.py") and not all(
         os.access(tool, os.X_OK) for tool in POSTFIX_TOOLS
     ):
         missing_peer("Postfix's smtp-sink and smtp-source are not installed")
+    if script not in NO_DATABASE:
+        arguments = [*arguments, "--postgres-url", POSTGRES_URL]
     run = subprocess.run(
-        [sys.executable, str(BENCH / script), *arguments, "--postgres-url", POSTGRES_URL],
+        [sys.executable, str(BENCH / script), *arguments],
         capture_output=True,
         text=True,
         timeout=300,

@@ -1,7 +1,9 @@
 """The SMTP transport against a real SMTP server (aiosmtpd) on 127.0.0.1.
 
 The server's verdict depends on the recipient's local part: ``ok…`` is accepted, ``later…``
-gets 450 and ``never…`` 550 at RCPT, ``bounce-data…`` 554 at the end of DATA.
+gets 450 and ``never…`` 550 at RCPT, ``bounce-data…`` 554 at the end of DATA. Every test with
+an aiosmtpd peer runs twice: with PIPELINING announced (aiosmtpd takes pipelined commands but
+does not announce it by itself) and without, one command a round trip.
 """
 
 from __future__ import annotations
@@ -70,6 +72,20 @@ class Handler:
     refuse_next_mail: str | None = None
     drop_next_mail: bool = False
     data_delay: float = 0.0
+    pipelining: bool = True
+
+    async def handle_EHLO(
+        self,
+        server: SmtpServer,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        session.host_name = hostname  # what aiosmtpd does itself when there is no hook
+        if self.pipelining:
+            responses.insert(-1, "250-PIPELINING")
+        return responses
 
     async def handle_MAIL(
         self,
@@ -152,8 +168,8 @@ def authenticate(
 class Peer:
     """An aiosmtpd server in its own thread; restartable on the same port."""
 
-    def __init__(self, **server_options: Any) -> None:
-        self.handler = Handler()
+    def __init__(self, pipelining: bool = True, **server_options: Any) -> None:
+        self.handler = Handler(pipelining=pipelining)
         self.port = free_port()
         self.options = server_options
         self.controller: Controller | None = None
@@ -174,12 +190,12 @@ class Peer:
             self.controller = None
 
 
-@pytest.fixture
-def start_peer() -> Iterator[Callable[..., Peer]]:
+@pytest.fixture(params=[True, False], ids=["pipelining", "one-at-a-time"])
+def start_peer(request: pytest.FixtureRequest) -> Iterator[Callable[..., Peer]]:
     peers: list[Peer] = []
 
     def start(**server_options: Any) -> Peer:
-        peer = Peer(**server_options)
+        peer = Peer(pipelining=request.param, **server_options)
         peer.start()
         peers.append(peer)
         return peer
@@ -520,6 +536,22 @@ async def test_auth_with_the_right_credentials(
     start_peer: Callable[..., Peer], make_channel: Callable[..., SmtpChannel]
 ) -> None:
     peer = start_peer(auth_require_tls=False, authenticator=authenticate)
+    channel = make_channel(peer.port, username=USERNAME, password=PASSWORD)
+
+    accepted(await channel.send([email_to("ok@example.ru")]))
+
+    [received] = peer.handler.received
+    assert received.authenticated
+
+
+@pytest.mark.parametrize("mechanism", ["LOGIN", "PLAIN"])
+async def test_auth_with_one_mechanism_offered(
+    start_peer: Callable[..., Peer], make_channel: Callable[..., SmtpChannel], mechanism: str
+) -> None:
+    other = {"LOGIN": "PLAIN", "PLAIN": "LOGIN"}[mechanism]
+    peer = start_peer(
+        auth_require_tls=False, authenticator=authenticate, auth_exclude_mechanism=[other]
+    )
     channel = make_channel(peer.port, username=USERNAME, password=PASSWORD)
 
     accepted(await channel.send([email_to("ok@example.ru")]))
