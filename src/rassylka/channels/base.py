@@ -101,6 +101,9 @@ async def send_each(
     name: str,
 ) -> list[Outcome]:
     """Send every message at once, one task each; outcomes in the messages' order."""
+    if len(messages) == 1:
+        # The dispatcher's senders hand over one message at a time: no task group for it.
+        return [await send_one(messages[0])]
     async with asyncio.TaskGroup() as group:
         tasks: list[asyncio.Task[Outcome]] = [
             group.create_task(send_one(message), name=f"{name}-send-{message.id}")
