@@ -101,7 +101,7 @@ class Settings(BaseSettings):
     """JSON object: the provider's status word → SMPP state (DELIVRD, UNDELIV, EXPIRED, …)."""
 
     # The dispatcher.
-    dispatch_batch_size: int = Field(default=200, ge=1, le=10_000)
+    dispatch_batch_size: int = Field(default=500, ge=1, le=10_000)
     """Messages one claim takes at most."""
     dispatch_lease: float = Field(default=300.0, gt=0)
     """Seconds a claim holds its messages; a dead worker's claims return to the queue then."""

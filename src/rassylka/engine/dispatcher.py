@@ -79,7 +79,7 @@ DB_RETRY_DELAY = 1.0
 
 @dataclass(frozen=True)
 class DispatchConfig:
-    batch_size: int = 200
+    batch_size: int = 500
     lease: float = 300.0
     poll_interval: float = 1.0
     concurrency: Mapping[int, int] | None = None
