@@ -37,6 +37,7 @@ bench: $(VENV)/.installed-dev
 	$(BIN)/python bench/stream_latency.py
 	$(BIN)/python bench/smtp_transport.py
 	$(BIN)/python bench/compose.py
+	$(BIN)/python bench/api_load.py
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check src tests

@@ -28,6 +28,7 @@ NO_DATABASE = {"smtp_transport.py", "compose.py"}
         ("stream_latency.py", ["--events", "10", "--streams", "1"], "median ms"),
         ("smtp_transport.py", ["--messages", "300", "--repeat", "1"], "SmtpChannel, composing"),
         ("compose.py", ["--messages", "200"], "direct"),
+        ("api_load.py", ["--tiny"], "creates/s ÷ 2,000"),
     ],
 )
 def test_a_benchmark_runs_in_its_tiny_mode(
