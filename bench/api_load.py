@@ -105,6 +105,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--rate", type=float, default=500.0)
+    parser.add_argument("--api-workers", type=int, default=1, help="rassylka api --workers")
     parser.add_argument("--postgres-url", default=DEFAULT_POSTGRES)
     parser.add_argument("--tiny", action="store_true", help="one second, light load")
     options = parser.parse_args()
@@ -121,7 +122,9 @@ def main() -> None:
                 [str(RASSYLKA), "db", "upgrade"], env=env, check=True, stdout=subprocess.DEVNULL
             )
             port = free_port()
-            api = processes.start("api", "api", "--port", str(port))
+            api = processes.start(
+                "api", "api", "--port", str(port), "--workers", str(options.api_workers)
+            )
             base = f"http://127.0.0.1:{port}"
             wait_for_api(base, api)
             code = f"l{uuid.uuid4().hex[:8]}"
@@ -136,7 +139,8 @@ def main() -> None:
         sys.exit(f"{len(load.failures)} requests failed, e.g. {load.failures[0]}")
     ms = 1000.0
     print(
-        f"\nPOST /client/create against one `rassylka api` process on PostgreSQL "
+        f"\nPOST /client/create against `rassylka api --workers {options.api_workers}` on "
+        f"PostgreSQL "
         f"({os.cpu_count()} CPUs, the load generator on the same machine)\n"
     )
     print(f"{'load':<36}{'requests':>10}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}")

@@ -68,6 +68,9 @@ def serve(
 def api(
     host: Annotated[str, typer.Option(help="Адрес для входящих соединений")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Порт HTTP API")] = 8000,
+    workers: Annotated[
+        int, typer.Option(min=1, help="Процессов API на одном порту (по ядру на каждый)")
+    ] = 1,
 ) -> None:
     """Только HTTP API, без отправки: рядом запускают `rassylka worker` (сколько угодно, на
     одной PostgreSQL). Схему базы не меняет — для этого `rassylka db upgrade`."""
@@ -77,7 +80,14 @@ def api(
     )
     _warn_if_open(settings, host)
     console.print(f"Rassylka API: http://{host}:{port}  (документация: http://{host}:{port}/docs)")
-    uvicorn.run("rassylka.app:create_app", factory=True, host=host, port=port, log_level="info")
+    uvicorn.run(
+        "rassylka.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level="info",
+    )
 
 
 def _warn_if_open(settings: Settings, host: str) -> None:
