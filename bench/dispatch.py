@@ -54,7 +54,7 @@ from sqlalchemy import Table, delete, func, insert, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from peers import HTML, SMTP_SINK, SUBJECT, TEXT, Sink
+from peers import HTML, SMTP_SINK, SUBJECT, TEXT, Sink, postgres
 from rassylka.channels.base import (
     Accepted,
     Channel,
@@ -561,26 +561,11 @@ def _progress(
 # -- the databases ------------------------------------------------------------------------------
 
 
-def _dsn(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
-async def _postgres(url: str, *statements: str) -> str:
-    """Run ``statements`` on the server at ``url``; its version."""
-    connection = await asyncpg.connect(_dsn(url), timeout=5)
-    try:
-        for statement in statements:
-            await connection.execute(statement)
-        return str(await connection.fetchval("SHOW server_version")).split()[0]
-    finally:
-        await connection.close()
-
-
-def bench_postgres(admin_url: str, options: Options) -> Report:
+def benchpostgres(admin_url: str, options: Options) -> Report:
     report = Report("postgresql")
     name = f"rassylka_bench_dispatch_{os.getpid()}"
     try:
-        report.version = asyncio.run(_postgres(admin_url, f'CREATE DATABASE "{name}"'))
+        report.version = asyncio.run(postgres(admin_url, f'CREATE DATABASE "{name}"'))
     except (TimeoutError, OSError, asyncpg.PostgresError) as error:
         report.notes.append(f"postgresql: skipped, {make_url(admin_url).host} unreachable: {error}")
         return report
@@ -588,7 +573,7 @@ def bench_postgres(admin_url: str, options: Options) -> Report:
         url = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
         asyncio.run(measure(url, report, options, clean_up=False))
     finally:
-        asyncio.run(_postgres(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        asyncio.run(postgres(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     return report
 
 
@@ -599,7 +584,7 @@ def bench_url(url: str, options: Options, *, clean_up: bool = False) -> Report:
         report.version = sqlite3.sqlite_version
     else:
         with suppress(Exception):
-            report.version = asyncio.run(_postgres(url))
+            report.version = asyncio.run(postgres(url))
     asyncio.run(measure(url, report, options, clean_up=clean_up))
     return report
 
@@ -731,7 +716,7 @@ def run() -> None:
                 sqlite_url = f"sqlite+aiosqlite:///{Path(tmp) / 'bench.db'}"
                 reports.append(bench_url(sqlite_url, options))
                 if args.postgres_url:
-                    reports.append(bench_postgres(args.postgres_url, options))
+                    reports.append(benchpostgres(args.postgres_url, options))
         finally:
             if reports:
                 print_table(reports, options)

@@ -41,10 +41,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 from sqlalchemy.engine import make_url
 
-from peers import HTML, SMTP_SINK, SMTP_SOURCE, SUBJECT, TEXT, Sink, free_port
+from peers import HTML, SMTP_SINK, SMTP_SOURCE, SUBJECT, TEXT, Sink, free_port, postgres
 
 DEFAULT_POSTGRES = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
 IMPORT_CHUNK = 50_000
@@ -219,22 +218,12 @@ def engine_run(base: str, sink: Sink, project_id: int, template_id: int, count: 
 
 @contextmanager
 def scratch_database(server_url: str) -> Iterator[str]:
-    url = make_url(server_url)
     name = f"rassylka_bench_{uuid.uuid4().hex[:10]}"
-    dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
-
-    async def execute(sql: str) -> None:
-        connection = await asyncpg.connect(dsn)
-        try:
-            await connection.execute(sql)
-        finally:
-            await connection.close()
-
-    asyncio.run(execute(f'CREATE DATABASE "{name}"'))
+    asyncio.run(postgres(server_url, f'CREATE DATABASE "{name}"'))
     try:
-        yield url.set(database=name).render_as_string(hide_password=False)
+        yield make_url(server_url).set(database=name).render_as_string(hide_password=False)
     finally:
-        asyncio.run(execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        asyncio.run(postgres(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 # -- main --------------------------------------------------------------------------------------
@@ -255,9 +244,10 @@ def main() -> None:
         if not os.access(tool, os.X_OK):
             sys.exit(f"{tool} is missing: install Debian's postfix (tests/peers/install.sh)")
     count = options.messages
-    with tempfile.TemporaryDirectory(prefix="rassylka-bench-") as scratch, scratch_database(
-        options.postgres_url
-    ) as database_url:
+    with (
+        tempfile.TemporaryDirectory(prefix="rassylka-bench-") as scratch,
+        scratch_database(options.postgres_url) as database_url,
+    ):
         workdir = Path(scratch)
         os.chmod(workdir, 0o755)
         sink = Sink(workdir)
@@ -274,11 +264,14 @@ def main() -> None:
         }
         processes = Processes(workdir, env)
         try:
-            subprocess.run([str(RASSYLKA), "db", "upgrade"], env=env, check=True,
-                           stdout=subprocess.DEVNULL)
+            subprocess.run(
+                [str(RASSYLKA), "db", "upgrade"], env=env, check=True, stdout=subprocess.DEVNULL
+            )
             source = [smtp_source(sink, count) for _ in range(options.runs)]
-            print(f"smtp-source: {', '.join(f'{rate:,.0f}' for rate in source)} msg/s",
-                  file=sys.stderr)
+            print(
+                f"smtp-source: {', '.join(f'{rate:,.0f}' for rate in source)} msg/s",
+                file=sys.stderr,
+            )
             api = processes.start("api", "api", "--port", str(port))
             base = f"http://127.0.0.1:{port}"
             wait_for_api(base, api)
@@ -286,8 +279,11 @@ def main() -> None:
                 processes.start(f"worker{number + 1}", "worker")
             started = time.perf_counter()
             project_id, template_id = arrange(base, count)
-            print(f"imported {count:,} clients through the API in "
-                  f"{time.perf_counter() - started:.1f} s", file=sys.stderr)
+            print(
+                f"imported {count:,} clients through the API in "
+                f"{time.perf_counter() - started:.1f} s",
+                file=sys.stderr,
+            )
             engine = []
             for _ in range(options.runs):
                 engine.append(engine_run(base, sink, project_id, template_id, count))
@@ -298,19 +294,24 @@ def main() -> None:
             sink.stop()
     source_median = statistics.median(source)
     engine_median = statistics.median(engine)
-    print(f"\nEmail end to end on PostgreSQL: {count:,} messages per run, {options.runs} runs, "
-          f"{options.workers} worker process(es), SMTP pool {options.pool_size} "
-          f"({os.cpu_count()} CPUs)\n")
+    print(
+        f"\nEmail end to end on PostgreSQL: {count:,} messages per run, {options.runs} runs, "
+        f"{options.workers} worker process(es), SMTP pool {options.pool_size} "
+        f"({os.cpu_count()} CPUs)\n"
+    )
     print(f"{'phase':<40}{'median msg/s':>14}{'runs':>28}")
     print("-" * 82)
-    print(f"{'smtp-source -d -s 4 -l 1000 → smtp-sink':<40}{source_median:>14,.0f}"
-          f"{', '.join(f'{r:,.0f}' for r in source):>28}")
-    print(f"{'rassylka: mailing create → all sent':<40}{engine_median:>14,.0f}"
-          f"{', '.join(f'{r:,.0f}' for r in engine):>28}")
+    print(
+        f"{'smtp-source -d -s 4 -l 1000 → smtp-sink':<40}{source_median:>14,.0f}"
+        f"{', '.join(f'{r:,.0f}' for r in source):>28}"
+    )
+    print(
+        f"{'rassylka: mailing create → all sent':<40}{engine_median:>14,.0f}"
+        f"{', '.join(f'{r:,.0f}' for r in engine):>28}"
+    )
     print("\npeak RSS (VmHWM): " + ", ".join(f"{n} {mb:.0f} MB" for n, mb in peaks.items()))
     print("the sink counted exactly N more messages after every run: none lost, none twice")
-    print(f"\nratio (rassylka ÷ smtp-source): {engine_median / source_median:.3f}  "
-          f"(target ≥ 0.50)")
+    print(f"\nratio (rassylka ÷ smtp-source): {engine_median / source_median:.3f}  (target ≥ 0.50)")
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ import httpx
 from sqlalchemy import Table, insert, text
 from sqlalchemy.engine import make_url
 
+from peers import postgres
 from rassylka.clients.models import Client
 from rassylka.db import create_engine, utcnow
 
@@ -310,26 +311,11 @@ def _progress(backend: str, phase: Phase) -> None:
 # -- the databases ------------------------------------------------------------------------------
 
 
-def _dsn(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
-async def _postgres(url: str, *statements: str) -> str:
-    """Run ``statements`` on the server at ``url``; its version."""
-    connection = await asyncpg.connect(_dsn(url), timeout=5)
-    try:
-        for statement in statements:
-            await connection.execute(statement)
-        return str(await connection.fetchval("SHOW server_version")).split()[0]
-    finally:
-        await connection.close()
-
-
-def bench_postgres(admin_url: str, *, rows: int, budget: float, workdir: Path) -> Report:
+def benchpostgres(admin_url: str, *, rows: int, budget: float, workdir: Path) -> Report:
     report = Report("postgresql")
     name = f"rassylka_bench_{os.getpid()}"
     try:
-        report.version = asyncio.run(_postgres(admin_url, f'CREATE DATABASE "{name}"'))
+        report.version = asyncio.run(postgres(admin_url, f'CREATE DATABASE "{name}"'))
     except (TimeoutError, OSError, asyncpg.PostgresError) as error:
         report.notes.append(f"postgresql: skipped, {make_url(admin_url).host} unreachable: {error}")
         return report
@@ -337,7 +323,7 @@ def bench_postgres(admin_url: str, *, rows: int, budget: float, workdir: Path) -
         url = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
         measure(url, report, rows=rows, budget=budget, workdir=workdir, clean_up=False)
     finally:
-        asyncio.run(_postgres(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        asyncio.run(postgres(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     return report
 
 
@@ -350,7 +336,7 @@ def bench_url(
         report.version = sqlite3.sqlite_version
     else:
         with suppress(Exception):
-            report.version = asyncio.run(_postgres(url))
+            report.version = asyncio.run(postgres(url))
     measure(url, report, rows=rows, budget=budget, workdir=workdir, clean_up=clean_up)
     return report
 
@@ -419,7 +405,7 @@ def main() -> None:
             sqlite_url = f"sqlite+aiosqlite:///{workdir / 'bench.db'}"
             reports.append(bench_url(sqlite_url, **options))
             if args.postgres_url:
-                reports.append(bench_postgres(args.postgres_url, **options))
+                reports.append(benchpostgres(args.postgres_url, **options))
     print_table(reports, args.rows)
 
 

@@ -11,6 +11,9 @@ import subprocess
 import time
 from pathlib import Path
 
+import asyncpg
+from sqlalchemy.engine import make_url
+
 SMTP_SINK = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
 SMTP_SOURCE = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
 COUNTERS = re.compile(rb"sess=(\d+) quit=(\d+) mesg=(\d+)\r")
@@ -114,3 +117,19 @@ class Sink:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+def dsn(url: str) -> str:
+    """A SQLAlchemy URL (``postgresql+asyncpg://…``) as asyncpg takes it."""
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+async def postgres(url: str, *statements: str) -> str:
+    """Run ``statements`` on the server at ``url``; its version."""
+    connection = await asyncpg.connect(dsn(url), timeout=5)
+    try:
+        for statement in statements:
+            await connection.execute(statement)
+        return str(await connection.fetchval("SHOW server_version")).split()[0]
+    finally:
+        await connection.close()

@@ -45,6 +45,7 @@ import httpx
 from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
+from peers import postgres
 from rassylka.db import create_engine, create_sessionmaker, utcnow
 from rassylka.messages import queue
 from rassylka.messages.models import Message
@@ -261,20 +262,6 @@ def bench(
     return rows
 
 
-def _dsn(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
-async def _postgres(url: str, *statements: str) -> str:
-    connection = await asyncpg.connect(_dsn(url), timeout=5)
-    try:
-        for statement in statements:
-            await connection.execute(statement)
-        return str(await connection.fetchval("SHOW server_version")).split()[0]
-    finally:
-        await connection.close()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=100)
@@ -301,7 +288,7 @@ def main() -> None:
         if args.postgres_url:
             name = f"rassylka_bench_{os.getpid()}"
             try:
-                version = asyncio.run(_postgres(args.postgres_url, f'CREATE DATABASE "{name}"'))
+                version = asyncio.run(postgres(args.postgres_url, f'CREATE DATABASE "{name}"'))
             except (TimeoutError, OSError, asyncpg.PostgresError) as error:
                 notes.append(f"postgresql: skipped, unreachable: {error}")
             else:
@@ -311,7 +298,7 @@ def main() -> None:
                     rows += bench("postgresql", version, rendered, args, workdir)
                 finally:
                     drop = f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'
-                    asyncio.run(_postgres(args.postgres_url, drop))
+                    asyncio.run(postgres(args.postgres_url, drop))
 
     print(
         f"\nCommit in another process → event on the live stream, {args.events} events "

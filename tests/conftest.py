@@ -99,6 +99,15 @@ def postgres() -> Iterator[PostgresServer]:
     asyncio.run(server.execute(f'DROP DATABASE IF EXISTS "{template}" WITH (FORCE)'))
 
 
+def require_postgres(postgres: PostgresServer) -> None:
+    """Skip a test that needs PostgreSQL when it cannot be reached, with the reason; fail
+    instead when ``RASSYLKA_TEST_REQUIRE_POSTGRES`` is set (CI)."""
+    if postgres.template is None:
+        if REQUIRE_POSTGRES:
+            pytest.fail(postgres.problem or "PostgreSQL required")
+        pytest.skip(postgres.problem or "PostgreSQL unavailable")
+
+
 @pytest.fixture(scope="session")
 def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("template") / "template.db"
@@ -121,10 +130,7 @@ def database_url(
         shutil.copyfile(sqlite_template, path)
         yield f"sqlite+aiosqlite:///{path}"
         return
-    if postgres.template is None:
-        if REQUIRE_POSTGRES:
-            pytest.fail(postgres.problem or "PostgreSQL required")
-        pytest.skip(postgres.problem or "PostgreSQL unavailable")
+    require_postgres(postgres)
     name = f"rassylka_test_{uuid.uuid4().hex[:12]}"
     asyncio.run(postgres.execute(f'CREATE DATABASE "{name}" TEMPLATE "{postgres.template}"'))
     yield postgres.database_url(name)

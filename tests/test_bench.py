@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import POSTGRES_URL, REQUIRE_POSTGRES, PostgresServer
+from conftest import POSTGRES_URL, PostgresServer, require_postgres
 from helpers import missing_peer
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
@@ -34,10 +34,7 @@ NO_DATABASE = {"smtp_transport.py", "compose.py"}
 def test_a_benchmark_runs_in_its_tiny_mode(
     postgres: PostgresServer, script: str, arguments: list[str], last_figure: str
 ) -> None:
-    if postgres.template is None:
-        if REQUIRE_POSTGRES:
-            pytest.fail(postgres.problem or "PostgreSQL required")
-        pytest.skip(postgres.problem or "PostgreSQL unavailable")
+    require_postgres(postgres)
     if script in ("email_e2e.py", "dispatch.py", "smtp_transport.py") and not all(
         os.access(tool, os.X_OK) for tool in POSTFIX_TOOLS
     ):

@@ -28,6 +28,7 @@ from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import make_url
 
 import rassylka.models  # noqa: F401  (every table onto the metadata)
+from conftest import require_postgres
 from rassylka import migrate
 from rassylka.db import metadata
 
@@ -37,7 +38,6 @@ if TYPE_CHECKING:
 RASSYLKA = Path(sys.executable).with_name("rassylka")
 MODEL_TABLES = set(metadata.tables)
 START_TIMEOUT = 20.0
-REQUIRE_POSTGRES = bool(os.environ.get("RASSYLKA_TEST_REQUIRE_POSTGRES"))
 
 
 def _head() -> str:
@@ -252,14 +252,6 @@ def test_serve_on_the_default_sqlite_file(tmp_path: Path, serve: StartServer) ->
     _check_api(served)
 
 
-def _require_postgres(postgres: PostgresServer) -> None:
-    """conftest's rule: skip with the reason, or fail when RASSYLKA_TEST_REQUIRE_POSTGRES is set."""
-    if postgres.template is None:
-        if REQUIRE_POSTGRES:
-            pytest.fail(postgres.problem or "PostgreSQL required")
-        pytest.skip(postgres.problem or "PostgreSQL unavailable")
-
-
 async def _postgres_tables(url: str) -> tuple[set[str], list[str]]:
     dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
     connection = await asyncpg.connect(dsn, timeout=5)
@@ -279,7 +271,7 @@ async def _postgres_tables(url: str) -> tuple[set[str], list[str]]:
 @pytest.fixture
 def empty_postgres_database(postgres: PostgresServer) -> Iterator[str]:
     """A new, empty PostgreSQL database (no schema at all), dropped afterwards."""
-    _require_postgres(postgres)
+    require_postgres(postgres)
     name = f"rassylka_cli_{uuid.uuid4().hex[:12]}"
     asyncio.run(postgres.execute(f'CREATE DATABASE "{name}"'))
     try:
