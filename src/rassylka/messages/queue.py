@@ -26,9 +26,13 @@ from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import (
+    BigInteger,
     ColumnElement,
+    Integer,
     String,
     Table,
+    Text,
+    any_,
     bindparam,
     delete,
     exists,
@@ -40,6 +44,7 @@ from sqlalchemy import (
     text,
     update,
 )
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from rassylka.clients.models import Client
@@ -114,6 +119,19 @@ class FailedResult:
 
 def _is_postgresql(session: AsyncSession) -> bool:
     return session.get_bind().dialect.name == "postgresql"
+
+
+def among(session: AsyncSession, column: Any, ids: Iterable[int]) -> ColumnElement[bool]:
+    """``column IN ids``. On PostgreSQL ``column = ANY(:ids)``: one array parameter, so the
+    statement compiles, caches and binds the same whatever the count (an expanded ``IN`` of a
+    batch's 500 ids costs more to render and bind than the rest of the statement)."""
+    if _is_postgresql(session):
+        return cast(ColumnElement[bool], column == any_(_array(list(ids), BigInteger)))
+    return cast(ColumnElement[bool], column.in_(list(ids)))
+
+
+def _array(values: list[Any], item_type: Any) -> Any:
+    return bindparam(None, values, type_=ARRAY(item_type))
 
 
 async def claim(
@@ -199,7 +217,9 @@ async def record(
     took is that worker's to record. ``unsent`` are released (see ``release``), ``deferrals``
     deferred (see ``defer``), in the same transaction.
     """
-    if sent:
+    if sent and _is_postgresql(session):
+        await _record_sent_unnest(session, sent, now)
+    elif sent:
         await session.execute(
             update(MESSAGE)
             .where(_by_id())
@@ -274,6 +294,36 @@ async def record(
     await _log_changed(session, [d.id for d in deferrals], MessageStatus.QUEUED, now)
 
 
+async def _record_sent_unnest(
+    session: AsyncSession, sent: Sequence[SentResult], now: datetime
+) -> None:
+    """PostgreSQL: a batch marked sent by one ``UPDATE … FROM unnest(arrays)``, one statement
+    with four array parameters, rather than one execution per message."""
+    values = (
+        func.unnest(
+            _array([result.id for result in sent], BigInteger),
+            _array([storable(r.peer_message_id, PEER_ID_LENGTH) for r in sent], String),
+            _array([storable(result.reply) for result in sent], Text),
+            _array([result.parts for result in sent], Integer),
+        )
+        .table_valued("id", "peer_message_id", "reply", "parts")
+        .render_derived(name="sent")
+    )
+    await session.execute(
+        update(MESSAGE)
+        .where(MESSAGE.c.id == values.c.id, MESSAGE.c.status == MessageStatus.SENDING)
+        .values(
+            status=MessageStatus.SENT,
+            peer_message_id=values.c.peer_message_id,
+            reply=values.c.reply,
+            parts=values.c.parts,
+            sent_at=now,
+            leased_until=None,
+            updated_at=now,
+        )
+    )
+
+
 async def _add_parts(session: AsyncSession, sent: Sequence[SentResult]) -> None:
     """The peer ids of the sent SMS parts, which delivery receipts will name. A message the
     same batch could not mark sent (another worker's now) has its parts kept all the same: a
@@ -300,7 +350,7 @@ async def _release(session: AsyncSession, ids: Sequence[int], now: datetime) -> 
         return
     await session.execute(
         update(MESSAGE)
-        .where(MESSAGE.c.id.in_(ids), MESSAGE.c.status == MessageStatus.SENDING)
+        .where(among(session, MESSAGE.c.id, ids), MESSAGE.c.status == MessageStatus.SENDING)
         .values(
             status=MessageStatus.QUEUED,
             attempts=MESSAGE.c.attempts - 1,
@@ -513,7 +563,10 @@ async def log_events(
         for start in range(0, len(ids), EVENT_CHUNK):
             chunk = list(ids[start : start + EVENT_CHUNK])
             await _insert_events(
-                session, [*where, MESSAGE.c.id.in_(chunk)], old_status=old_status, now=now
+                session,
+                [*where, among(session, MESSAGE.c.id, chunk)],
+                old_status=old_status,
+                now=now,
             )
         return
     await _insert_events(session, where, old_status=old_status, now=now)
@@ -619,7 +672,9 @@ async def settle(session: AsyncSession, *, verdicts: Sequence[Verdict], now: dat
     for start in range(0, len(ids), EVENT_CHUNK):
         chunk = ids[start : start + EVENT_CHUNK]
         changed += await session.scalars(
-            select(MESSAGE.c.id).where(MESSAGE.c.id.in_(chunk), MESSAGE.c.updated_at == now)
+            select(MESSAGE.c.id).where(
+                among(session, MESSAGE.c.id, chunk), MESSAGE.c.updated_at == now
+            )
         )
     await log_events(
         session,

@@ -59,34 +59,52 @@ class RenderedEmail:
 class CompiledTemplate:
     def __init__(self, sources: TemplateSources) -> None:
         self._compiled: dict[str, Template] = {}
+        globals_: dict[str, Any] = {}
         for name in TEXT_FIELDS + HTML_FIELDS:
             source = getattr(sources, name)
             if source is not None:
                 chosen = html_environment if name in HTML_FIELDS else environment
-                self._compiled[name] = chosen.from_string(source)
+                template = chosen.from_string(source)
+                # Jinja's render() copies a template's globals (a ChainMap over the
+                # environment's, slow to iterate) into a fresh dict, and its Context lists
+                # their names, on every call, three times per email. Here they are copied
+                # once, a message's names are laid over one copy of them that serves all of
+                # its parts (see _variables), and the template keeps none of its own.
+                globals_.update(template.globals)
+                template.globals = {}
+                self._compiled[name] = template
+        self._globals = globals_
 
-    def _render(self, name: str, context: Mapping[str, Any]) -> str | None:
+    def _variables(self, context: Mapping[str, Any]) -> dict[str, Any]:
+        return {**self._globals, **context}
+
+    def _render(self, name: str, variables: dict[str, Any]) -> str | None:
+        """One part, from ``variables`` (the globals and the recipient's names): what
+        ``Template.render`` does, without its copy of the globals; a template's ``{% set %}``
+        writes to its own context, never to ``variables``."""
         template = self._compiled.get(name)
         if template is None:
             return None
         try:
-            return template.render(context)
+            context = template.new_context(variables, shared=True)
+            return template.environment.concat(template.root_render_func(context))
         except TemplateError as error:
             raise RenderError(name, error.message or type(error).__name__) from None
         except Exception as error:  # a filter or operation failing on this client's data
             raise RenderError(name, f"{type(error).__name__}: {error}") from None
 
     def render_email(self, context: Mapping[str, Any]) -> RenderedEmail:
-        subject = self._render("email_subject", context)
-        html = self._render("email_html", context)
-        text = self._render("email_text", context)
+        variables = self._variables(context)
+        subject = self._render("email_subject", variables)
+        html = self._render("email_html", variables)
+        text = self._render("email_text", variables)
         if subject is None or (html is None and text is None):
             raise RenderError("email_subject", "в шаблоне нет письма (темы и текста)")
         # A mail with only HTML still carries a plain part: some clients show nothing else.
         return RenderedEmail(subject=subject.strip(), text=text or _plain(html or ""), html=html)
 
     def render_sms(self, context: Mapping[str, Any]) -> str:
-        text = self._render("sms_text", context)
+        text = self._render("sms_text", self._variables(context))
         if text is None:
             raise RenderError("sms_text", "в шаблоне нет текста SMS")
         return text.strip()
