@@ -193,6 +193,7 @@ class Counting:
     def __init__(self, transport: Channel, target: int) -> None:
         self.transport = transport
         self.kind = transport.kind
+        self.send_batch = getattr(transport, "send_batch", 1)
         self.target = target
         self.accepted = 0
         self.last_reply = ""

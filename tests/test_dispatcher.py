@@ -153,6 +153,47 @@ async def test_temporary_errors_retry_then_fail_and_permanent_ones_fail_at_once(
     assert found["ok@example.ru"]["status"] == "sent"
 
 
+class Watching:
+    """The real SMTP channel, recording how many messages each ``send`` was handed."""
+
+    def __init__(self, channel: SmtpChannel) -> None:
+        self.channel = channel
+        self.kind = channel.kind
+        self.send_batch = channel.send_batch
+        self.sizes: list[int] = []
+
+    async def send(self, messages: Sequence[OutboundMessage]) -> list[Outcome]:
+        self.sizes.append(len(messages))
+        return await self.channel.send(messages)
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+
+async def test_a_healthy_mailing_goes_in_batches_once_its_first_sends_succeed(
+    api: httpx.AsyncClient, engine: AsyncEngine, smtp: SmtpPeer
+) -> None:
+    await arrange(api, [client(n, f"ok{n}@example.ru") for n in range(120)])
+    channel = Watching(SmtpChannel(SmtpConfig(host="127.0.0.1", port=smtp.port, pool_size=2)))
+    config = DispatchConfig(poll_interval=0.05, concurrency={1: 2}, retry=FAST_RETRY)
+    worker = Worker(engine, {1: channel}, config)
+    task = asyncio.create_task(run_until_stopped(worker, grace=10))
+    try:
+        await until(lambda: all_final(engine))
+    finally:
+        worker.stop()
+        await task
+    found = await statuses(engine)
+    assert all(row["status"] == "sent" for row in found.values())
+    assert sum(channel.sizes) == 120
+    assert sorted(str(message["To"]) for message in smtp.received) == sorted(found)
+    # One at a time until 16 sends have succeeded (so a failing mailing's error budget is
+    # checked after each), then several a time (one SMTP round trip each).
+    assert channel.sizes[:16] == [1] * 16
+    assert max(channel.sizes) > 1
+    assert max(channel.sizes) <= channel.send_batch
+
+
 async def test_a_render_error_fails_that_message_only(
     api: httpx.AsyncClient, engine: AsyncEngine, smtp: SmtpPeer, start_worker: StartWorker
 ) -> None:

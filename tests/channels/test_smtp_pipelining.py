@@ -246,6 +246,33 @@ async def make_channel() -> AsyncIterator[Callable[..., SmtpChannel]]:
         await channel.close()
 
 
+async def test_with_pipelining_a_batch_takes_one_write_per_message(
+    start_server: Start, make_channel: Callable[..., SmtpChannel]
+) -> None:
+    server = await start_server()
+    channel = make_channel(server.port, pool_size=1)
+
+    accepted(await channel.send([email_to(f"ok-{n}@example.ru", id=n) for n in range(5)]))
+
+    [connection] = server.connections
+    reads = connection.reads[1:]  # after EHLO
+    # The first envelope alone; then each message's content in one write with the next
+    # message's MAIL, RCPT and DATA (RFC 2920 3.1); the last content alone.
+    assert len(reads) == 6
+    first, *middle, last = reads
+    assert first.startswith(b"MAIL FROM:<rassylka@example.ru> SIZE=")
+    for n, read in enumerate(middle, start=1):
+        content, envelope = read.split(b"\r\n.\r\n")
+        assert b"Subject:" in content
+        mail, rcpt, data, rest = envelope.split(b"\r\n")
+        assert mail.startswith(b"MAIL FROM:<rassylka@example.ru> SIZE=")
+        assert rcpt == f"RCPT TO:<ok-{n}@example.ru>".encode()
+        assert (data, rest) == (b"DATA", b"")
+    assert last.endswith(b"\r\n.\r\n")
+    assert b"MAIL FROM" not in last
+    assert len(server.messages) == 5
+
+
 @pytest.mark.parametrize(("pipelining", "writes"), [(True, 2), (False, 4)])
 async def test_the_envelope_is_one_write_when_the_server_offers_pipelining(
     start_server: Start, make_channel: Callable[..., SmtpChannel], pipelining: bool, writes: int
@@ -253,7 +280,8 @@ async def test_the_envelope_is_one_write_when_the_server_offers_pipelining(
     server = await start_server(pipelining=pipelining)
     channel = make_channel(server.port, pool_size=1)
 
-    accepted(await channel.send([email_to(f"ok-{n}@example.ru", id=n) for n in range(5)]))
+    for n in range(5):  # one at a time, as the dispatcher sends a trickle
+        accepted(await channel.send([email_to(f"ok-{n}@example.ru", id=n)]))
 
     [connection] = server.connections
     reads = connection.reads[1:]  # after EHLO
@@ -493,3 +521,43 @@ async def test_auth_cram_md5_when_it_is_all_the_server_offers(
         assert isinstance(outcome, TransientChannelError)  # our configuration, not the message
         assert outcome.code == 535
         assert server.messages == []
+
+
+async def test_a_refused_recipient_inside_a_pipelined_batch_is_its_own_outcome(
+    start_server: Start, make_channel: Callable[..., SmtpChannel]
+) -> None:
+    server = await start_server()
+    channel = make_channel(server.port, pool_size=1)
+    addresses = ["ok-1", "never-2", "ok-3", "lenient-4", "ok-5"]
+
+    outcomes = await channel.send(
+        [email_to(f"{local}@example.ru", id=n) for n, local in enumerate(addresses)]
+    )
+
+    kinds = [type(outcome) for outcome in outcomes]
+    assert kinds == [Accepted, PermanentChannelError, Accepted, PermanentChannelError, Accepted]
+    assert len(server.connections) == 1
+    assert len(server.messages) == 3
+    # After a refused envelope: RSET (and, where DATA was taken all the same, an empty
+    # message), then the next envelope; after a message's content, no RSET.
+    commands = [command.split(":")[0].split(" ")[0] for command in server.commands()]
+    assert commands.count("RSET") == 2
+    assert commands.count("MAIL") == 5
+
+
+async def test_a_connection_lost_inside_a_batch_fails_only_the_message_under_way(
+    start_server: Start, make_channel: Callable[..., SmtpChannel]
+) -> None:
+    server = await start_server()
+    channel = make_channel(server.port, pool_size=1)
+    addresses = ["ok-1", "ok-2", "vanish-3", "ok-4", "ok-5"]
+
+    outcomes = await channel.send(
+        [email_to(f"{local}@example.ru", id=n) for n, local in enumerate(addresses)]
+    )
+
+    kinds = [type(outcome) for outcome in outcomes]
+    assert kinds == [Accepted, Accepted, TransientChannelError, Accepted, Accepted]
+    # The messages after it were never begun: they went at once on a fresh connection.
+    assert len(server.connections) == 2
+    assert len(server.messages) == 4

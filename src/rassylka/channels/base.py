@@ -79,6 +79,10 @@ Outcome = Accepted | ChannelError
 
 
 class Channel(Protocol):
+    """A transport. One that gains from being handed several messages at once says how many
+    in a ``send_batch`` attribute (``SmtpChannel``: a run on one connection, one round trip
+    each); the dispatcher's senders then take up to that many at a time, else one."""
+
     kind: ChannelKind
 
     async def send(self, messages: Sequence[OutboundMessage]) -> list[Outcome]:
@@ -102,7 +106,7 @@ async def send_each(
 ) -> list[Outcome]:
     """Send every message at once, one task each; outcomes in the messages' order."""
     if len(messages) == 1:
-        # The dispatcher's senders hand over one message at a time: no task group for it.
+        # The dispatcher's senders mostly hand over one message at a time: no task group.
         return [await send_one(messages[0])]
     async with asyncio.TaskGroup() as group:
         tasks: list[asyncio.Task[Outcome]] = [

@@ -28,17 +28,21 @@ from rassylka.channels.base import (
 from rassylka.channels.email_message import ComposedEmail, compose, parse_sender
 from rassylka.channels.smtp_client import (
     ClientConfig,
+    Reply,
     SmtpClient,
     SmtpError,
     SmtpNotSupported,
     SmtpRefused,
     SmtpStale,
     TlsMode,
+    Transaction,
 )
 
 if TYPE_CHECKING:
     from rassylka.config import Settings
 
+# A batch's messages go in runs of at least this many on one connection, one round trip each.
+PIPELINE_DEPTH = 8
 # QUIT is a courtesy; a server that does not answer quickly must not hold up shutdown.
 _QUIT_TIMEOUT = 2.0
 
@@ -78,6 +82,7 @@ class SmtpChannel:
     """The ``Channel`` for email; ``tls_context`` replaces the system's trust store."""
 
     kind = ChannelKind.EMAIL
+    send_batch = PIPELINE_DEPTH
 
     def __init__(self, config: SmtpConfig, *, tls_context: ssl.SSLContext | None = None) -> None:
         if config.pool_size < 1:
@@ -104,7 +109,18 @@ class SmtpChannel:
             self._idle.put_nowait(client)
 
     async def send(self, messages: Sequence[OutboundMessage]) -> list[Outcome]:
-        return await send_each(messages, self._send_one, name="smtp")
+        """Each message's outcome. One message is one transaction on a pooled connection; a
+        batch goes in runs of at least ``PIPELINE_DEPTH``, each run on one connection
+        (``SmtpClient.send_many``: one round trip per message), the runs side by side."""
+        if len(messages) <= 1:
+            return await send_each(messages, self._send_one, name="smtp")
+        run = max(PIPELINE_DEPTH, -(-len(messages) // self._config.pool_size))
+        runs = [messages[start : start + run] for start in range(0, len(messages), run)]
+        if len(runs) == 1:
+            return await self._send_run(runs[0])
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(self._send_run(part), name="smtp-run") for part in runs]
+        return [outcome for task in tasks for outcome in task.result()]
 
     async def close(self) -> None:
         """QUIT and close every pooled connection; a later ``send`` would reconnect."""
@@ -122,14 +138,9 @@ class SmtpChannel:
 
     async def _send_one(self, message: OutboundMessage) -> Outcome:
         try:
-            envelope = compose(message, sender=self._from_header)
+            envelope = self._composed(message)
         except ChannelError as error:
             return error
-        verp = self._config.verp
-        if verp is not None:
-            envelope = replace(
-                envelope, sender=verp.address(message.id), envelope_id=verp.token(message.id)
-            )
         client = await self._idle.get()
         finished = False
         try:
@@ -142,6 +153,94 @@ class SmtpChannel:
                 # so it must not carry the next message.
                 client.close()
             self._idle.put_nowait(client)
+
+    def _composed(self, message: OutboundMessage) -> ComposedEmail:
+        envelope = compose(message, sender=self._from_header)
+        verp = self._config.verp
+        if verp is not None:
+            envelope = replace(
+                envelope, sender=verp.address(message.id), envelope_id=verp.token(message.id)
+            )
+        return envelope
+
+    async def _send_run(self, messages: Sequence[OutboundMessage]) -> list[Outcome]:
+        outcomes: list[Outcome | None] = [None] * len(messages)
+        todo: list[tuple[int, ComposedEmail]] = []
+        for index, message in enumerate(messages):
+            try:
+                envelope = self._composed(message)
+            except ChannelError as error:
+                outcomes[index] = error
+                continue
+            if any(c in envelope.sender + envelope.recipient for c in "\r\n"):
+                outcomes[index] = PermanentChannelError("a line break in an address")
+                continue
+            todo.append((index, envelope))
+        if todo:
+            client = await self._idle.get()
+            finished = False
+            try:
+                await self._deliver_run(client, todo, outcomes)
+                finished = True
+            finally:
+                if not finished:
+                    client.close()  # cancelled mid-run: see _send_one
+                self._idle.put_nowait(client)
+        return [
+            outcome
+            if outcome is not None
+            else TransientChannelError("Connection lost before the server took the message")
+            for outcome in outcomes
+        ]
+
+    async def _deliver_run(
+        self,
+        client: SmtpClient,
+        todo: list[tuple[int, ComposedEmail]],
+        outcomes: list[Outcome | None],
+    ) -> None:
+        """Send ``todo`` on ``client``, filling ``outcomes``; what the server never began (a
+        stale connection, or the messages after one whose connection was lost) goes on a fresh
+        connection, as long as each connection settles at least one message."""
+        while todo:
+            try:
+                await self._open(client)
+                transactions: list[tuple[int, ComposedEmail, Transaction]] = []
+                for index, envelope in todo:
+                    try:
+                        transactions.append((index, envelope, self._transaction(client, envelope)))
+                    except ChannelError as error:
+                        outcomes[index] = error
+                replies = await client.send_many([t for _, _, t in transactions])
+            except SmtpStale:
+                client.close()
+                continue
+            except ChannelError as error:
+                for index, _ in todo:
+                    outcomes[index] = error
+                return
+            except (SmtpError, OSError, ValueError) as error:
+                client.close()
+                for index, _ in todo:
+                    outcomes[index] = outcomes[index] or _failure(error)
+                return
+            before, todo = len(todo), []
+            for (index, envelope, _), reply in zip(transactions, replies, strict=True):
+                if reply is None:
+                    todo.append((index, envelope))
+                elif isinstance(reply, Reply):
+                    outcomes[index] = Accepted(
+                        peer_message_id=envelope.message_id, reply=str(reply)
+                    )
+                else:
+                    if isinstance(reply, SmtpRefused) and not 400 <= reply.reply.code < 600:
+                        client.close()
+                    outcomes[index] = _failure(reply)
+            if not todo:
+                return
+            if len(todo) == before:
+                return  # nothing settled: they are left to the caller as not taken
+            client.close()
 
     async def _deliver(self, client: SmtpClient, envelope: ComposedEmail) -> Outcome:
         try:
@@ -165,6 +264,19 @@ class SmtpChannel:
 
     async def _attempt(self, client: SmtpClient, envelope: ComposedEmail) -> Accepted:
         await self._open(client)
+        transaction = self._transaction(client, envelope)
+        reply = await client.send(
+            transaction.sender,
+            transaction.recipient,
+            transaction.data,
+            options=transaction.options,
+            utf8=transaction.utf8,
+        )
+        return Accepted(peer_message_id=envelope.message_id, reply=str(reply))
+
+    def _transaction(self, client: SmtpClient, envelope: ComposedEmail) -> Transaction:
+        """The SMTP transaction of ``envelope`` on ``client`` (connected: its extensions say
+        how the message is written and which MAIL parameters go with it)."""
         utf8 = envelope.utf8 or self._sender_utf8
         if utf8 and not client.supports("SMTPUTF8"):
             raise PermanentChannelError(
@@ -182,10 +294,7 @@ class SmtpChannel:
         if envelope.envelope_id and client.supports("DSN"):
             # Headers only come back in a bounce: the token is all that is needed.
             options += [f"ENVID={envelope.envelope_id}", "RET=HDRS"]
-        reply = await client.send(
-            envelope.sender, envelope.recipient, data, options=" ".join(options), utf8=utf8
-        )
-        return Accepted(peer_message_id=envelope.message_id, reply=str(reply))
+        return Transaction(envelope.sender, envelope.recipient, data, " ".join(options), utf8)
 
     async def _open(self, client: SmtpClient) -> None:
         """Connect, greet, STARTTLS and AUTH, unless connected. A refusal here (554 at the

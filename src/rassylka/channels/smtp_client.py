@@ -28,6 +28,7 @@ import hmac
 import re
 import socket
 import ssl
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, NoReturn
 
@@ -140,12 +141,7 @@ class SmtpClient:
         ``SmtpStale`` if this connection carried an earlier transaction and was closed (or
         given 421) before this one's MAIL was taken: the caller may try a fresh connection.
         """
-        encoding = "utf-8" if utf8 else "ascii"
-        for address in (sender, recipient):
-            if "\r" in address or "\n" in address:
-                raise ValueError(f"a line break in the address {address!r}")
-        mail = f"MAIL FROM:<{sender}>{' ' + options if options else ''}\r\n".encode(encoding)
-        rcpt = f"RCPT TO:<{recipient}>\r\n".encode(encoding)
+        mail, rcpt = _envelope(Transaction(sender, recipient, data, options, utf8))
         reused, self._reused = self._reused, True
         try:
             if self.supports("PIPELINING"):
@@ -164,6 +160,86 @@ class SmtpClient:
         except BaseException:
             self.close()
             raise
+
+    async def send_many(
+        self, transactions: Sequence[Transaction]
+    ) -> list[Reply | SmtpError | None]:
+        """Several transactions, one round trip each where the server offers PIPELINING: each
+        message's content goes in one write with the next one's MAIL, RCPT and DATA (RFC 2920
+        3.1: message content may come first in a group), so its end and the next envelope are
+        answered together. Without PIPELINING, ``send`` one after another.
+
+        The outcome of each, in order: the reply to its end, its refusal (``SmtpRefused``), or
+        the error that ended the connection while it was under way. ``None`` for those after
+        it, which the server never began: they may go on another connection at once.
+        ``SmtpStale`` (raised) as for ``send``: a reused connection closed before the first
+        MAIL was taken.
+        """
+        if not transactions:
+            return []
+        envelopes = [b"".join(_envelope(transaction)) + b"DATA\r\n" for transaction in transactions]
+        outcomes: list[Reply | SmtpError | None] = [None] * len(transactions)
+        if not self.supports("PIPELINING"):
+            for index, transaction in enumerate(transactions):
+                try:
+                    outcomes[index] = await self.send(
+                        transaction.sender,
+                        transaction.recipient,
+                        transaction.data,
+                        options=transaction.options,
+                        utf8=transaction.utf8,
+                    )
+                except SmtpRefused as error:
+                    outcomes[index] = error
+                except SmtpStale:
+                    if index == 0:
+                        raise
+                    break  # never begun: None
+                except SmtpError as error:
+                    outcomes[index] = error
+                    break
+                if not self.is_connected:
+                    break
+            return outcomes
+        reused, self._reused = self._reused, True
+        pending = envelopes[0]
+        index = 0
+        try:
+            while index < len(transactions):
+                replies = await self._exchange(pending, 3, reused=reused and index == 0)
+                refusal = _refusal(replies, _ENVELOPE_CLASSES)
+                following = envelopes[index + 1] if index + 1 < len(transactions) else b""
+                if refusal is not None:
+                    try:
+                        await self._refused(refusal, replies)
+                    except SmtpRefused as error:
+                        outcomes[index] = error
+                    if not self.is_connected:
+                        return outcomes
+                    pending, index = following, index + 1
+                    continue
+                [done] = await self._exchange(dot_stuff(transactions[index].data) + following, 1)
+                # The transaction is over whatever the answer: no RSET, which would reset the
+                # next one, already under way.
+                outcomes[index] = done if done.code // 100 == 2 else SmtpRefused(done)
+                if done.code == _CLOSING:
+                    self.close()
+                    return outcomes
+                pending, index = b"", index + 1
+        except SmtpStale:
+            self.close()
+            raise
+        except (SmtpError, OSError) as error:
+            # The transaction under way gets the error (its content may have gone); those after
+            # it were never begun (None).
+            self.close()
+            outcomes[index] = (
+                error if isinstance(error, SmtpError) else SmtpConnectionLost(str(error))
+            )
+        except BaseException:
+            self.close()
+            raise
+        return outcomes
 
     async def quit(self) -> None:
         """QUIT, then close; the server's answer does not matter."""
@@ -350,6 +426,28 @@ class SmtpClient:
             # The refusal stands whatever became of the connection after it.
             self.close()
         raise SmtpRefused(refusal)
+
+
+@dataclass(frozen=True, slots=True)
+class Transaction:
+    sender: str
+    recipient: str
+    data: bytes
+    """The message, CRLF line ends, not dot-stuffed."""
+    options: str = ""
+    """MAIL FROM parameters (SIZE=, BODY=8BITMIME, SMTPUTF8, ENVID=...)."""
+    utf8: bool = False
+
+
+def _envelope(transaction: Transaction) -> tuple[bytes, bytes]:
+    """The MAIL and RCPT commands of ``transaction``."""
+    encoding = "utf-8" if transaction.utf8 else "ascii"
+    sender, recipient, options = transaction.sender, transaction.recipient, transaction.options
+    for address in (sender, recipient):
+        if "\r" in address or "\n" in address:
+            raise ValueError(f"a line break in the address {address!r}")
+    mail = f"MAIL FROM:<{sender}>{' ' + options if options else ''}\r\n".encode(encoding)
+    return mail, f"RCPT TO:<{recipient}>\r\n".encode(encoding)
 
 
 def _refusal(replies: list[Reply], classes: tuple[int, ...]) -> Reply | None:

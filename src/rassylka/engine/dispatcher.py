@@ -74,6 +74,8 @@ HOLD_CHECK = 0.5
 # How often results are written when they trickle in, and the batch that is written at once.
 FLUSH_INTERVAL = 0.2
 RECOVER_INTERVAL = 10.0
+# Successful sends in a row a mailing needs before its messages go in batches.
+BATCH_AFTER = 16
 DB_RETRY_DELAY = 1.0
 
 
@@ -155,6 +157,8 @@ class Dispatcher:
         # records the pause, and a later claim that takes its messages means a person
         # resumed it.
         self._recent: dict[int, deque[bool]] = {}
+        # How many of those latest sends were errors (see batchable).
+        self._errors: Counter[int] = Counter()
         self._paused: set[int] = set()
         self._pauses_to_write: dict[int, str] = {}
         self._paused_at: dict[int, float] = {}
@@ -179,6 +183,18 @@ class Dispatcher:
 
     def is_paused(self, mailing_id: int) -> bool:
         return mailing_id in self._paused or mailing_id in self._held
+
+    def batchable(self, mailing_id: int) -> bool:
+        """Whether the mailing's messages may go in batches: its latest sends in this worker,
+        at least ``BATCH_AFTER`` of them, all succeeded. Until then (a new or resumed mailing)
+        and while any failed, one at a time, so its error budget is checked after each send
+        rather than after batches already on their way."""
+        recent = self._recent.get(mailing_id)
+        return (
+            recent is not None
+            and len(recent) >= min(BATCH_AFTER, self._config.error_rate_window)
+            and self._errors[mailing_id] == 0
+        )
 
     def _taken(self, mailing_id: int) -> None:
         self._in_memory[mailing_id] += 1
@@ -215,13 +231,18 @@ class Dispatcher:
                 self._paused.discard(mailing_id)
                 del self._paused_at[mailing_id]
                 self._recent.pop(mailing_id, None)
+                self._errors.pop(mailing_id, None)
 
     def _note(self, mailing_id: int, outcome: Outcome | _RenderFailure) -> None:
         """Count one send against its mailing's error budget, pausing it when spent."""
         window = self._config.error_rate_window
         recent = self._recent.setdefault(mailing_id, deque(maxlen=window))
         is_error = not isinstance(outcome, Accepted)
+        if len(recent) == recent.maxlen and recent[0]:
+            self._errors[mailing_id] -= 1
         recent.append(is_error)
+        if is_error:
+            self._errors[mailing_id] += 1
         if not is_error or mailing_id in self._paused or len(recent) < window:
             return
         errors = sum(recent)
@@ -258,6 +279,9 @@ class _Lane:
         self.concurrency = (config.concurrency or {}).get(channel, 16)
         rate = (config.rate_limit or {}).get(channel, 0.0)
         self.limiter = RateLimiter(rate)
+        # Messages a sender hands the transport at once (see channels.base.Channel); one under
+        # a rate limit, so the limit spaces single sends rather than batches.
+        self.send_batch = 1 if rate else max(1, int(getattr(transport, "send_batch", 1)))
         # Claimed messages wait here for a sender; with a rate limit, no longer than half the
         # lease, so a slow channel does not let its claims expire.
         capacity = config.batch_size
@@ -404,37 +428,57 @@ class _Lane:
     # -- sending --------------------------------------------------------------------------
 
     async def _sender(self) -> None:
-        while True:
+        last = False
+        while not last:
             item = await self.queue.get()
             if item is None:
                 return
+            batch = [item]
+            batchable = self.dispatcher.batchable
+            while (
+                len(batch) < self.send_batch
+                and not self.queue.empty()
+                and batchable(batch[-1].claimed.mailing_id)
+            ):
+                more = self.queue.get_nowait()
+                if more is None:  # stopping: this sender's last batch
+                    last = True
+                    break
+                batch.append(more)
             if self.queue.qsize() <= self.capacity // 2:
                 self.room.set()
-            if not self.stopping:
-                await self.limiter.acquire()
-            if self.stopping or self.dispatcher.is_paused(item.claimed.mailing_id):
-                self.unsent.append(item.claimed.id)
-                self.dispatcher._done(item.claimed.mailing_id)
-                self.results_ready.set()
+            sendable: list[_Item] = []
+            for item in batch:
+                if not self.stopping:
+                    await self.limiter.acquire()
+                if self.stopping or self.dispatcher.is_paused(item.claimed.mailing_id):
+                    self.unsent.append(item.claimed.id)
+                    self.dispatcher._done(item.claimed.mailing_id)
+                    self.results_ready.set()
+                    continue
+                sendable.append(item)
+            if not sendable:
                 continue
-            outcome = await self._send(item.message)
-            self.dispatcher._done(item.claimed.mailing_id)
-            self.dispatcher._note(item.claimed.mailing_id, outcome)
-            self.results.append((item.claimed, outcome))
+            outcomes = await self._send([item.message for item in sendable])
+            for item, outcome in zip(sendable, outcomes, strict=True):
+                self.dispatcher._done(item.claimed.mailing_id)
+                self.dispatcher._note(item.claimed.mailing_id, outcome)
+                self.results.append((item.claimed, outcome))
             if len(self.results) >= self.dispatcher.config.batch_size:
                 self.results_ready.set()
 
-    async def _send(self, message: OutboundMessage) -> Outcome:
+    async def _send(self, messages: list[OutboundMessage]) -> list[Outcome]:
         try:
-            outcomes = await self.transport.send([message])
+            outcomes = await self.transport.send(messages)
         except asyncio.CancelledError:
             raise
-        except Exception as error:  # a transport's bug must not lose the message
-            logger.exception("the %s transport raised on message %s", self.kind, message.id)
-            return TransientChannelError(f"{type(error).__name__}: {error}")
-        if len(outcomes) != 1:
-            return TransientChannelError("транспорт не вернул результат отправки")
-        return outcomes[0]
+        except Exception as error:  # a transport's bug must not lose the messages
+            ids = ", ".join(str(message.id) for message in messages)
+            logger.exception("the %s transport raised on messages %s", self.kind, ids)
+            return [TransientChannelError(f"{type(error).__name__}: {error}")] * len(messages)
+        if len(outcomes) != len(messages):
+            return [TransientChannelError("транспорт не вернул результат отправки")] * len(messages)
+        return outcomes
 
     # -- recording ------------------------------------------------------------------------
 
