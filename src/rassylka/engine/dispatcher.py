@@ -337,6 +337,8 @@ class _Lane:
                 if room < max(1, self.capacity // 2):
                     await wait_any(stop, self.room, seconds=config.poll_interval)
                     continue
+                # Before the claim, so a wake-up (NOTIFY) that comes during it is not lost.
+                self.wake.clear()
                 claimed = await self._claim(room)
             except asyncio.CancelledError:
                 raise
@@ -345,7 +347,6 @@ class _Lane:
                 await wait_any(stop, seconds=DB_RETRY_DELAY)
                 continue
             if not claimed:
-                self.wake.clear()
                 await wait_any(stop, self.wake, seconds=config.poll_interval)
 
     async def _recover(self) -> None:
