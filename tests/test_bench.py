@@ -29,6 +29,7 @@ NO_DATABASE = {"smtp_transport.py", "compose.py"}
         ("smtp_transport.py", ["--messages", "300", "--repeat", "1"], "SmtpChannel, composing"),
         ("compose.py", ["--messages", "200"], "direct"),
         ("api_load.py", ["--tiny"], "creates/s ÷ 2,000"),
+        ("schedule_latency.py", ["--tiny"], "p99 ÷ 1 s"),
     ],
 )
 def test_a_benchmark_runs_in_its_tiny_mode(

@@ -501,6 +501,29 @@ async def test_a_mailing_due_at_t_starts_within_a_second_of_t(
     assert data["next_run_at"] == due.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+async def test_a_mailing_that_fell_due_during_a_tick_is_started_at_once_not_a_second_later(
+    api: httpx.AsyncClient, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    due = utc(2030, 1, 1, 0, 0, 0) + timedelta(milliseconds=500)
+    await mailing(api, clients=CLIENTS[:1], event=due.isoformat())
+    clock = [due - timedelta(milliseconds=100)]
+    scheduler = Scheduler(create_sessionmaker(engine), clock=lambda: clock[0])
+    assert await scheduler.tick() == []
+    clock[0] = due + timedelta(milliseconds=50)  # the tick took 150 ms: it is due now
+    assert await scheduler.seconds_to_next() == 0.0
+
+    def failing(*_args: Any, **_kwargs: Any) -> None:
+        raise RuntimeError("advancing failed")
+
+    # Due at the tick and still due after it (it failed): a second, not a spin.
+    monkeypatch.setattr("rassylka.engine.scheduler.advance", failing)
+    assert await scheduler.tick() == []
+    assert await scheduler.seconds_to_next() == 1.0
+    monkeypatch.undo()
+    assert len(await scheduler.tick()) == 1
+    assert await scheduler.seconds_to_next() == 30.0, "nothing left to do"
+
+
 async def test_cancel_during_a_run_stops_the_sends_and_expires_the_rest(
     api: httpx.AsyncClient, engine: AsyncEngine, smtp: SmtpPeer, start_worker: StartWorker
 ) -> None:

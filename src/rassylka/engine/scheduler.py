@@ -46,6 +46,9 @@ class Scheduler:
         self._on_new_work = on_new_work
         self._clock = clock
         self._wake = asyncio.Event()
+        # The moment of the latest tick: what was due by then and is still due was not
+        # started by it (another worker holds it, or advancing failed).
+        self._ticked_at: datetime | None = None
 
     def wake(self) -> None:
         """Look again now: a mailing was created or changed."""
@@ -54,6 +57,7 @@ class Scheduler:
     async def tick(self, now: datetime | None = None) -> list[int]:
         """Start what is due, end what has ended, finish what is done; the runs started."""
         now = now or self._clock()
+        self._ticked_at = now
         started: list[int] = []
         async with self._sessionmaker() as session:
             due = await mailings.due_ids(session, now=now)
@@ -95,12 +99,15 @@ class Scheduler:
     async def seconds_to_next(self) -> float:
         now = self._clock()
         async with self._sessionmaker() as session:
-            due = await mailings.next_due(session, now=now)
+            # An end that passed while the tick ran is still to do: look from the tick's now.
+            due = await mailings.next_due(session, now=self._ticked_at or now)
         if due is None:
             return self._max_sleep
-        if due <= now:  # still due after a tick: advancing it failed; do not spin
-            return 1.0
-        return min((due - now).total_seconds(), self._max_sleep)
+        if self._ticked_at is not None and due <= self._ticked_at:
+            return 1.0  # due at the latest tick and still due: it failed; do not spin
+        # Became due while the tick ran (the tick took its ``now`` before it): at once,
+        # not a second later.
+        return max(0.0, min((due - now).total_seconds(), self._max_sleep))
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
