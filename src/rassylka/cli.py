@@ -64,6 +64,9 @@ def serve(
     )
 
 
+WORKER_HEALTHCHECK_TIMEOUT = 60
+
+
 @app.command()
 def api(
     host: Annotated[str, typer.Option(help="Адрес для входящих соединений")] = "127.0.0.1",
@@ -87,6 +90,10 @@ def api(
         port=port,
         workers=workers,
         log_level="info",
+        # Each process imports the whole application before it answers uvicorn's health
+        # check: seconds on a busy machine, more than uvicorn's default 5 s wait before it
+        # kills the process and starts another (which then imports anew, and so on).
+        timeout_worker_healthcheck=WORKER_HEALTHCHECK_TIMEOUT,
     )
 
 
