@@ -59,7 +59,15 @@ import httpx
 from email_e2e import RASSYLKA, Processes, call, scratch_database, wait_for_api
 
 from peers import dsn, free_port
-from rassylka.channels.smpp import Command, Pdu, encode_pdu
+from rassylka.channels.base import Accepted, ChannelKind, OutboundMessage
+from rassylka.channels.smpp import (
+    Command,
+    DeliveryReceipt,
+    Pdu,
+    SmppChannel,
+    SmppConfig,
+    encode_pdu,
+)
 from rassylka.channels.sms_text import encode_sms
 
 DEFAULT_POSTGRES = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
@@ -270,6 +278,61 @@ async def minimal_client(port: int, count: int, window: int) -> tuple[float, flo
     return count / (submitted_at - started), count / (finished - started)
 
 
+# -- the transport alone ------------------------------------------------------------------------
+
+
+async def transport_alone(
+    port: int, count: int, window: int, concurrency: int
+) -> tuple[float, float, float]:
+    """``SmppChannel`` alone, no database: ``count`` messages sent one per ``send`` from
+    ``concurrency`` tasks (as the dispatcher's senders do), receipts counted by a handler that
+    stores nothing; submits/s (until every message is accepted), receipts/s, and this
+    process's CPU time per message in µs (steadier than rates on a shared machine)."""
+    receipts = 0
+    all_receipts = asyncio.Event()
+
+    async def on_receipt(receipt: DeliveryReceipt) -> None:
+        nonlocal receipts
+        receipts += 1
+        if receipts == count:
+            all_receipts.set()
+
+    channel = SmppChannel(
+        SmppConfig(
+            host="127.0.0.1",
+            port=port,
+            system_id=SYSTEM_ID,
+            password=PASSWORD,
+            source_addr="Rassylka",
+            window=window,
+        ),
+        on_receipt=on_receipt,
+    )
+    text = "Иван, весенние скидки до 30% — только до конца месяца!"
+    messages = iter(
+        OutboundMessage(id=n, kind=ChannelKind.SMS, to=phone(n), text=text) for n in range(count)
+    )
+
+    async def sender() -> None:
+        for message in messages:
+            [outcome] = await channel.send([message])
+            if not isinstance(outcome, Accepted):
+                raise RuntimeError(f"message {message.id}: {outcome}")
+
+    try:
+        started, cpu = time.perf_counter(), time.process_time()
+        async with asyncio.TaskGroup() as group:
+            for _ in range(concurrency):
+                group.create_task(sender())
+        submitted = time.perf_counter()
+        async with asyncio.timeout(120):
+            await all_receipts.wait()
+        finished, cpu = time.perf_counter(), time.process_time() - cpu
+    finally:
+        await channel.close()
+    return count / (submitted - started), count / (finished - started), cpu / count * 1e6
+
+
 # -- the service -------------------------------------------------------------------------------
 
 
@@ -432,6 +495,9 @@ def main() -> None:
     parser.add_argument("--latency-rate", type=float, default=500.0, help="SMS/s, latency phase")
     parser.add_argument("--postgres-url", default=DEFAULT_POSTGRES)
     parser.add_argument("--tiny", action="store_true", help="a few hundred messages, once")
+    parser.add_argument(
+        "--transport-only", action="store_true", help="the minimal client and SmppChannel only"
+    )
     options = parser.parse_args()
     if options.tiny:
         options.messages, options.runs, options.latency_messages = 300, 1, 100
@@ -448,6 +514,23 @@ def main() -> None:
             + ", ".join(f"{s:,.0f} submits/s, {r:,.0f} receipts/s" for s, r in yardstick),
             file=sys.stderr,
         )
+        alone = []
+        for _ in range(options.runs):
+            smsc.reset()
+            alone.append(
+                asyncio.run(transport_alone(smsc.port, count, options.window, options.concurrency))
+            )
+            smsc.expect(count)
+        print(
+            "SmppChannel alone: "
+            + ", ".join(
+                f"{s:,.0f} submits/s, {r:,.0f} receipts/s, {c:.0f} µs CPU/message"
+                for s, r, c in alone
+            ),
+            file=sys.stderr,
+        )
+        if options.transport_only:
+            return
         with (
             tempfile.TemporaryDirectory(prefix="rassylka-bench-") as scratch,
             scratch_database(options.postgres_url) as database_url,
@@ -526,12 +609,13 @@ def main() -> None:
         smsc_peak = smsc.peak_rss_mb()
     finally:
         smsc.stop()
-    report(options, yardstick, engine, peaks, smsc_peak, latencies)
+    report(options, yardstick, alone, engine, peaks, smsc_peak, latencies)
 
 
 def report(
     options: argparse.Namespace,
     yardstick: list[tuple[float, float]],
+    alone: list[tuple[float, float, float]],
     engine: list[tuple[float, float]],
     peaks: dict[str, float],
     smsc_peak: float | None,
@@ -548,6 +632,8 @@ def report(
     rows = [
         ("minimal client → SMSC: submits", [s for s, _ in yardstick]),
         ("minimal client → SMSC: receipts", [r for _, r in yardstick]),
+        ("SmppChannel alone (no database): submits", [s for s, _, _ in alone]),
+        ("SmppChannel alone (no database): receipts", [r for _, r, _ in alone]),
         ("rassylka: create → all sent (submits)", [s for s, _ in engine]),
         ("rassylka: create → all delivered (receipts)", [r for _, r in engine]),
     ]
