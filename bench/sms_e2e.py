@@ -477,6 +477,18 @@ async def stream_latency(
     return [arrivals[peer_id] - smsc.receipt_at[peer_id] for peer_id in arrivals]
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of process ``pid`` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_of(processes: Processes, smsc: Smsc) -> dict[str, float]:
+    pids = {name: process.pid for name, process in processes.running if process.poll() is None}
+    pids["SMSC"] = smsc.process.pid
+    return {name: cpu_seconds(pid) for name, pid in pids.items()}
+
+
 def percentile(ordered: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
 
@@ -503,6 +515,7 @@ def main() -> None:
         options.messages, options.runs, options.latency_messages = 300, 1, 100
     count = options.messages
     smsc = Smsc()
+    cpu: list[dict[str, float]] = []
     try:
         yardstick = []
         for _ in range(options.runs):
@@ -569,8 +582,13 @@ def main() -> None:
                 )
                 engine = []
                 for _ in range(options.runs):
+                    before = cpu_of(processes, smsc)
                     engine.append(
                         engine_run(base, smsc, database_url, project_id, template_id, count)
+                    )
+                    after = cpu_of(processes, smsc)
+                    cpu.append(
+                        {name: (after[name] - before[name]) / count * 1e6 for name in before}
                     )
                     print(
                         f"engine: {engine[-1][0]:,.0f} submits/s, {engine[-1][1]:,.0f} delivered/s",
@@ -609,7 +627,7 @@ def main() -> None:
         smsc_peak = smsc.peak_rss_mb()
     finally:
         smsc.stop()
-    report(options, yardstick, alone, engine, peaks, smsc_peak, latencies)
+    report(options, yardstick, alone, engine, cpu, peaks, smsc_peak, latencies)
 
 
 def report(
@@ -617,6 +635,7 @@ def report(
     yardstick: list[tuple[float, float]],
     alone: list[tuple[float, float, float]],
     engine: list[tuple[float, float]],
+    cpu: list[dict[str, float]],
     peaks: dict[str, float],
     smsc_peak: float | None,
     latencies: list[float],
@@ -640,10 +659,16 @@ def report(
     for label, rates in rows:
         runs = ", ".join(f"{rate:,.0f}" for rate in rates)
         print(f"{label:<46}{statistics.median(rates):>10,.0f}{runs:>26}")
+    print(
+        "\nCPU time per message (median of the runs, all of each process's threads): "
+        + ", ".join(
+            f"{name} {statistics.median(run[name] for run in cpu):.0f} µs" for name in cpu[0]
+        )
+    )
     memory = [f"{name} {mb:.0f} MB" for name, mb in peaks.items()]
     if smsc_peak is not None:
         memory.append(f"SMSC (node) {smsc_peak:.0f} MB")
-    print("\npeak RSS (VmHWM): " + ", ".join(memory))
+    print("peak RSS (VmHWM): " + ", ".join(memory))
     print(
         "after every run: the SMSC accepted exactly N submit_sm to N distinct numbers and had"
         " N receipts acknowledged; the database has N parts DELIVRD and no receipt waiting"

@@ -60,9 +60,10 @@ Addresses
 Delivery receipts
     Every deliver_sm is answered. A delivery receipt (esm_class message type 0x04, or 0x20 for an
     intermediate notification) is parsed into a :class:`DeliveryReceipt` and handed to
-    ``on_receipt``; the deliver_sm_resp goes after the callback returns, so a receipt the process
-    did not get to store is delivered again by the SMSC. If the callback raises, the error is
-    logged and the answer is ESME_RX_T_APPN (temporary application error: the SMSC retries).
+    ``on_receipt``; the deliver_sm_resp goes once the awaitable it returns is done (a future
+    is awaited without a task of its own), so a receipt the process did not get to store is
+    delivered again by the SMSC. If the callback fails, the error is logged and the answer is
+    ESME_RX_T_APPN (temporary application error: the SMSC retries).
 """
 
 from __future__ import annotations
@@ -790,7 +791,8 @@ class _Session:
         """Why the connection is ending, once it is."""
         self.on_lost: Callable[[_Session], None] | None = None
         self._keepalive: asyncio.Task[None] | None = None
-        self._receipts: set[asyncio.Task[None]] = set()
+        # Receipts handed over whose handler has not finished: answered when it does.
+        self._receipts: set[asyncio.Future[None]] = set()
         self._reader_task = asyncio.create_task(self._read(), name=f"smpp-reader-{name}")
 
     @property
@@ -867,8 +869,8 @@ class _Session:
             await asyncio.wait(set(self._receipts), timeout=grace)
         self.abort(self.ending or "closed")
         await asyncio.wait({self._reader_task}, timeout=grace)
-        for task in list(self._receipts):
-            task.cancel()
+        for pending in list(self._receipts):
+            pending.cancel()
         try:
             async with asyncio.timeout(grace):
                 await self._writer.wait_closed()
@@ -1010,24 +1012,36 @@ class _Session:
         if self._on_receipt is None:
             self._respond(pdu)
             return
-        task = asyncio.create_task(
-            self._hand_over(pdu, receipt, self._on_receipt), name=f"smpp-receipt-{self.name}"
-        )
-        self._receipts.add(task)
-        task.add_done_callback(self._receipts.discard)
-
-    async def _hand_over(self, pdu: Pdu, receipt: DeliveryReceipt, handler: ReceiptHandler) -> None:
-        status = CommandStatus.ESME_ROK
         try:
-            await handler(receipt)
+            pending = asyncio.ensure_future(self._on_receipt(receipt))
         except Exception:
-            logger.exception(
-                "SMPP %s: on_receipt failed for %s; answered ESME_RX_T_APPN so the SMSC retries",
-                self.name,
-                receipt.peer_message_id,
-            )
-            status = CommandStatus.ESME_RX_T_APPN
-        self._respond(pdu, status)
+            self._handler_failed(pdu, receipt)
+            return
+        self._receipts.add(pending)
+        pending.add_done_callback(lambda done: self._handed_over(pdu, receipt, done))
+
+    def _handed_over(self, pdu: Pdu, receipt: DeliveryReceipt, done: asyncio.Future[None]) -> None:
+        """The handler finished with ``receipt``: answer its deliver_sm (not if cancelled: the
+        connection is closing, and the SMSC delivers the receipt again)."""
+        self._receipts.discard(done)
+        if done.cancelled():
+            return
+        error = done.exception()
+        if error is not None:
+            self._handler_failed(pdu, receipt, error)
+            return
+        self._respond(pdu)
+
+    def _handler_failed(
+        self, pdu: Pdu, receipt: DeliveryReceipt, error: BaseException | None = None
+    ) -> None:
+        logger.error(
+            "SMPP %s: on_receipt failed for %s; answered ESME_RX_T_APPN so the SMSC retries",
+            self.name,
+            receipt.peer_message_id,
+            exc_info=error or True,
+        )
+        self._respond(pdu, CommandStatus.ESME_RX_T_APPN)
 
     async def _keep_alive(self, interval: float, within: float) -> None:
         while True:
