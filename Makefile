@@ -39,6 +39,7 @@ bench: $(VENV)/.installed-dev
 	$(BIN)/python bench/compose.py
 	$(BIN)/python bench/api_load.py
 	$(BIN)/python bench/schedule_latency.py
+	$(BIN)/python bench/sms_e2e.py
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check src tests

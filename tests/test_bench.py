@@ -5,6 +5,7 @@ timed tests.)"""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -30,6 +31,7 @@ NO_DATABASE = {"smtp_transport.py", "compose.py"}
         ("compose.py", ["--messages", "200"], "direct"),
         ("api_load.py", ["--tiny"], "creates/s ÷ 2,000"),
         ("schedule_latency.py", ["--tiny"], "p99 ÷ 1 s"),
+        ("sms_e2e.py", ["--tiny"], "messages/s with every receipt recorded"),
     ],
 )
 def test_a_benchmark_runs_in_its_tiny_mode(
@@ -40,6 +42,11 @@ def test_a_benchmark_runs_in_its_tiny_mode(
         os.access(tool, os.X_OK) for tool in POSTFIX_TOOLS
     ):
         missing_peer("Postfix's smtp-sink and smtp-source are not installed")
+    if script == "sms_e2e.py" and (
+        shutil.which("node") is None
+        or not (BENCH.parent / "tests" / "peers" / "node_modules" / "smpp").is_dir()
+    ):
+        missing_peer("node and npm's smpp are not installed (tests/peers/install.sh)")
     if script not in NO_DATABASE:
         arguments = [*arguments, "--postgres-url", POSTGRES_URL]
     run = subprocess.run(

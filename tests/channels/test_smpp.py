@@ -574,9 +574,10 @@ async def test_close_does_not_hang_when_the_smsc_is_gone(
 
 class ScriptedSmsc:
     """Binds anyone; answers submit_sm to "…99" with a garbled response; after the bind sends
-    ``greeting`` PDUs; ignores enquire_link if told to. Records every PDU it receives."""
+    ``greeting`` PDUs (a number in it is a pause, in seconds, between writes); ignores
+    enquire_link if told to. Records every PDU it receives."""
 
-    def __init__(self, greeting: list[bytes], *, answer_enquire_link: bool = True) -> None:
+    def __init__(self, greeting: list[bytes | float], *, answer_enquire_link: bool = True) -> None:
         self.greeting = greeting
         self.answer_enquire_link = answer_enquire_link
         self.received: list[Pdu] = []
@@ -602,7 +603,11 @@ class ScriptedSmsc:
                     reply = Pdu(Command.BIND_TRANSCEIVER_RESP, pdu.sequence, params={})
                     writer.write(encode_pdu(reply))
                     for data in self.greeting:
-                        writer.write(data)
+                        if isinstance(data, float):
+                            await writer.drain()
+                            await asyncio.sleep(data)
+                        else:
+                            writer.write(data)
                 elif pdu.command is Command.SUBMIT_SM:
                     if pdu.text("destination_addr").endswith("99"):
                         # message_id without its NUL: not a PDU the client can read.
@@ -629,7 +634,7 @@ class ScriptedSmsc:
 async def start_scripted() -> AsyncIterator[Callable[..., Awaitable[ScriptedSmsc]]]:
     servers: list[ScriptedSmsc] = []
 
-    async def start(greeting: list[bytes], **options: Any) -> ScriptedSmsc:
+    async def start(greeting: list[bytes | float], **options: Any) -> ScriptedSmsc:
         server = ScriptedSmsc(greeting, **options)
         await server.start()
         servers.append(server)
@@ -663,6 +668,51 @@ async def test_malformed_pdus_are_nacked_and_the_connection_lives(
     ]  # and alert_notification, which takes no response, got none
     assert server.connections == 1
     assert receipts == []
+
+
+async def test_a_receipt_handed_over_as_a_future_is_answered_when_it_is_done(
+    start_scripted: Callable[..., Awaitable[ScriptedSmsc]], make_channel: MakeChannel
+) -> None:
+    """The inbox hands back a future, not a coroutine: the deliver_sm_resp waits for it (OK
+    when it is done, ESME_RX_T_APPN when it failed). The first receipt comes in two writes and
+    the second in the same write as its end: PDUs are split out of whatever the reads return."""
+
+    def receipt(sequence: int, peer_id: str) -> bytes:
+        text = f"id:{peer_id} sub:001 dlvrd:001 stat:DELIVRD err:000".encode()
+        params = {"esm_class": 4, "short_message": text}
+        return encode_pdu(Pdu(Command.DELIVER_SM, sequence, params=params))
+
+    first, second = receipt(201, "R1"), receipt(202, "R2")
+    server = await start_scripted([first[:10], 0.05, first[10:] + second])
+    pending: dict[str, asyncio.Future[None]] = {}
+
+    def on_receipt(receipt: DeliveryReceipt) -> asyncio.Future[None]:
+        pending[receipt.peer_message_id] = asyncio.get_running_loop().create_future()
+        return pending[receipt.peer_message_id]
+
+    channel = make_channel(server.port, on_receipt=on_receipt)
+    accepted(await channel.send([sms("+79161234500")]))
+
+    def answers() -> dict[int, int]:
+        return {
+            pdu.sequence: pdu.status
+            for pdu in server.received
+            if pdu.command is Command.DELIVER_SM_RESP
+        }
+
+    deadline = time.monotonic() + 3
+    while len(pending) < 2:
+        assert time.monotonic() < deadline, "the receipts did not reach on_receipt"
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)
+    assert answers() == {}, "answered before the receipt was stored"
+
+    pending["R1"].set_result(None)
+    pending["R2"].set_exception(RuntimeError("database is down"))
+    while len(answers()) < 2:
+        assert time.monotonic() < deadline, "the receipts were not answered"
+        await asyncio.sleep(0.01)
+    assert answers() == {201: CommandStatus.ESME_ROK, 202: CommandStatus.ESME_RX_T_APPN}
 
 
 async def test_an_unanswered_enquire_link_ends_the_connection(

@@ -32,6 +32,17 @@
 // session's submit_sm were unanswered when it arrived, itself included (the client's window).
 //
 // SIGUSR2 closes every connection at once.
+//
+// For benchmarks (the tests set none of these, and get the behaviour above):
+//   SMSC_LOG             all (the default): every line above; receipts: only "listening" and
+//                        one {"event": "receipt", "message_id", "at"} per receipt sent, "at" its
+//                        wall-clock time in ms since the epoch; none: only "listening" and stats
+//   SMSC_RECEIPT_DELAY_MS  ms from a submit_sm_resp to its receipt (default 10)
+// A line "stats" on stdin prints {"event": "stats", ...}: submit_sm seen, accepted, refused,
+// destinations (distinct destination_addr accepted), repeated (accepted submits to a destination
+// already accepted), receipts (deliver_sm sent), receipts_acked (deliver_sm_resp OK),
+// receipts_refused (any other status), sessions. A line "reset" zeroes them; "log MODE" sets
+// SMSC_LOG from then on.
 'use strict';
 
 const smpp = require('smpp');
@@ -45,13 +56,36 @@ const password = process.argv[4] || process.env.SMSC_PASSWORD || 'secret';
 
 const VENDOR_STATUS = 0x00000400;
 const DELAY_MS = 30;
-const RECEIPT_DELAY_MS = 10;
+const RECEIPT_DELAY_MS = Number(process.env.SMSC_RECEIPT_DELAY_MS || 10);
+let LOG_ALL;
+let LOG_RECEIPTS;
+function setLog(mode) {
+  LOG_ALL = mode === 'all';
+  LOG_RECEIPTS = mode === 'receipts';
+}
+setLog(process.env.SMSC_LOG || 'all');
+
+let counts;
+let destinations;
+function resetCounts() {
+  counts = {
+    submits: 0, accepted: 0, refused: 0, repeated: 0,
+    receipts: 0, receipts_acked: 0, receipts_refused: 0, sessions: 0,
+  };
+  destinations = new Set();
+}
+resetCounts();
 
 let nextSession = 0;
 let nextMessageId = 0x5a000;
 
 function log(event, fields) {
   process.stdout.write(JSON.stringify(Object.assign({ event: event }, fields)) + '\n');
+}
+
+// A per-PDU line: only when logging all (SMSC_LOG); ``fields`` is built only then.
+function trace(event, fields) {
+  if (LOG_ALL) log(event, typeof fields === 'function' ? fields() : fields);
 }
 
 function smppDate(date) {
@@ -91,19 +125,20 @@ const server = smpp.createServer(function (session) {
   const id = ++nextSession;
   let bound = false;
   let outstanding = 0;
-  session.on('error', (error) => log('error', { session: id, error: String(error) }));
-  session.on('close', () => log('close', { session: id }));
+  counts.sessions += 1;
+  session.on('error', (error) => trace('error', { session: id, error: String(error) }));
+  session.on('close', () => trace('close', { session: id }));
   session.on('unknown', (pdu) => {
-    log('unknown', { session: id, command_id: pdu.command_id });
+    trace('unknown', { session: id, command_id: pdu.command_id });
     session.send(pdu.response());
   });
-  log('connect', { session: id });
+  trace('connect', { session: id });
 
   session.on('bind_transceiver', (pdu) => {
     let status = 0;
     if (pdu.system_id !== systemId) status = smpp.ESME_RBINDFAIL;
     else if (pdu.password !== password) status = smpp.ESME_RINVPASWD;
-    log('bind', {
+    trace('bind', {
       session: id,
       system_id: pdu.system_id,
       password: pdu.password,
@@ -118,16 +153,16 @@ const server = smpp.createServer(function (session) {
     bound = true;
     session.send(pdu.response({ system_id: 'test-smsc' }));
     session.enquire_link({}, (resp) =>
-      log('enquire_link_resp', { session: id, status: resp.command_status }));
+      trace('enquire_link_resp', { session: id, status: resp.command_status }));
   });
 
   session.on('enquire_link', (pdu) => {
-    log('enquire_link', { session: id, sequence: pdu.sequence_number });
+    trace('enquire_link', { session: id, sequence: pdu.sequence_number });
     session.send(pdu.response());
   });
 
   session.on('unbind', (pdu) => {
-    log('unbind', { session: id });
+    trace('unbind', { session: id });
     session.send(pdu.response(), () => session.close());
   });
 
@@ -140,7 +175,16 @@ const server = smpp.createServer(function (session) {
     const verdict = verdictFor(pdu);
     const accepted = verdict.status === 0;
     const messageId = accepted ? (nextMessageId++).toString(16).toUpperCase() : null;
-    log('submit_sm', {
+    counts.submits += 1;
+    if (accepted) {
+      counts.accepted += 1;
+      const destination = String(pdu.destination_addr);
+      if (destinations.has(destination)) counts.repeated += 1;
+      else destinations.add(destination);
+    } else if (verdict.status !== undefined) {
+      counts.refused += 1;
+    }
+    trace('submit_sm', () => ({
       session: id,
       sequence: pdu.sequence_number,
       service_type: pdu.service_type,
@@ -158,7 +202,7 @@ const server = smpp.createServer(function (session) {
       status: verdict.status === undefined ? null : verdict.status,
       message_id: messageId,
       outstanding: outstanding,
-    });
+    }));
     if (verdict.name === 'silent') return;
     if (verdict.name === 'drop') {
       session.destroy();
@@ -166,7 +210,7 @@ const server = smpp.createServer(function (session) {
     }
     if (verdict.name === 'unbind') {
       session.unbind({}, (resp) => {
-        log('unbind_resp', { session: id, status: resp.command_status });
+        trace('unbind_resp', { session: id, status: resp.command_status });
         session.close();
       });
       return;
@@ -194,7 +238,8 @@ const server = smpp.createServer(function (session) {
   });
 
   function sendReceipt(submit, messageId, stat, verdict) {
-    const now = smppDate(new Date());
+    const at = Date.now();
+    const now = smppDate(new Date(at));
     const err = { DELIVRD: '000', UNDELIV: '001', EXPIRED: '002', REJECTD: '003' }[stat];
     const text =
       `id:${messageId} sub:001 dlvrd:${stat === 'DELIVRD' ? '001' : '000'} ` +
@@ -218,14 +263,21 @@ const server = smpp.createServer(function (session) {
         data_coding: 0,
         short_message: Buffer.from(text, 'ascii'),
       }, tlvs),
-      (resp) =>
-        log('deliver_sm_resp', {
+      (resp) => {
+        if (resp.command_status === 0) counts.receipts_acked += 1;
+        else counts.receipts_refused += 1;
+        trace('deliver_sm_resp', {
           session: id,
           message_id: messageId,
           status: resp.command_status,
-        })
+        });
+      }
     );
-    if (sent) log('deliver_sm', { session: id, message_id: messageId, stat: stat });
+    if (sent) {
+      counts.receipts += 1;
+      if (LOG_RECEIPTS) log('receipt', { message_id: messageId, at: at });
+      trace('deliver_sm', { session: id, message_id: messageId, stat: stat });
+    }
   }
 });
 
@@ -235,10 +287,26 @@ server.on('error', (error) => {
 });
 
 process.on('SIGUSR2', () => {
-  log('drop_all', { sessions: server.sessions.length });
+  trace('drop_all', { sessions: server.sessions.length });
   for (const session of server.sessions.slice()) session.destroy();
 });
 
+let command = '';
+process.stdin.on('data', (chunk) => {
+  command += chunk.toString('latin1');
+  let newline;
+  while ((newline = command.indexOf('\n')) >= 0) {
+    const line = command.slice(0, newline).trim();
+    command = command.slice(newline + 1);
+    if (line === 'stats') {
+      log('stats', Object.assign({ destinations: destinations.size }, counts));
+    } else if (line === 'reset') {
+      resetCounts();
+    } else if (line.startsWith('log ')) {
+      setLog(line.slice(4).trim());
+    }
+  }
+});
 process.stdin.on('end', () => process.exit(0));
 process.stdin.on('error', () => process.exit(0));
 process.stdin.resume();

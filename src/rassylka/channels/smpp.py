@@ -60,9 +60,10 @@ Addresses
 Delivery receipts
     Every deliver_sm is answered. A delivery receipt (esm_class message type 0x04, or 0x20 for an
     intermediate notification) is parsed into a :class:`DeliveryReceipt` and handed to
-    ``on_receipt``; the deliver_sm_resp goes after the callback returns, so a receipt the process
-    did not get to store is delivered again by the SMSC. If the callback raises, the error is
-    logged and the answer is ESME_RX_T_APPN (temporary application error: the SMSC retries).
+    ``on_receipt``; the deliver_sm_resp goes once the awaitable it returns is done (a future
+    is awaited without a task of its own), so a receipt the process did not get to store is
+    delivered again by the SMSC. If the callback fails, the error is logged and the answer is
+    ESME_RX_T_APPN (temporary application error: the SMSC retries).
 """
 
 from __future__ import annotations
@@ -244,7 +245,10 @@ class Pdu:
 
     def tlv(self, tag: int) -> bytes | None:
         """The first optional parameter with ``tag``, if any."""
-        return next((value for key, value in self.tlvs if key == tag), None)
+        for key, value in self.tlvs:
+            if key == tag:
+                return value
+        return None
 
 
 class SmppCodecError(ValueError):
@@ -277,16 +281,34 @@ class SmppFramingError(SmppDecodeError):
 
 
 def encode_pdu(pdu: Pdu) -> bytes:
-    label = pdu.command.label
-    fields = BODIES[pdu.command]
     if pdu.command.is_response and pdu.status and not pdu.params and not pdu.tlvs:
-        fields = ()  # a refusal goes without a body, as SMPP 3.4 5.1.3 lets it
-    unknown = set(pdu.params) - {spec.name for spec in fields}
+        body = b""  # a refusal goes without a body, as SMPP 3.4 5.1.3 lets it
+    else:
+        body = encode_body(pdu.command, pdu.params, pdu.tlvs)
+    return pack_pdu(pdu.command, body, sequence=pdu.sequence, status=pdu.status)
+
+
+def pack_pdu(command: Command, body: bytes, *, sequence: int, status: int = 0) -> bytes:
+    """A PDU from its body (as :func:`encode_body` makes it) and header fields."""
+    if not 0 <= sequence <= 0xFFFFFFFF or not 0 <= status <= 0xFFFFFFFF:
+        raise SmppCodecError(f"{command.label} sequence_number or command_status out of range")
+    return _HEADER.pack(HEADER_LENGTH + len(body), command, status, sequence) + body
+
+
+def encode_body(
+    command: Command,
+    params: Mapping[str, ParamValue],
+    tlvs: Sequence[tuple[int, bytes]] = (),
+) -> bytes:
+    """The body of a ``command`` PDU: its mandatory parameters, then the TLVs."""
+    label = command.label
+    fields = BODIES[command]
+    unknown = set(params) - {spec.name for spec in fields}
     if unknown:
         raise SmppCodecError(f"{label} has no parameter {', '.join(sorted(unknown))}")
     body = bytearray()
     for spec in fields:
-        value = pdu.params.get(spec.name)
+        value = params.get(spec.name)
         if spec.kind == "cstring":
             body += _encode_cstring(label, spec, "" if value is None else value)
         elif spec.kind == "int8":
@@ -300,14 +322,11 @@ def encode_pdu(pdu: Pdu) -> bytes:
                 raise SmppCodecError(f"{label} {spec.name} must be at most {spec.size} octets")
             body.append(len(octets))
             body += octets
-    for tag, value in pdu.tlvs:
+    for tag, value in tlvs:
         if not 0 <= tag <= 0xFFFF or len(value) > 0xFFFF:
             raise SmppCodecError(f"{label} TLV 0x{tag:04X} does not fit")
         body += _TLV_HEADER.pack(tag, len(value)) + value
-    if not 0 <= pdu.sequence <= 0xFFFFFFFF or not 0 <= pdu.status <= 0xFFFFFFFF:
-        raise SmppCodecError(f"{label} sequence_number or command_status out of range")
-    header = _HEADER.pack(HEADER_LENGTH + len(body), pdu.command, pdu.status, pdu.sequence)
-    return header + bytes(body)
+    return bytes(body)
 
 
 def _encode_cstring(label: str, spec: _Field, value: ParamValue) -> bytes:
@@ -732,6 +751,9 @@ _CLOSE_STEP_TIMEOUT = 1.0
 _STABLE_CONNECTION = 60.0
 # How often one part may find its connection gone before it was written, within one send.
 _WRITE_ATTEMPTS = 3
+# The most octets taken from the socket at once (many PDUs: a window's responses and receipts).
+_READ_SIZE = 256 * 1024
+_LENGTH = struct.Struct(">I")
 
 
 class _NotWritten(Exception):
@@ -760,6 +782,8 @@ class _Session:
         self._writer = writer
         self._on_receipt = on_receipt
         self._waiters: dict[int, _Waiter] = {}
+        # PDUs written in this turn of the event loop, sent together by one ``_flush``.
+        self._outgoing: list[bytes] = []
         self._sequence = 0
         self.bound = False
         self.bound_at = 0.0
@@ -767,7 +791,8 @@ class _Session:
         """Why the connection is ending, once it is."""
         self.on_lost: Callable[[_Session], None] | None = None
         self._keepalive: asyncio.Task[None] | None = None
-        self._receipts: set[asyncio.Task[None]] = set()
+        # Receipts handed over whose handler has not finished: answered when it does.
+        self._receipts: set[asyncio.Future[None]] = set()
         self._reader_task = asyncio.create_task(self._read(), name=f"smpp-reader-{name}")
 
     @property
@@ -790,25 +815,30 @@ class _Session:
         command: Command,
         params: Mapping[str, ParamValue] | None = None,
         *,
+        body: bytes | None = None,
         within: float,
         bound_only: bool = True,
     ) -> Pdu:
         """Send a request and return the PDU answering it (its response or a generic_nack).
 
-        Raises ``_NotWritten`` if the connection is no longer open (or not bound, for
-        ``bound_only``), TransientChannelError if it ends or ``within`` seconds pass first.
+        ``body`` is the request's body already encoded (:func:`encode_body`), else ``params``
+        are encoded here. Raises ``_NotWritten`` if the connection is no longer open (or not
+        bound, for ``bound_only``), TransientChannelError if it ends or ``within`` seconds pass
+        first.
         """
         if self.ending is not None or (bound_only and not self.bound):
             raise _NotWritten(self.ending or "not bound")
         self._sequence = self._sequence % 0x7FFFFFFF + 1
         sequence = self._sequence
-        data = encode_pdu(Pdu(command, sequence, params=params or {}))
+        if body is None:
+            body = encode_body(command, params or {})
+        data = pack_pdu(command, body, sequence=sequence)
         waiter = _Waiter(command, asyncio.get_running_loop().create_future())
         self._waiters[sequence] = waiter
         try:
             async with asyncio.timeout(within):
-                self._writer.write(data)
-                await self._writer.drain()
+                self._write(data)
+                await self._writer.drain()  # waits only while the socket's buffer is full
                 return await waiter.future
         except TimeoutError:
             raise TransientChannelError(
@@ -839,8 +869,8 @@ class _Session:
             await asyncio.wait(set(self._receipts), timeout=grace)
         self.abort(self.ending or "closed")
         await asyncio.wait({self._reader_task}, timeout=grace)
-        for task in list(self._receipts):
-            task.cancel()
+        for pending in list(self._receipts):
+            pending.cancel()
         try:
             async with asyncio.timeout(grace):
                 await self._writer.wait_closed()
@@ -853,28 +883,46 @@ class _Session:
         )
 
     async def _read(self) -> None:
+        """Read what has arrived, all of it at once, and handle every whole PDU in it."""
         reason = "the SMSC closed the connection"
+        buffer = bytearray()
         try:
             while self.ending is None:
-                try:
-                    pdu = await read_pdu(self._reader)
-                except SmppFramingError as error:
-                    reason = f"unreadable data from the SMSC: {error}"
-                    logger.warning("SMPP %s: %s", self.name, reason)
+                chunk = await self._reader.read(_READ_SIZE)
+                if not chunk:
                     return
-                except SmppDecodeError as error:
-                    self._malformed(error)
-                    continue
-                try:
-                    self._dispatch(pdu)
-                except Exception:  # a bug here must not take the connection down with it
-                    logger.exception("SMPP %s: cannot handle %s", self.name, pdu)
-        except asyncio.IncompleteReadError:
-            pass
+                buffer += chunk
+                offset = 0
+                while self.ending is None and len(buffer) - offset >= 4:
+                    (length,) = _LENGTH.unpack_from(buffer, offset)
+                    if not HEADER_LENGTH <= length <= MAX_PDU_LENGTH:
+                        error = SmppFramingError(
+                            f"command_length {length} is outside {HEADER_LENGTH}..{MAX_PDU_LENGTH}"
+                        )
+                        reason = f"unreadable data from the SMSC: {error}"
+                        logger.warning("SMPP %s: %s", self.name, reason)
+                        return
+                    if len(buffer) - offset < length:
+                        break
+                    data = bytes(buffer[offset : offset + length])
+                    offset += length
+                    self._handle(data)
+                del buffer[:offset]
         except OSError as error:
             reason = f"connection lost: {_describe(error)}"
         finally:
             self._end(reason)
+
+    def _handle(self, data: bytes) -> None:
+        try:
+            pdu = decode_pdu(data)
+        except SmppDecodeError as error:
+            self._malformed(error)
+            return
+        try:
+            self._dispatch(pdu)
+        except Exception:  # a bug here must not take the connection down with it
+            logger.exception("SMPP %s: cannot handle %s", self.name, pdu)
 
     def _end(self, reason: str) -> None:
         if self.ending is None:
@@ -884,13 +932,29 @@ class _Session:
                 waiter.future.set_exception(self._lost_error(waiter.command, self.ending))
         if self._keepalive is not None:
             self._keepalive.cancel()
+        self._flush()
         self._writer.close()
         if self.on_lost is not None:
             self.on_lost(self)
 
     def _send(self, pdu: Pdu) -> None:
         if self.ending is None and not self._writer.is_closing():
-            self._writer.write(encode_pdu(pdu))
+            self._write(encode_pdu(pdu))
+
+    def _write(self, data: bytes) -> None:
+        """Queue ``data`` for the socket: what is queued in one turn of the loop goes out in
+        one write (a window of submits, a burst of deliver_sm_resp), not a system call each."""
+        self._outgoing.append(data)
+        if len(self._outgoing) == 1:
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        if not self._outgoing:
+            return
+        data = b"".join(self._outgoing)
+        self._outgoing.clear()
+        if not self._writer.is_closing():
+            self._writer.write(data)
 
     def _respond(self, request: Pdu, status: int = CommandStatus.ESME_ROK) -> None:
         self._send(Pdu(request.command.response, request.sequence, status))
@@ -948,24 +1012,36 @@ class _Session:
         if self._on_receipt is None:
             self._respond(pdu)
             return
-        task = asyncio.create_task(
-            self._hand_over(pdu, receipt, self._on_receipt), name=f"smpp-receipt-{self.name}"
-        )
-        self._receipts.add(task)
-        task.add_done_callback(self._receipts.discard)
-
-    async def _hand_over(self, pdu: Pdu, receipt: DeliveryReceipt, handler: ReceiptHandler) -> None:
-        status = CommandStatus.ESME_ROK
         try:
-            await handler(receipt)
+            pending = asyncio.ensure_future(self._on_receipt(receipt))
         except Exception:
-            logger.exception(
-                "SMPP %s: on_receipt failed for %s; answered ESME_RX_T_APPN so the SMSC retries",
-                self.name,
-                receipt.peer_message_id,
-            )
-            status = CommandStatus.ESME_RX_T_APPN
-        self._respond(pdu, status)
+            self._handler_failed(pdu, receipt)
+            return
+        self._receipts.add(pending)
+        pending.add_done_callback(lambda done: self._handed_over(pdu, receipt, done))
+
+    def _handed_over(self, pdu: Pdu, receipt: DeliveryReceipt, done: asyncio.Future[None]) -> None:
+        """The handler finished with ``receipt``: answer its deliver_sm (not if cancelled: the
+        connection is closing, and the SMSC delivers the receipt again)."""
+        self._receipts.discard(done)
+        if done.cancelled():
+            return
+        error = done.exception()
+        if error is not None:
+            self._handler_failed(pdu, receipt, error)
+            return
+        self._respond(pdu)
+
+    def _handler_failed(
+        self, pdu: Pdu, receipt: DeliveryReceipt, error: BaseException | None = None
+    ) -> None:
+        logger.error(
+            "SMPP %s: on_receipt failed for %s; answered ESME_RX_T_APPN so the SMSC retries",
+            self.name,
+            receipt.peer_message_id,
+            exc_info=error or True,
+        )
+        self._respond(pdu, CommandStatus.ESME_RX_T_APPN)
 
     async def _keep_alive(self, interval: float, within: float) -> None:
         while True:
@@ -1055,10 +1131,10 @@ class SmppChannel:
             return error
         total = len(parts)
         part_ids: list[str] = []
-        for number, params in enumerate(parts, start=1):
+        for number, body in enumerate(parts, start=1):
             refusal: ChannelError | None
             try:
-                response = await self._submit(params, state)
+                response = await self._submit(body, state)
             except ChannelError as error:
                 refusal = error
             else:
@@ -1079,13 +1155,14 @@ class SmppChannel:
             part_ids.append(response.text("message_id"))
         return Accepted(
             peer_message_id=part_ids[0] or None,
-            reply=status_reply(Command.SUBMIT_SM_RESP, CommandStatus.ESME_ROK),
+            reply=_ACCEPTED_REPLY,
             parts=total,
             part_ids=tuple(part_ids),
         )
 
-    def _compose(self, message: OutboundMessage) -> list[dict[str, ParamValue]]:
-        """The submit_sm parameters of each part; PermanentChannelError if there can be none."""
+    def _compose(self, message: OutboundMessage) -> list[bytes]:
+        """The submit_sm body of each part, encoded; PermanentChannelError if there can be
+        none."""
         if message.kind is not ChannelKind.SMS:
             raise PermanentChannelError(f"an {message.kind} message cannot go by SMS")
         destination = destination_address(message.to)
@@ -1117,20 +1194,18 @@ class SmppChannel:
             for short_message in encoded.short_messages(reference=reference)
         ]
         try:
-            for params in parts:
-                encode_pdu(Pdu(Command.SUBMIT_SM, params=params))
+            return [encode_body(Command.SUBMIT_SM, params) for params in parts]
         except SmppCodecError as error:
             raise PermanentChannelError(f"cannot build submit_sm: {error}") from None
-        return parts
 
-    async def _submit(self, params: Mapping[str, ParamValue], state: _SendState) -> Pdu:
+    async def _submit(self, body: bytes, state: _SendState) -> Pdu:
         """One part's submit_sm, answered; the caller reads the verdict from the answer."""
         for _ in range(_WRITE_ATTEMPTS):
             async with self._window:
                 session = await self._session_for(state)
                 try:
                     response = await session.request(
-                        Command.SUBMIT_SM, params, within=self._config.timeout
+                        Command.SUBMIT_SM, body=body, within=self._config.timeout
                     )
                 except _NotWritten:
                     continue
@@ -1286,6 +1361,9 @@ class SmppChannel:
                 continue
             with contextlib.suppress(ChannelError):
                 await self._bound()
+
+
+_ACCEPTED_REPLY = status_reply(Command.SUBMIT_SM_RESP, CommandStatus.ESME_ROK)
 
 
 def _refusal(response: Pdu) -> ChannelError | None:

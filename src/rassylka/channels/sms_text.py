@@ -51,6 +51,11 @@ _GSM7_ENCODE: dict[str, bytes] = {
 }
 _GSM7_ENCODE.update({char: bytes([_ESCAPE, code]) for char, code in _GSM7_EXTENSION.items()})
 _GSM7_DECODE_EXTENSION: dict[int, str] = {code: char for char, code in _GSM7_EXTENSION.items()}
+_GSM7_CHARS = frozenset(_GSM7_ENCODE)
+# The same encoding for str.translate (then Latin-1): a whole text in one C call.
+_GSM7_TRANSLATE: dict[int, str] = {
+    ord(char): code.decode("latin-1") for char, code in _GSM7_ENCODE.items()
+}
 
 
 class SmsCoding(StrEnum):
@@ -125,7 +130,7 @@ def concatenation_udh(*, reference: int, total: int, sequence: int) -> bytes:
 
 def choose_coding(text: str) -> SmsCoding:
     """GSM-7 when every character is in the default alphabet or its extension, else UCS-2."""
-    if all(char in _GSM7_ENCODE for char in text):
+    if _GSM7_CHARS.issuperset(text):
         return SmsCoding.GSM7
     return SmsCoding.UCS2
 
@@ -147,12 +152,32 @@ def encode_sms(text: str) -> EncodedSms:
     with a lone surrogate, which no SMS coding can carry.
     """
     coding = choose_coding(text)
+    single = _single_part(text, coding)
+    if single is not None:
+        return single
     costs = _unit_costs(text, coding)
     bounds = _split(costs, coding)
     if len(bounds) > MAX_PARTS:
         raise SmsTooLongError(len(bounds))
     parts = [_encode_chunk(text[start:end], coding) for start, end in bounds]
     return EncodedSms(coding=coding, parts=parts, units=sum(costs))
+
+
+def _single_part(text: str, coding: SmsCoding) -> EncodedSms | None:
+    """The text encoded whole if it fits one part (most do), without a look at each character
+    from Python; None if it needs splitting or holds a lone surrogate (the caller says which)."""
+    if coding is SmsCoding.GSM7:
+        payload = text.translate(_GSM7_TRANSLATE).encode("latin-1")
+        units, limit = len(payload), GSM7_SINGLE_PART_SEPTETS
+    else:
+        try:
+            payload = text.encode("utf-16-be")
+        except UnicodeEncodeError:
+            return None
+        units, limit = len(payload) // 2, UCS2_SINGLE_PART_UNITS
+    if units > limit:
+        return None
+    return EncodedSms(coding=coding, parts=[payload], units=units)
 
 
 def decode_payload(payload: bytes, *, data_coding: int) -> str:
@@ -198,7 +223,7 @@ def _split(costs: list[int], coding: SmsCoding) -> list[tuple[int, int]]:
 
 def _encode_chunk(chunk: str, coding: SmsCoding) -> bytes:
     if coding is SmsCoding.GSM7:
-        return b"".join(_GSM7_ENCODE[char] for char in chunk)
+        return chunk.translate(_GSM7_TRANSLATE).encode("latin-1")
     return chunk.encode("utf-16-be")
 
 

@@ -53,13 +53,15 @@ class ReceiptInbox:
         # (dropped after ``keep``): for the log and for whoever watches this worker.
         self.counts: Counter[str] = Counter()
 
-    async def receive(self, receipt: DeliveryReceipt) -> None:
-        """Store one receipt; returns when it is committed, raises if it could not be."""
+    def receive(self, receipt: DeliveryReceipt) -> asyncio.Future[None]:
+        """Store one receipt: the future is done once it is committed, and has the error if it
+        could not be. A future rather than a coroutine, so the SMPP session awaits it without
+        a task per receipt."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         report = DeliveryReport(receipt.peer_message_id, receipt.state, receipt.error)
         self._incoming.append((report, future))
         self._ready.set()
-        await future
+        return future
 
     def parts_recorded(self, peer_ids: list[str]) -> None:
         """The writer recorded SMS parts with these peer ids: receipts may wait for them."""

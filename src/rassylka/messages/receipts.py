@@ -19,10 +19,22 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import cast
+from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, delete, func, insert, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Table,
+    any_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.elements import ColumnClause
 
 from rassylka.channels.base import DeliveryReport
 from rassylka.messages import queue
@@ -48,6 +60,17 @@ class Matched:
     """Receipts that found their part (and were deleted)."""
     settled: list[int]
     """Messages whose status changed."""
+
+
+def _among(
+    session: AsyncSession, column: ColumnClause[Any], values: Sequence[object]
+) -> ColumnElement[bool]:
+    """``column IN values``: on PostgreSQL as ``= ANY(array)``, one parameter, so the statement
+    is the same for every batch (compiled and prepared once) rather than one with a parameter
+    per value."""
+    if session.get_bind().dialect.name == "postgresql":
+        return column == any_(bindparam(None, list(values), type_=ARRAY(column.type)))
+    return column.in_(values)
 
 
 async def store(session: AsyncSession, *, reports: Sequence[DeliveryReport], now: datetime) -> None:
@@ -110,7 +133,7 @@ async def _match_batch(
     receipts = (
         await session.execute(
             select(RECEIPT.c.id, RECEIPT.c.peer_message_id, RECEIPT.c.state, RECEIPT.c.error)
-            .where(RECEIPT.c.peer_message_id.in_(peer_ids))
+            .where(_among(session, RECEIPT.c.peer_message_id, peer_ids))
             .order_by(RECEIPT.c.id)
         )
     ).all()
@@ -122,7 +145,13 @@ async def _match_batch(
         for part_id, message_id, peer_id, state in (
             await session.execute(
                 select(PART.c.id, PART.c.message_id, PART.c.peer_message_id, PART.c.state)
-                .where(PART.c.peer_message_id.in_({row.peer_message_id for row in receipts}))
+                .where(
+                    _among(
+                        session,
+                        PART.c.peer_message_id,
+                        sorted({row.peer_message_id for row in receipts}),
+                    )
+                )
                 .order_by(PART.c.id)
             )
         ).all()
@@ -148,7 +177,7 @@ async def _match_batch(
             list(changes.values()),
         )
     if done:
-        await session.execute(delete(RECEIPT).where(RECEIPT.c.id.in_(done)))
+        await session.execute(delete(RECEIPT).where(_among(session, RECEIPT.c.id, done)))
     return len(done), touched
 
 
@@ -160,7 +189,7 @@ async def _verdicts(session: AsyncSession, message_ids: set[int]) -> list[queue.
     for start in range(0, len(ids), MATCH_BATCH):
         rows = await session.execute(
             select(PART.c.message_id, PART.c.state, PART.c.error)
-            .where(PART.c.message_id.in_(ids[start : start + MATCH_BATCH]))
+            .where(_among(session, PART.c.message_id, ids[start : start + MATCH_BATCH]))
             .order_by(PART.c.message_id, PART.c.part)
         )
         for message_id, state, error in rows:
