@@ -38,6 +38,7 @@ bench: $(VENV)/.installed-dev
 	$(BIN)/python bench/smtp_transport.py
 	$(BIN)/python bench/compose.py
 	$(BIN)/python bench/api_load.py
+	$(BIN)/python bench/materialize.py
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check src tests

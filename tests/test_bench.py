@@ -29,6 +29,7 @@ NO_DATABASE = {"smtp_transport.py", "compose.py"}
         ("smtp_transport.py", ["--messages", "300", "--repeat", "1"], "SmtpChannel, composing"),
         ("compose.py", ["--messages", "200"], "direct"),
         ("api_load.py", ["--tiny"], "creates/s ÷ 2,000"),
+        ("materialize.py", ["--sizes", "1000", "--runs", "1"], "seconds per 1M messages ÷ 10 s"),
     ],
 )
 def test_a_benchmark_runs_in_its_tiny_mode(
