@@ -14,7 +14,9 @@ What it does, on PostgreSQL (a scratch database of its own, created and dropped)
    ``Scheduler.tick()`` — the real code path a worker runs: lock the due mailing, create the
    run, ``INSERT … SELECT`` its messages, write their creation events, hold them for a send
    window, expire and finish what is due. It times the tick and, per statement kind, the time
-   the database took (``message`` rows, their events, the rest); after each run it checks
+   the database took (``message`` rows, their events, the rest; on PostgreSQL the messages and
+   their events are one statement, counted as messages) and the CPU time the tick's PostgreSQL
+   backends used (steadier than wall time on a shared machine); after each run it checks
    that the run has one message per client, then empties ``message``, ``message_event`` and
    ``run`` (``TRUNCATE``) and runs a ``CHECKPOINT``, so that every run starts from the same
    state and pays for no earlier run's dirty pages;
@@ -26,7 +28,10 @@ What it does, on PostgreSQL (a scratch database of its own, created and dropped)
    messages) and whether the peak RSS of the ticking process is flat across the sizes.
 
     .venv/bin/python bench/materialize.py [--sizes 10000,100000,1000000] [--runs 3]
-                                          [--postgres-url URL]
+                                          [--window] [--postgres-url URL]
+
+``--window`` gives the mailing a send window shut in every zone (03:00–03:01), so that every
+message is held until its zone's opening.
 
 ``--sizes 1000 --runs 1`` is the tiny mode the test suite runs. The server's settings are
 whatever it has (stock Debian: 128 MB shared buffers, ``max_wal_size`` 1 GB); the script prints
@@ -65,6 +70,9 @@ TARGET_SECONDS = 10.0
 TARGET_MESSAGES = 1_000_000
 # Peak RSS counts as flat when the largest size's is within this of the smallest's.
 FLAT_MB = 10.0
+# --window: a send window shut in every zone (unless it is 03:00 there), so that every
+# message waits for its zone's opening.
+SHUT_WINDOW = {"start": "03:00", "end": "03:01"}
 SETTINGS = ("shared_buffers", "max_wal_size", "synchronous_commit", "work_mem")
 
 # The clients of one project: guid, names, email (0.5 % none), a zone (a tenth none), 1 %
@@ -102,6 +110,15 @@ def peak_rss_mb(pid: int) -> float | None:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return None
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a process has used so far; 0 if it cannot be read."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @contextmanager
@@ -162,12 +179,12 @@ async def tick(database_url: str) -> dict[str, Any]:
     began: dict[int, float] = {}
 
     def kind(statement: str) -> str:
-        head = " ".join(statement.split()[:3]).lower()
-        if head.startswith("insert into message_event"):
-            return "events"
-        if head.startswith("insert into message"):
+        flat = " ".join(statement.split()).lower()
+        if "insert into message (" in flat:  # with their events, in one statement or not
             return "messages"
-        if head.startswith("update message"):
+        if flat.startswith("insert into message_event"):
+            return "events"
+        if flat.startswith("update message"):
             return "window"
         return "other"
 
@@ -178,21 +195,31 @@ async def tick(database_url: str) -> dict[str, Any]:
         elapsed = time.perf_counter() - began.pop(id(cursor), time.perf_counter())
         spent[kind(statement)] = spent.get(kind(statement), 0.0) + elapsed
 
-    event.listen(engine.sync_engine, "before_cursor_execute", before)
-    event.listen(engine.sync_engine, "after_cursor_execute", after)
+    backends = text("SELECT pid FROM pg_stat_activity WHERE datname = current_database()")
     try:
+        async with engine.connect() as connection:
+            cpu_before = {pid: cpu_seconds(pid) for pid in await connection.scalars(backends)}
+        event.listen(engine.sync_engine, "before_cursor_execute", before)
+        event.listen(engine.sync_engine, "after_cursor_execute", after)
         started = time.perf_counter()
         runs = await Scheduler(create_sessionmaker(engine)).tick()
         seconds = time.perf_counter() - started
-        # While the tick's connections are still open: their server processes' peaks.
+        event.remove(engine.sync_engine, "before_cursor_execute", before)
+        event.remove(engine.sync_engine, "after_cursor_execute", after)
+        # While the tick's connections are still open: their server processes' CPU and peaks.
         async with engine.connect() as connection:
-            pids = await connection.scalars(
-                text("SELECT pid FROM pg_stat_activity WHERE datname = current_database()")
-            )
-            peaks = [peak for pid in pids if (peak := peak_rss_mb(pid)) is not None]
+            pids = list(await connection.scalars(backends))
+        peaks = [peak for pid in pids if (peak := peak_rss_mb(pid)) is not None]
+        cpu = sum(cpu_seconds(pid) - cpu_before.get(pid, 0.0) for pid in pids)
     finally:
         await engine.dispose()
-    return {"seconds": seconds, "runs": runs, "spent": spent, "backend_rss": max(peaks)}
+    return {
+        "seconds": seconds,
+        "runs": runs,
+        "spent": spent,
+        "backend_rss": max(peaks),
+        "backend_cpu": cpu,
+    }
 
 
 def tick_in_child(database_url: str) -> dict[str, Any]:
@@ -272,7 +299,7 @@ def reset(database_url: str) -> None:
 
 
 def measure(
-    base: str, database_url: str, api_pid: int, count: int, runs: int
+    base: str, database_url: str, api_pid: int, count: int, runs: int, window: bool
 ) -> list[dict[str, Any]]:
     code = f"m{uuid.uuid4().hex[:8]}"
     project = call(base, "POST", "/project/create", {"name": "Материализация", "code": code})
@@ -304,6 +331,7 @@ def measure(
                 "status": 1,
                 "channels": ["email"],
                 "event": "2020-01-01",
+                **({"send_window": SHUT_WINDOW} if window else {}),
             },
         )
         result = tick_in_child(database_url)
@@ -316,7 +344,8 @@ def measure(
         spent = result["spent"]
         print(
             f"{count:,}: {result['seconds']:.2f} s (messages {spent.get('messages', 0):.2f} s, "
-            f"events {spent.get('events', 0):.2f} s), tick RSS {result['rss']:.0f} MB",
+            f"events {spent.get('events', 0):.2f} s), database CPU {result['backend_cpu']:.2f} s, "
+            f"tick RSS {result['rss']:.0f} MB",
             file=sys.stderr,
         )
         results.append(result)
@@ -335,6 +364,11 @@ def main() -> None:
     parser.add_argument("--sizes", default="10000,100000,1000000", help="clients, comma-separated")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--postgres-url", default=DEFAULT_POSTGRES)
+    parser.add_argument(
+        "--window",
+        action="store_true",
+        help="the mailing has a send window shut everywhere: every message waits for it",
+    )
     options = parser.parse_args()
     sizes = [int(size.replace("_", "")) for size in options.sizes.split(",")]
     measured: dict[int, list[dict[str, Any]]] = {}
@@ -350,16 +384,20 @@ def main() -> None:
         version = asyncio.run(postgres(options.postgres_url))
         with api_process(Path(scratch), env) as (base, api_pid):
             for count in sizes:
-                measured[count] = measure(base, database_url, api_pid, count, options.runs)
+                measured[count] = measure(
+                    base, database_url, api_pid, count, options.runs, options.window
+                )
 
     print(
         f"\nMaterialising a run on PostgreSQL {version} ({os.cpu_count()} CPUs; "
         + ", ".join(f"{name} {value}" for name, value in settings.items())
-        + f"), median of {options.runs}\n"
+        + f"), median of {options.runs}"
+        + (f"; send window {SHUT_WINDOW['start']}–{SHUT_WINDOW['end']}" if options.window else "")
+        + "\n"
     )
     header = (
         f"{'messages':>10}{'seconds':>9}{'msg/s':>10}{'messages s':>12}{'events s':>10}"
-        f"{'other s':>9}   {'peak RSS MB: tick':>17}{'api':>6}{'postgres':>10}"
+        f"{'other s':>9}{'db CPU s':>10}   {'peak RSS MB: tick':>17}{'api':>6}{'postgres':>10}"
     )
     print(header)
     print("-" * len(header))
@@ -372,7 +410,8 @@ def main() -> None:
         other = median("other") + median("window")
         print(
             f"{count:>10,}{seconds:>9.2f}{count / seconds:>10,.0f}{median('messages'):>12.2f}"
-            f"{median('events'):>10.2f}{other:>9.2f}   "
+            f"{median('events'):>10.2f}{other:>9.2f}"
+            f"{statistics.median(r['backend_cpu'] for r in results):>10.2f}   "
             f"{max(r['rss'] for r in results):>17.0f}{max(r['api_rss'] for r in results):>6.0f}"
             f"{max(r['backend_rss'] for r in results):>10.0f}"
         )

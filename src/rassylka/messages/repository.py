@@ -86,9 +86,15 @@ async def materialize(
     audience: Mapping[str, Any] | None,
     mailing_timezone: str,
     now: datetime,
+    window: SendWindow | None = None,
 ) -> None:
     """One message per client of the project in the ``audience`` per channel, inside the
     database, each with its creation event (``None`` → its status).
+
+    With a send ``window``, each message is due when the window next opens in its recipient's
+    zone (now if it is open): the zones the audience lives in are read first (a few hundred at
+    most, whatever its size) and each one's opening is computed once, in Python; the insert
+    picks its zone's moment — no second pass that rewrites the messages.
 
     A client the message cannot or must not go to gets a ``skipped`` message with the first
     reason that applies: no contact for the channel, opted out, the address suppressed in the
@@ -106,6 +112,18 @@ async def materialize(
     """
     postgres = session.get_bind().dialect.name == "postgresql"
     chosen = audience_filter("postgresql" if postgres else "sqlite", audience)
+    zone = _zone(mailing_timezone)
+    due: ColumnElement[Any] = literal(now, UTCDateTime)
+    if window is not None:
+        openings = await _openings(
+            session, window, zone=zone, project_id=project_id, chosen=chosen, now=now
+        )
+        if openings:
+            due = case(
+                {name: literal(moment, UTCDateTime) for name, moment in openings.items()},
+                value=zone,
+                else_=due,
+            )
     if postgres:
         # The suppressions are joined by hash, whatever the statistics say: right after a big
         # import PostgreSQL may have none and would loop over every suppression per client
@@ -123,7 +141,8 @@ async def materialize(
             channel=channel,
             project_id=project_id,
             chosen=chosen,
-            mailing_timezone=mailing_timezone,
+            zone=zone,
+            due=due,
             with_ids=postgres,
         )
         if postgres:
@@ -183,11 +202,13 @@ def _recipients(
     channel: int,
     project_id: int,
     chosen: list[ColumnElement[bool]],
-    mailing_timezone: str,
+    zone: ColumnElement[Any],
+    due: ColumnElement[Any],
     with_ids: bool,
 ) -> Select[Any]:
-    """The audience's clients for ``channel``: client id, guid, address, zone and the reason
-    to skip (NULL: send); ``with_ids`` (PostgreSQL) first a new message id for each."""
+    """The audience's clients for ``channel``: client id, guid, address, zone, when it is due
+    and the reason to skip (NULL: send); ``with_ids`` (PostgreSQL) first a new message id for
+    each."""
     client = cast(Table, Client.__table__)
     address = client.c.email if channel == Channel.EMAIL else client.c.phone
     suppressed = SUPPRESSION.alias("suppressed")
@@ -201,14 +222,12 @@ def _recipients(
         ),
         else_=null(),
     )
-    zone = func.coalesce(
-        client.c.timezone, client.c.phone_timezone, literal(mailing_timezone, String)
-    )
     columns: list[ColumnElement[Any]] = [
         client.c.id.label("client_id"),
         client.c.guid.label("guid"),
         address.label("address"),
         zone.label("timezone"),
+        due.label("due"),
         reason.label("reason"),
     ]
     if with_ids:
@@ -219,6 +238,36 @@ def _recipients(
         and_(suppressed.c.project_id == project_id, suppressed.c.address == func.lower(address)),
     )
     return select(*columns).select_from(joined).where(client.c.project_id == project_id, *chosen)
+
+
+def _zone(mailing_timezone: str) -> ColumnElement[Any]:
+    """A recipient's zone: the client's own, else the phone's, else the mailing's."""
+    client = cast(Table, Client.__table__)
+    return func.coalesce(
+        client.c.timezone, client.c.phone_timezone, literal(mailing_timezone, String)
+    )
+
+
+async def _openings(
+    session: AsyncSession,
+    window: SendWindow,
+    *,
+    zone: ColumnElement[Any],
+    project_id: int,
+    chosen: list[ColumnElement[bool]],
+    now: datetime,
+) -> dict[str, datetime]:
+    """Each zone of the audience whose window is shut at ``now``, with when it opens."""
+    client = cast(Table, Client.__table__)
+    names = await session.scalars(
+        select(zone).distinct().where(client.c.project_id == project_id, *chosen)
+    )
+    openings = {}
+    for name in list(names):
+        opening = opening_at_or_after(window, now, zone_or_utc(name))
+        if opening > now:
+            openings[name] = opening
+    return openings
 
 
 # The sequence PostgreSQL made for message.id (BIGSERIAL: table_column_seq).
@@ -251,7 +300,7 @@ def _message_rows(
         _status(sendable),
         recipient.c.reason,
         literal(0, Integer),
-        case((sendable, moment), else_=None),
+        case((sendable, recipient.c.due), else_=None),
         moment,
         moment,
     )
@@ -363,36 +412,6 @@ def _sqlite_json_equals(
     if isinstance(value, str):
         return and_(kind == "text", atom == value)
     return ~true()  # the schema admits only scalars; anything else matches nothing
-
-
-async def hold_for_window(
-    session: AsyncSession, *, run_id: int, window: SendWindow, scheduled_at: datetime
-) -> int:
-    """Move each queued message of a run to its recipient's window: one UPDATE per zone the
-    run's recipients live in (a few hundred at most, whatever the audience), so memory stays
-    constant. Returns how many zones had to wait."""
-    zones = await session.scalars(
-        select(MESSAGE.c.timezone)
-        .where(MESSAGE.c.run_id == run_id, MESSAGE.c.status == MessageStatus.QUEUED)
-        .distinct()
-    )
-    waiting = 0
-    for name in list(zones):
-        zone = zone_or_utc(name)
-        opening = opening_at_or_after(window, scheduled_at, zone)
-        if opening <= scheduled_at:
-            continue
-        waiting += 1
-        await session.execute(
-            update(MESSAGE)
-            .where(
-                MESSAGE.c.run_id == run_id,
-                MESSAGE.c.status == MessageStatus.QUEUED,
-                MESSAGE.c.timezone == name if name is not None else MESSAGE.c.timezone.is_(None),
-            )
-            .values(next_attempt_at=opening)
-        )
-    return waiting
 
 
 async def runs_page(

@@ -58,7 +58,6 @@ async def advance(session: AsyncSession, mailing: Mailing, *, now: datetime) -> 
         audience=mailing.audience,
         mailing_timezone=mailing.timezone,
         now=now,
+        window=window,
     )
-    if window is not None:
-        await repository.hold_for_window(session, run_id=run_id, window=window, scheduled_at=now)
     return run_id
