@@ -40,6 +40,7 @@ bench: $(VENV)/.installed-dev
 	$(BIN)/python bench/api_load.py
 	$(BIN)/python bench/schedule_latency.py
 	$(BIN)/python bench/sms_e2e.py
+	$(BIN)/python bench/materialize.py
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check src tests

@@ -16,7 +16,7 @@ from rassylka.db import create_sessionmaker, utcnow
 from rassylka.engine.scheduler import Scheduler
 from rassylka.mailings.models import Mailing
 from rassylka.messages import repository
-from rassylka.messages.models import Message, Run
+from rassylka.messages.models import Message, MessageEvent, Run
 from rassylka.suppressions.models import Suppression
 
 CLIENTS: list[dict[str, Any]] = [
@@ -383,27 +383,49 @@ async def materialize(
         )
 
 
-async def test_materializing_a_run_again_adds_and_changes_nothing(
+async def test_each_message_gets_one_creation_event_in_message_order(
     api: httpx.AsyncClient, engine: AsyncEngine
 ) -> None:
+    """Messages and their events are written together (one statement on PostgreSQL): one
+    event per message, old status none, its status and reason, event ids in message order.
+    (Materialising twice is not guarded against any more: ``start`` makes a run once, see
+    ``test_starting_twice_makes_nothing_twice``.)"""
     project_id = await make_project(api, code="010")
     assert_ok(
         await api.post("/client/import", json={"project": "010", "clients": SKIPPING_CLIENTS})
     )
     body = {"project": "010", "address": "ms@example.com", "reason": "Жалоба"}
     assert_ok(await api.post("/suppression/create", json=body))
-    mailing_id = await make_mailing(api, project_id, channels=[1, 2])
-    audience = {"tags_any": []}
+    await make_mailing(api, project_id, channels=[1, 2])
     [run_id] = await start(engine)
-    before = await messages(engine)
     async with engine.connect() as connection:
-        ids = set(await connection.scalars(select(Message.id)))
-    await materialize(engine, run_id, mailing_id, audience)
-    await materialize(engine, run_id, mailing_id, audience)
-    assert await messages(engine) == before
-    async with engine.connect() as connection:
-        assert set(await connection.scalars(select(Message.id))) == ids
-    assert len(before) == 2 * len(SKIPPING_CLIENTS)
+        made = (
+            await connection.execute(
+                select(Message.id, Message.client_id, Message.status, Message.reason)
+                .where(Message.run_id == run_id)
+                .order_by(Message.id)
+            )
+        ).all()
+        logged = (
+            await connection.execute(
+                select(
+                    MessageEvent.message_id,
+                    MessageEvent.client_id,
+                    MessageEvent.status,
+                    MessageEvent.reason,
+                    MessageEvent.old_status,
+                    MessageEvent.client_guid,
+                    Client.guid,
+                )
+                .join(Client, Client.id == MessageEvent.client_id)
+                .where(MessageEvent.run_id == run_id)
+                .order_by(MessageEvent.id)
+            )
+        ).all()
+    assert len(made) == 2 * len(SKIPPING_CLIENTS)
+    assert [tuple(row[:4]) for row in logged] == [tuple(row) for row in made]
+    assert all(row.old_status is None and row.client_guid == row.guid for row in logged)
+    assert {row.status for row in made} == {"queued", "skipped"}
 
 
 @contextmanager
@@ -472,7 +494,7 @@ async def test_a_hundred_thousand_clients_with_a_tags_filter_in_one_statement_pe
         assert run_id is not None
         with counting_statements(engine) as statements:
             await materialize(engine, run_id, mailing_id, audience)
-        inserts = [sql for sql in statements if sql.lstrip().upper().startswith("INSERT")]
+        inserts = [sql for sql in statements if "INSERT INTO message (" in sql]
         assert len(inserts) == 2, statements
         async with engine.connect() as connection:
             counts = dict(

@@ -56,8 +56,9 @@ class Run(Base):
 
 class Message(Base):
     __tablename__ = "message"
+    # No unique (run, client, channel): a run's messages are made once, in the transaction that
+    # creates the run, from distinct clients; the key cost a check and an index entry per row.
     __table_args__ = (
-        UniqueConstraint("run_id", "client_id", "channel"),
         # The dispatcher's claim: due work of one channel, oldest first.
         Index("ix_message_due", "channel", "status", "next_attempt_at", "id"),
         # Whether a run has anything left to send.

@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import (
+    BigInteger,
     ColumnElement,
     Integer,
     Select,
@@ -18,9 +19,13 @@ from sqlalchemy import (
     delete,
     distinct,
     func,
+    insert,
     literal,
+    literal_column,
+    null,
     or_,
     select,
+    text,
     true,
     update,
 )
@@ -81,94 +86,260 @@ async def materialize(
     audience: Mapping[str, Any] | None,
     mailing_timezone: str,
     now: datetime,
+    window: SendWindow | None = None,
 ) -> None:
     """One message per client of the project in the ``audience`` per channel, inside the
-    database.
+    database, each with its creation event (``None`` → its status).
+
+    With a send ``window``, each message is due when the window next opens in its recipient's
+    zone (now if it is open): the zones the audience lives in are read first (a few hundred at
+    most, whatever its size) and each one's opening is computed once, in Python; the insert
+    picks its zone's moment — no second pass that rewrites the messages.
 
     A client the message cannot or must not go to gets a ``skipped`` message with the first
     reason that applies: no contact for the channel, opted out, the address suppressed in the
     project. So the mailing's statistics account for every client of its audience. Each
     message keeps the recipient's zone: the client's own, else the phone's, else the
-    mailing's. Re-running adds nothing (unique run, client, channel), so a crash between two
-    channels is mended by running it again.
+    mailing's. Call it once per run, in the transaction that created the run: nothing checks
+    for copies (the run is new, its clients distinct), which is what makes it fast.
+
+    On PostgreSQL one statement per channel writes the messages and their events together
+    (a materialised CTE of the recipients, each given its message id from the sequence; one
+    pass over the clients, no second read of the messages). Because it writes events, it takes
+    the events lock first (see ``messages.queue``): other event writers wait for this
+    transaction's commit, as they did for the events statement alone before. On SQLite the
+    messages, then their events (``queue.log_events``).
     """
-    moment = literal(now, UTCDateTime)
-    dialect = session.get_bind().dialect.name
-    chosen = audience_filter(dialect, audience)
-    zone = func.coalesce(Client.timezone, Client.phone_timezone, literal(mailing_timezone, String))
+    postgres = session.get_bind().dialect.name == "postgresql"
+    chosen = audience_filter("postgresql" if postgres else "sqlite", audience)
+    zone = _zone(mailing_timezone)
+    due: ColumnElement[Any] = literal(now, UTCDateTime)
+    if window is not None:
+        openings = await _openings(
+            session, window, zone=zone, project_id=project_id, chosen=chosen, now=now
+        )
+        if openings:
+            due = case(
+                {name: literal(moment, UTCDateTime) for name, moment in openings.items()},
+                value=zone,
+                else_=due,
+            )
+    if postgres:
+        # The suppressions are joined by hash, whatever the statistics say: right after a big
+        # import PostgreSQL may have none and would loop over every suppression per client
+        # (13 s instead of 0.2 s for 50,000); a lookup per client in the unique index instead
+        # cost 4 s per million.
+        await session.execute(text("SET LOCAL enable_nestloop = off"))
+        await session.execute(
+            text("SELECT pg_advisory_xact_lock(:key)"), {"key": queue.EVENTS_LOCK}
+        )
+        await session.execute(
+            text("SELECT pg_notify(:channel, '')"), {"channel": queue.EVENTS_CHANNEL}
+        )
     for channel in channels:
-        address = Client.email if channel == Channel.EMAIL else Client.phone
-        # ": reason", or "" for a suppression without one, or NULL when the address is not
-        # suppressed (and then so is the reason below: NULL || text is NULL). A lookup in the
-        # unique (project_id, address) index per client rather than a join: a join's plan
-        # rests on statistics, and right after a big import PostgreSQL has none and loops
-        # over every suppression for every client (13 s instead of 0.2 s for 50,000).
-        suppression_note = (
-            select(func.coalesce(literal(": ", String) + SUPPRESSION.c.reason, literal("", String)))
-            .where(
-                SUPPRESSION.c.project_id == project_id,
-                SUPPRESSION.c.address == func.lower(address),
+        recipients = _recipients(
+            channel=channel,
+            project_id=project_id,
+            chosen=chosen,
+            zone=zone,
+            due=due,
+            with_ids=postgres,
+        )
+        if postgres:
+            statement = _messages_and_events(
+                recipients, channel=channel, run_id=run_id, mailing_id=mailing_id, now=now
             )
-            .scalar_subquery()
+            await session.execute(statement)
+            continue
+        rows = _message_rows(
+            recipients.subquery("recipient"),
+            channel=channel,
+            run_id=run_id,
+            mailing_id=mailing_id,
+            now=now,
         )
-        skip_reason = case(
-            (address.is_(None), literal(NO_CONTACT[Channel(channel)], String)),
-            (Client.opted_out, literal(OPTED_OUT, String)),
-            else_=literal(SUPPRESSED, String) + suppression_note,
+        await session.execute(insert(MESSAGE).from_select(MESSAGE_COLUMNS[1:], rows))
+    if postgres:
+        await session.execute(text("SET LOCAL enable_nestloop TO DEFAULT"))
+    else:
+        await queue.log_events(
+            session, where=[MESSAGE.c.run_id == run_id], old_status=None, now=now
         )
-        recipient = (
-            select(
-                Client.id.label("client_id"),
-                address.label("address"),
-                zone.label("timezone"),
-                skip_reason.label("reason"),
-            )
-            .where(Client.project_id == project_id, *chosen)
-            # A fence (PostgreSQL does not inline a subquery with an OFFSET): the reason's
-            # suppression lookup runs once per client, not once per column that reads it.
-            .offset(0)
-            .subquery("recipient")
-        )
-        sendable = recipient.c.reason.is_(None)
-        rows = select(
-            literal(run_id, Integer),
-            literal(mailing_id, Integer),
-            recipient.c.client_id,
-            literal(channel, SmallInteger),
-            recipient.c.address,
-            recipient.c.timezone,
-            case(
-                (sendable, literal(MessageStatus.QUEUED.value, String)),
-                else_=MessageStatus.SKIPPED.value,
+
+
+MESSAGE_COLUMNS = [
+    "id",
+    "run_id",
+    "mailing_id",
+    "client_id",
+    "channel",
+    "address",
+    "timezone",
+    "status",
+    "reason",
+    "attempts",
+    "next_attempt_at",
+    "created_at",
+    "updated_at",
+]
+EVENT_COLUMNS = [
+    "message_id",
+    "mailing_id",
+    "run_id",
+    "client_id",
+    "client_guid",
+    "channel",
+    "old_status",
+    "status",
+    "reason",
+    "peer_message_id",
+    "created_at",
+]
+
+
+def _recipients(
+    *,
+    channel: int,
+    project_id: int,
+    chosen: list[ColumnElement[bool]],
+    zone: ColumnElement[Any],
+    due: ColumnElement[Any],
+    with_ids: bool,
+) -> Select[Any]:
+    """The audience's clients for ``channel``: client id, guid, address, zone, when it is due
+    and the reason to skip (NULL: send); ``with_ids`` (PostgreSQL) first a new message id for
+    each."""
+    client = cast(Table, Client.__table__)
+    address = client.c.email if channel == Channel.EMAIL else client.c.phone
+    suppressed = SUPPRESSION.alias("suppressed")
+    reason = case(
+        (address.is_(None), literal(NO_CONTACT[Channel(channel)], String)),
+        (client.c.opted_out, literal(OPTED_OUT, String)),
+        (
+            suppressed.c.id.is_not(None),
+            literal(SUPPRESSED, String)
+            + func.coalesce(literal(": ", String) + suppressed.c.reason, literal("", String)),
+        ),
+        else_=null(),
+    )
+    columns: list[ColumnElement[Any]] = [
+        client.c.id.label("client_id"),
+        client.c.guid.label("guid"),
+        address.label("address"),
+        zone.label("timezone"),
+        due.label("due"),
+        reason.label("reason"),
+    ]
+    if with_ids:
+        columns.insert(0, literal_column(f"nextval('{MESSAGE_SEQUENCE}')", BigInteger).label("id"))
+    # One suppression at most per client: (project_id, address) is unique.
+    joined = client.outerjoin(
+        suppressed,
+        and_(suppressed.c.project_id == project_id, suppressed.c.address == func.lower(address)),
+    )
+    return select(*columns).select_from(joined).where(client.c.project_id == project_id, *chosen)
+
+
+def _zone(mailing_timezone: str) -> ColumnElement[Any]:
+    """A recipient's zone: the client's own, else the phone's, else the mailing's."""
+    client = cast(Table, Client.__table__)
+    return func.coalesce(
+        client.c.timezone, client.c.phone_timezone, literal(mailing_timezone, String)
+    )
+
+
+async def _openings(
+    session: AsyncSession,
+    window: SendWindow,
+    *,
+    zone: ColumnElement[Any],
+    project_id: int,
+    chosen: list[ColumnElement[bool]],
+    now: datetime,
+) -> dict[str, datetime]:
+    """Each zone of the audience whose window is shut at ``now``, with when it opens."""
+    client = cast(Table, Client.__table__)
+    names = await session.scalars(
+        select(zone).distinct().where(client.c.project_id == project_id, *chosen)
+    )
+    openings = {}
+    for name in list(names):
+        opening = opening_at_or_after(window, now, zone_or_utc(name))
+        if opening > now:
+            openings[name] = opening
+    return openings
+
+
+# The sequence PostgreSQL made for message.id (BIGSERIAL: table_column_seq).
+MESSAGE_SEQUENCE = "message_id_seq"
+
+
+def _status(sendable: ColumnElement[bool]) -> ColumnElement[Any]:
+    return case(
+        (sendable, literal(MessageStatus.QUEUED.value, String)),
+        else_=literal(MessageStatus.SKIPPED.value, String),
+    )
+
+
+def _message_rows(
+    recipient: Any, *, channel: int, run_id: int, mailing_id: int, now: datetime
+) -> Select[Any]:
+    """The message rows of ``recipient`` (a subquery or CTE of ``_recipients``) in
+    ``MESSAGE_COLUMNS``' order; without ``id`` unless the recipients carry one."""
+    moment = literal(now, UTCDateTime)
+    sendable = recipient.c.reason.is_(None)
+    ids = [recipient.c.id] if "id" in recipient.c else []
+    return select(
+        *ids,
+        literal(run_id, BigInteger),
+        literal(mailing_id, BigInteger),
+        recipient.c.client_id,
+        literal(channel, SmallInteger),
+        recipient.c.address,
+        recipient.c.timezone,
+        _status(sendable),
+        recipient.c.reason,
+        literal(0, Integer),
+        case((sendable, recipient.c.due), else_=None),
+        moment,
+        moment,
+    )
+
+
+def _messages_and_events(
+    recipients: Select[Any], *, channel: int, run_id: int, mailing_id: int, now: datetime
+) -> Any:
+    """PostgreSQL: ``WITH recipient AS MATERIALIZED (…), made AS (INSERT INTO message …)
+    INSERT INTO message_event …`` — the messages and their creation events in one statement.
+
+    The events are inserted in the order the recipients were numbered (a materialised CTE is
+    read back in the order it was written), so event ids follow message ids.
+    """
+    recipient = recipients.cte("recipient").prefix_with("MATERIALIZED")
+    made = (
+        insert(MESSAGE)
+        .from_select(
+            MESSAGE_COLUMNS,
+            _message_rows(
+                recipient, channel=channel, run_id=run_id, mailing_id=mailing_id, now=now
             ),
-            recipient.c.reason,
-            literal(0, Integer),
-            case((sendable, moment), else_=None),
-            moment,
-            moment,
-        ).where(true())  # SQLite reads "FROM x ON CONFLICT" as a join's ON without a WHERE
-        columns = [
-            "run_id",
-            "mailing_id",
-            "client_id",
-            "channel",
-            "address",
-            "timezone",
-            "status",
-            "reason",
-            "attempts",
-            "next_attempt_at",
-            "created_at",
-            "updated_at",
-        ]
-        statement = (
-            _insert(session, MESSAGE)
-            .from_select(columns, rows)
-            .on_conflict_do_nothing(
-                index_elements=[MESSAGE.c.run_id, MESSAGE.c.client_id, MESSAGE.c.channel]
-            )
         )
-        await session.execute(statement)
+        .cte("made")
+    )
+    events = select(
+        recipient.c.id,
+        literal(mailing_id, BigInteger),
+        literal(run_id, BigInteger),
+        recipient.c.client_id,
+        recipient.c.guid,
+        literal(channel, SmallInteger),
+        null(),
+        _status(recipient.c.reason.is_(None)),
+        recipient.c.reason,
+        null(),
+        literal(now, UTCDateTime),
+    )
+    return insert(EVENT).from_select(EVENT_COLUMNS, events).add_cte(made)
 
 
 def audience_filter(dialect: str, audience: Mapping[str, Any] | None) -> list[ColumnElement[bool]]:
@@ -241,36 +412,6 @@ def _sqlite_json_equals(
     if isinstance(value, str):
         return and_(kind == "text", atom == value)
     return ~true()  # the schema admits only scalars; anything else matches nothing
-
-
-async def hold_for_window(
-    session: AsyncSession, *, run_id: int, window: SendWindow, scheduled_at: datetime
-) -> int:
-    """Move each queued message of a run to its recipient's window: one UPDATE per zone the
-    run's recipients live in (a few hundred at most, whatever the audience), so memory stays
-    constant. Returns how many zones had to wait."""
-    zones = await session.scalars(
-        select(MESSAGE.c.timezone)
-        .where(MESSAGE.c.run_id == run_id, MESSAGE.c.status == MessageStatus.QUEUED)
-        .distinct()
-    )
-    waiting = 0
-    for name in list(zones):
-        zone = zone_or_utc(name)
-        opening = opening_at_or_after(window, scheduled_at, zone)
-        if opening <= scheduled_at:
-            continue
-        waiting += 1
-        await session.execute(
-            update(MESSAGE)
-            .where(
-                MESSAGE.c.run_id == run_id,
-                MESSAGE.c.status == MessageStatus.QUEUED,
-                MESSAGE.c.timezone == name if name is not None else MESSAGE.c.timezone.is_(None),
-            )
-            .values(next_attempt_at=opening)
-        )
-    return waiting
 
 
 async def runs_page(

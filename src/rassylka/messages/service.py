@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from rassylka.mailings import timing
 from rassylka.mailings.models import Mailing, MailingStatus
-from rassylka.messages import queue, repository
+from rassylka.messages import repository
 from rassylka.scheduling import CatchUp, ScheduleError, WindowError, due_occurrence
 
 
@@ -58,10 +58,6 @@ async def advance(session: AsyncSession, mailing: Mailing, *, now: datetime) -> 
         audience=mailing.audience,
         mailing_timezone=mailing.timezone,
         now=now,
+        window=window,
     )
-    await queue.log_events(
-        session, where=[queue.MESSAGE.c.run_id == run_id], old_status=None, now=now
-    )
-    if window is not None:
-        await repository.hold_for_window(session, run_id=run_id, window=window, scheduled_at=now)
     return run_id
