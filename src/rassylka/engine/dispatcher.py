@@ -181,6 +181,13 @@ class Dispatcher:
             finally:
                 watcher.cancel()
 
+    def flush(self) -> None:
+        """Write the outcomes in hand now rather than at the writer's next interval (delivery
+        receipts are waiting for the SMS parts they name)."""
+        for lane in self._lanes:
+            if lane.results:
+                lane.results_ready.set()
+
     def is_paused(self, mailing_id: int) -> bool:
         return mailing_id in self._paused or mailing_id in self._held
 

@@ -49,6 +49,9 @@ class ReceiptInbox:
         self._incoming: list[tuple[DeliveryReport, asyncio.Future[None]]] = []
         self._recorded: set[str] = set()
         self._ready = asyncio.Event()
+        # Told when stored receipts name parts not recorded yet (the worker: the dispatcher's
+        # writer then writes what it holds at once).
+        self.on_waiting: Callable[[], None] | None = None
         # received, matched (receipts that found their part), settled (messages), unknown
         # (dropped after ``keep``): for the log and for whoever watches this worker.
         self.counts: Counter[str] = Counter()
@@ -115,6 +118,8 @@ class ReceiptInbox:
                 future.set_result(None)
         self._count(len(batch), matched)
         if matched.receipts < len(batch):
+            if self.on_waiting is not None:
+                self.on_waiting()
             logger.info(
                 "%s of %s delivery receipts name no sent part yet; they wait for it",
                 len(batch) - matched.receipts,

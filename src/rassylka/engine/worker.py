@@ -53,6 +53,9 @@ class Worker:
         self.dispatcher = Dispatcher(
             sessionmaker, channels, config, on_parts=self.receipts.parts_recorded
         )
+        # Receipts that came before their message was recorded sent wait for the writer:
+        # it writes at once instead of at its next interval.
+        self.receipts.on_waiting = self.dispatcher.flush
         self.scheduler = (
             Scheduler(sessionmaker, on_new_work=self.dispatcher.wake) if schedule else None
         )

@@ -600,7 +600,9 @@ async def _insert_events(
             MESSAGE.c.mailing_id,
             MESSAGE.c.run_id,
             MESSAGE.c.client_id,
-            CLIENT.c.guid,
+            # A lookup by key per event, not a join: a join lets the planner hash the whole
+            # client table when its statistics are stale (right after an import).
+            select(CLIENT.c.guid).where(CLIENT.c.id == MESSAGE.c.client_id).scalar_subquery(),
             MESSAGE.c.channel,
             literal(old_status, String),
             MESSAGE.c.status,
@@ -608,7 +610,6 @@ async def _insert_events(
             MESSAGE.c.peer_message_id,
             literal(now, UTCDateTime),
         )
-        .select_from(MESSAGE.outerjoin(CLIENT, CLIENT.c.id == MESSAGE.c.client_id))
         .where(*where)
         .order_by(MESSAGE.c.id)
     )
