@@ -45,6 +45,7 @@ from rassylka.config import Settings
 from rassylka.db import utcnow
 from rassylka.engine.ratelimit import RateLimiter
 from rassylka.engine.retry import RetryPolicy
+from rassylka.engine.upkeep import Statistics
 from rassylka.engine.waiting import wait_any
 from rassylka.mailings.models import Channel as MailingChannel
 from rassylka.mailings.models import Mailing
@@ -146,6 +147,7 @@ class Dispatcher:
         # Mailings with messages claimed into this worker's memory, and those of them that a
         # person paused or cancelled (or that ended) since: checked every HOLD_CHECK seconds,
         # so a pause stops their sends within about that long.
+        self.statistics = Statistics(sessionmaker)
         self._in_memory: Counter[int] = Counter()
         self._held: set[int] = set()
         self._lanes = [
@@ -337,6 +339,7 @@ class _Lane:
         while not stop.is_set():
             try:
                 if loop.time() >= next_recover:
+                    await self.dispatcher.statistics.refresh()
                     await self._recover()
                     next_recover = loop.time() + min(RECOVER_INTERVAL, config.lease / 2)
                 self.room.clear()  # before looking, so a sender's "room" is never missed

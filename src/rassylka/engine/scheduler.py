@@ -21,6 +21,7 @@ from datetime import datetime
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from rassylka.db import utcnow
+from rassylka.engine.upkeep import Statistics
 from rassylka.engine.waiting import wait_any
 from rassylka.mailings import repository as mailings
 from rassylka.messages import queue
@@ -46,6 +47,7 @@ class Scheduler:
         self._on_new_work = on_new_work
         self._clock = clock
         self._wake = asyncio.Event()
+        self._statistics = Statistics(sessionmaker)
         # The moment of the latest tick: what was due by then and is still due was not
         # started by it (another worker holds it, or advancing failed).
         self._ticked_at: datetime | None = None
@@ -73,6 +75,8 @@ class Scheduler:
                 started.append(run_id)
         if started:
             logger.info("started runs %s", started)
+            # Before the first claim of the new messages (see engine.upkeep).
+            await self._statistics.refresh(now=True)
             if self._on_new_work:
                 self._on_new_work()
         async with self._sessionmaker() as session, session.begin():
