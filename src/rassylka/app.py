@@ -64,6 +64,19 @@ def create_app(settings: Settings | None = None, *, worker: bool = False) -> Fas
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = create_engine(settings.database_url, pool_pre_ping=True)
         app.state.engine = engine
+        # Single-statement writes (POST /client/create) need no BEGIN/COMMIT round trips, and
+        # in autocommit the pool's ping is one round trip instead of three.
+        app.state.autocommit_engine = (
+            create_engine(
+                settings.database_url,
+                pool_pre_ping=True,
+                isolation_level="AUTOCOMMIT",
+                pool_size=5,
+                max_overflow=5,
+            )
+            if engine.dialect.name == "postgresql"
+            else engine
+        )
         app.state.sessionmaker = create_sessionmaker(engine)
         app.state.event_hub = EventHub(engine)
         app.state.event_hub.start()
@@ -85,6 +98,8 @@ def create_app(settings: Settings | None = None, *, worker: bool = False) -> Fas
             if bounces is not None:
                 await bounces.stop()
             await engine.dispose()
+            if app.state.autocommit_engine is not engine:
+                await app.state.autocommit_engine.dispose()
 
     app = FastAPI(
         title="Rassylka",

@@ -2,17 +2,36 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
+from functools import cache
 from typing import Any, cast
 
-from sqlalchemy import Table, func, select
+from sqlalchemy import Table, bindparam, case, func, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.sql.dml import Insert
 
 from rassylka.clients.models import Client
 from rassylka.db import utcnow
+from rassylka.projects.models import Project
 
 CLIENT_TABLE = cast(Table, Client.__table__)
+PROJECT_TABLE = cast(Table, Project.__table__)
+CREATE_COLUMNS = (
+    "guid",
+    "first_name",
+    "last_name",
+    "middle_name",
+    "email",
+    "phone",
+    "timezone",
+    "tags",
+    "attributes",
+    "opted_out",
+    "phone_timezone",
+    "created_at",
+    "updated_at",
+)
 UPSERT_COLUMNS = (
     "first_name",
     "last_name",
@@ -60,6 +79,55 @@ async def add(session: AsyncSession, client: Client) -> Client:
     session.add(client)
     await session.flush()
     return client
+
+
+async def insert_new(
+    connection: AsyncConnection,
+    *,
+    project_code: str | None,
+    project_id: int | None,
+    fields: Mapping[str, Any],
+) -> Mapping[str, Any] | None:
+    """Insert a client into the project of that code (else of that id), in one statement.
+
+    The stored row, or None when there is no such project or its guid is taken (the caller
+    tells which: that costs queries only when the request fails). ``fields``: every column of
+    ``CREATE_COLUMNS`` but the timestamps.
+    """
+    now = utcnow()
+    params = {**fields, "created_at": now, "updated_at": now}
+    params["project_code"], params["project_id"] = project_code, project_id
+    result = await connection.execute(_insert_new(connection.dialect.name), params)
+    row = result.mappings().first()
+    return None if row is None else dict(row)
+
+
+@cache
+def _insert_new(dialect: str) -> Insert:
+    """``INSERT … SELECT`` from the project row, ``ON CONFLICT DO NOTHING`` and ``RETURNING``:
+    built once, so SQLAlchemy compiles it once and the driver prepares it once a connection."""
+    code = bindparam("project_code", type_=PROJECT_TABLE.c.code.type)
+    source = (
+        select(
+            PROJECT_TABLE.c.id,
+            *(bindparam(name, type_=CLIENT_TABLE.c[name].type) for name in CREATE_COLUMNS),
+        )
+        .where(
+            or_(
+                PROJECT_TABLE.c.code == code,
+                PROJECT_TABLE.c.id == bindparam("project_id", type_=PROJECT_TABLE.c.id.type),
+            )
+        )
+        .order_by(case((PROJECT_TABLE.c.code == code, 0), else_=1))  # a code before an id
+        .limit(1)
+    )
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return (
+        insert(CLIENT_TABLE)
+        .from_select(["project_id", *CREATE_COLUMNS], source)
+        .on_conflict_do_nothing(index_elements=[CLIENT_TABLE.c.project_id, CLIENT_TABLE.c.guid])
+        .returning(*CLIENT_TABLE.c)
+    )
 
 
 async def delete(session: AsyncSession, client: Client) -> None:

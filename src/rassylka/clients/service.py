@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from rassylka.clients import repository
 from rassylka.clients.importing import ValidRow
@@ -23,14 +23,34 @@ from rassylka.scheduling import phone_zone
 IMPORT_CHUNK = 5000
 
 
-async def create(session: AsyncSession, *, data: ClientCreate) -> Client:
-    project = await project_service.resolve(session, reference=data.project, field="project")
-    if problems := contact_problems(email=data.email, phone=data.phone):
-        raise ValidationFailed(problems)
-    await _ensure_guid_free(session, project_id=project.id, guid=data.guid)
+async def create(
+    engine: AsyncEngine, sessionmaker: async_sessionmaker[AsyncSession], *, data: ClientCreate
+) -> Mapping[str, Any]:
+    """The new client's row, written by one statement that also finds the project.
+
+    ``engine`` may be in autocommit (the statement is atomic on its own). Only when nothing
+    was written do queries tell why, in the order the checks always had: an unknown project,
+    no contact, a guid taken in the project.
+    """
     fields = data.model_dump(exclude={"project"})
-    client = Client(project_id=project.id, phone_timezone=phone_zone(data.phone), **fields)
-    return await repository.add(session, client)
+    fields["phone_timezone"] = phone_zone(data.phone)
+    code, number = project_service.reference_keys(data.project)
+    for _ in range(2):  # a taken guid may be freed between the insert and the check
+        if not contact_problems(email=data.email, phone=data.phone):
+            async with engine.begin() as connection:
+                row = await repository.insert_new(
+                    connection, project_code=code, project_id=number, fields=fields
+                )
+            if row is not None:
+                return row
+        async with sessionmaker() as session:
+            project = await project_service.resolve(
+                session, reference=data.project, field="project"
+            )
+            if problems := contact_problems(email=data.email, phone=data.phone):
+                raise ValidationFailed(problems)
+            await _ensure_guid_free(session, project_id=project.id, guid=data.guid)
+    raise Conflict.on("guid", f"Клиент с guid «{data.guid}» уже есть в этом проекте")
 
 
 async def update(session: AsyncSession, *, client_id: int, data: ClientUpdate) -> Client:
