@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Collection, Mapping, Sequence
 from functools import cache
 from typing import Any, cast
@@ -133,6 +134,81 @@ def _insert_new(dialect: str) -> Insert:
 async def delete(session: AsyncSession, client: Client) -> None:
     await session.delete(client)
     await session.flush()
+
+
+COPY_COLUMNS = (*UPSERT_COLUMNS, "guid", "batch")
+"""The import's staging table (PostgreSQL): a client's columns and the batch of rows that
+carry the same fields (they change the same columns of an existing client)."""
+
+
+async def copy_upsert(
+    session: AsyncSession,
+    *,
+    project_id: int,
+    batches: Sequence[tuple[Collection[str], Sequence[Mapping[str, Any]]]],
+) -> int:
+    """PostgreSQL: ``COPY`` the rows into a temporary table, then one ``INSERT … SELECT … ON
+    CONFLICT DO UPDATE`` a batch; the number of clients inserted.
+
+    Each batch: the columns to update on an existing client, and its rows (all columns of
+    ``COPY_COLUMNS`` but ``batch``; a guid at most once in all batches). Runs in the session's
+    transaction; the table goes with it.
+    """
+    connection = await session.connection()
+    raw = (await connection.get_raw_connection()).driver_connection
+    assert raw is not None
+    await raw.execute(
+        "CREATE TEMPORARY TABLE client_import ("
+        " first_name text, last_name text, middle_name text, email text, phone text,"
+        " timezone text, tags text, attributes text, opted_out boolean, phone_timezone text,"
+        " guid text, batch integer) ON COMMIT DROP"
+    )
+    await raw.copy_records_to_table(
+        "client_import",
+        columns=COPY_COLUMNS,
+        records=(
+            (
+                row["first_name"],
+                row["last_name"],
+                row["middle_name"],
+                row["email"],
+                row["phone"],
+                row["timezone"],
+                json.dumps(row["tags"], ensure_ascii=False),
+                json.dumps(row["attributes"], ensure_ascii=False),
+                row["opted_out"],
+                row["phone_timezone"],
+                row["guid"],
+                number,
+            )
+            for number, (_, rows) in enumerate(batches)
+            for row in rows
+        ),
+    )
+    created = 0
+    now = utcnow()
+    for number, (update, _) in enumerate(batches):
+        changed = [column for column in UPSERT_COLUMNS if column in update]
+        assignments = ", ".join(f"{column} = excluded.{column}" for column in changed)
+        created += await raw.fetchval(
+            "WITH stored AS ("
+            " INSERT INTO client (project_id, guid, first_name, last_name, middle_name, email,"
+            "  phone, timezone, tags, attributes, opted_out, phone_timezone, created_at,"
+            "  updated_at)"
+            " SELECT $1::bigint, guid, first_name, last_name, middle_name, email, phone,"
+            "  timezone, tags::json, attributes::json, opted_out, phone_timezone,"
+            "  $2::timestamptz, $2::timestamptz"
+            " FROM client_import WHERE batch = $3::integer"
+            " ON CONFLICT (project_id, guid) DO UPDATE SET"
+            f" {assignments + ', ' if assignments else ''}updated_at = excluded.updated_at"
+            " RETURNING created_at)"
+            " SELECT count(*) FROM stored WHERE created_at = $2::timestamptz",
+            project_id,
+            now,
+            number,
+        )
+    await raw.execute("DROP TABLE client_import")
+    return created
 
 
 async def upsert_many(

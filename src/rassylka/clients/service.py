@@ -134,25 +134,33 @@ async def upsert(
     for row in rows:
         latest[row.fields["guid"]] = row
         occurrences[row.fields["guid"]] = occurrences.get(row.fields["guid"], 0) + 1
-    created = updated = 0
+    updated = sum(occurrences.values())
+    created = 0
     guids = list(latest)
-    for start in range(0, len(guids), IMPORT_CHUNK):
+    postgresql = session.get_bind().dialect.name == "postgresql"
+    chunk = max(1, len(guids)) if postgresql else IMPORT_CHUNK  # COPY takes them at once
+    for start in range(0, len(guids), chunk):
         # Rows that carry the same fields share one statement: an existing client keeps
         # whatever its row leaves out (a CSV without an email column wipes no emails).
         batches: dict[frozenset[str], list[dict[str, Any]]] = defaultdict(list)
-        for guid in guids[start : start + IMPORT_CHUNK]:
+        for guid in guids[start : start + chunk]:
             batches[latest[guid].given].append(latest[guid].fields)
-            updated += occurrences[guid]
+        writes: list[tuple[frozenset[str], list[dict[str, Any]]]] = []
         for given, batch in batches.items():
-            if "phone" in given:  # the zone the number names goes with it, for windows
-                for fields in batch:
-                    fields["phone_timezone"] = phone_zone(fields.get("phone"))
-                given = given | {"phone_timezone"}
-            inserted = await repository.upsert_many(
-                session, project_id=project_id, rows=batch, update=given
+            with_phone = "phone" in given  # the zone the number names goes with it
+            for fields in batch:
+                fields["phone_timezone"] = phone_zone(fields.get("phone")) if with_phone else None
+            writes.append((given | {"phone_timezone"} if with_phone else given, batch))
+        if postgresql:
+            created += await repository.copy_upsert(session, project_id=project_id, batches=writes)
+            continue
+        for given, batch in writes:
+            created += len(
+                await repository.upsert_many(
+                    session, project_id=project_id, rows=batch, update=given
+                )
             )
-            created += len(inserted)
-            updated -= len(inserted)
+    updated -= created
     if any("opted_out" in row.given and row.fields.get("opted_out") for row in latest.values()):
         await queue.skip_queued(
             session, project_id=project_id, reason=OPTED_OUT, now=utcnow(), opted_out=True
