@@ -76,12 +76,6 @@ async def page(
     return rows.all(), total or 0
 
 
-async def add(session: AsyncSession, client: Client) -> Client:
-    session.add(client)
-    await session.flush()
-    return client
-
-
 async def insert_new(
     connection: AsyncConnection,
     *,
