@@ -33,7 +33,7 @@ bench: $(VENV)/.installed-dev
 	tests/peers/install.sh
 	$(BIN)/python bench/email_e2e.py
 	$(BIN)/python bench/dispatch.py
-	$(BIN)/python bench/import_clients.py
+	$(BIN)/python bench/import_clients.py --total 1000000
 	$(BIN)/python bench/stream_latency.py
 	$(BIN)/python bench/smtp_transport.py
 	$(BIN)/python bench/compose.py

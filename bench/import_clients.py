@@ -26,6 +26,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,7 +56,7 @@ CSV_COLUMNS = (
 # -- the clients --------------------------------------------------------------------------------
 
 
-def clients(count: int, version: int) -> list[dict[str, Any]]:
+def clients(count: int, version: int, start: int = 0) -> list[dict[str, Any]]:
     """Clients as a CRM sends them, already in the form they are stored (E.164, lower domain).
 
     ``version`` changes the name and the tags, so a second import really updates every row.
@@ -73,7 +74,7 @@ def clients(count: int, version: int) -> list[dict[str, Any]]:
             "tags": ["bench", f"v{version}"],
             "attributes": {"city": "Москва", "n": str(i)},
         }
-        for i in range(count)
+        for i in range(start, start + count)
     ]
 
 
@@ -113,8 +114,11 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_server(database_url: str, rows: int, workdir: Path) -> Iterator[httpx.Client]:
-    """``rassylka serve`` on ``database_url`` (migrated on start), and a client for it."""
+def running_server(
+    database_url: str, rows: int, workdir: Path, api_workers: int = 0
+) -> Iterator[httpx.Client]:
+    """``rassylka serve`` on ``database_url`` (migrated on start), and a client for it; with
+    ``api_workers``, ``rassylka api --workers N`` instead (the schema must be there)."""
     port = free_port()
     env = {
         **os.environ,
@@ -126,7 +130,12 @@ def running_server(database_url: str, rows: int, workdir: Path) -> Iterator[http
     log_path = workdir / f"server-{port}.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "rassylka", "serve", "--port", str(port)],
+            [sys.executable, "-m", "rassylka", "serve", "--port", str(port)]
+            if not api_workers
+            else [
+                *(sys.executable, "-m", "rassylka", "api", "--port", str(port)),
+                *("--workers", str(api_workers)),
+            ],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
@@ -169,6 +178,7 @@ class Phase:
     rows: int
     seconds: float | None = None
     problem: str | None = None
+    peak_rss_mb: float | None = None
 
     @property
     def rate(self) -> float | None:
@@ -302,6 +312,59 @@ def measure(
                     http.delete(f"/project/{project_id}")
 
 
+def descendants_peak_rss_mb() -> float:
+    """The largest peak resident memory (VmHWM) among this process's descendants, MB."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with suppress(OSError):
+                parents[int(entry.name)] = int(
+                    (entry / "stat").read_text().rsplit(")", 1)[1].split()[1]
+                )
+    family, grown = {os.getpid()}, True
+    while grown:
+        found = {pid for pid, parent in parents.items() if parent in family}
+        grown = not found <= family
+        family |= found
+    peak = 0.0
+    for pid in family - {os.getpid()}:
+        with suppress(OSError):
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peak = max(peak, int(line.split()[1]) / 1024)
+    return peak
+
+
+def import_in_requests(
+    database_url: str, *, total: int, per_request: int, parallel: int, workdir: Path
+) -> Phase:
+    """``total`` new clients as CSV requests of ``per_request`` rows, ``parallel`` at a time,
+    against ``rassylka api --workers parallel`` (a CRM's bulk load, as docs/api.md says)."""
+    phase = Phase(f"{total:,} in {per_request:,}s ×{parallel}", total)
+    with running_server(database_url, per_request, workdir, api_workers=parallel) as http:
+        code = f"bench-{uuid.uuid4().hex[:6]}-total"
+        project_id = make_project(http, code)
+        starts = list(range(0, total, per_request))
+
+        def one(start: int) -> tuple[float, dict[str, Any]]:
+            body = as_csv(clients(min(per_request, total - start), 0, start))
+            return import_request(http, kind="csv", project=code, body=body)
+
+        began = time.perf_counter()
+        with ThreadPoolExecutor(parallel) as pool:
+            answers = list(pool.map(one, starts))
+        phase.seconds = time.perf_counter() - began
+        created = sum(data["created"] for _, data in answers)
+        rejected = sum(data["rejected"] for _, data in answers)
+        stored = http.get("/client/list", params={"project": project_id, "limit": 1})
+        count = stored.json()["data"]["total"]
+        if (created, rejected, count) != (total, 0, total):
+            phase.problem = f"created {created:,}, rejected {rejected:,}, stored {count:,}"
+        phase.peak_rss_mb = descendants_peak_rss_mb()
+    _progress("postgresql", phase)
+    return phase
+
+
 def _progress(backend: str, phase: Phase) -> None:
     print(
         f"  {backend}: {phase.name} {phase.rows:,} rows in {phase.seconds:.2f} s", file=sys.stderr
@@ -311,7 +374,9 @@ def _progress(backend: str, phase: Phase) -> None:
 # -- the databases ------------------------------------------------------------------------------
 
 
-def benchpostgres(admin_url: str, *, rows: int, budget: float, workdir: Path) -> Report:
+def benchpostgres(
+    admin_url: str, *, rows: int, budget: float, workdir: Path, total: tuple[int, int, int]
+) -> Report:
     report = Report("postgresql")
     name = f"rassylka_bench_{os.getpid()}"
     try:
@@ -322,6 +387,17 @@ def benchpostgres(admin_url: str, *, rows: int, budget: float, workdir: Path) ->
     try:
         url = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
         measure(url, report, rows=rows, budget=budget, workdir=workdir, clean_up=False)
+        if total[0]:
+            clients_total, per_request, parallel = total
+            report.phases.append(
+                import_in_requests(
+                    url,
+                    total=clients_total,
+                    per_request=per_request,
+                    parallel=parallel,
+                    workdir=workdir,
+                )
+            )
     finally:
         asyncio.run(postgres(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     return report
@@ -371,6 +447,12 @@ def print_table(reports: list[Report], rows: int) -> None:
     print()
     print("÷ core: rows/s of the phase over rows/s of a plain Core INSERT executemany of the")
     print("same rows on the same database (1.000 = the physical limit; update phases too).")
+    for phase in (p for report in reports for p in report.phases if p.peak_rss_mb):
+        print(
+            f"\n{phase.rows:,} clients in {phase.seconds:.1f} s ({phase.rate:,.0f} rows/s),"
+            f" largest API process peak RSS {phase.peak_rss_mb:.0f} MB"
+            f" (target: 1,000,000 in ≤ 60 s)"
+        )
 
 
 def main() -> None:
@@ -391,6 +473,17 @@ def main() -> None:
         default=DEFAULT_BUDGET,
         help="seconds of import phases per database before rows are cut (0: no limit)",
     )
+    parser.add_argument("--no-sqlite", action="store_true", help="PostgreSQL only")
+    parser.add_argument(
+        "--total",
+        type=int,
+        default=0,
+        help="then, on PostgreSQL, this many new clients in requests of --per-request rows",
+    )
+    parser.add_argument("--per-request", type=int, default=DEFAULT_ROWS)
+    parser.add_argument(
+        "--parallel", type=int, default=2, help="requests at a time, rassylka api --workers"
+    )
     args = parser.parse_args()
     if args.rows < 1:
         parser.error("--rows must be positive")
@@ -402,10 +495,12 @@ def main() -> None:
         if args.database_url:
             reports.append(bench_url(args.database_url, clean_up=True, **options))
         else:
-            sqlite_url = f"sqlite+aiosqlite:///{workdir / 'bench.db'}"
-            reports.append(bench_url(sqlite_url, **options))
+            if not args.no_sqlite:
+                sqlite_url = f"sqlite+aiosqlite:///{workdir / 'bench.db'}"
+                reports.append(bench_url(sqlite_url, **options))
             if args.postgres_url:
-                reports.append(benchpostgres(args.postgres_url, **options))
+                total = (args.total, args.per_request, args.parallel)
+                reports.append(benchpostgres(args.postgres_url, total=total, **options))
     print_table(reports, args.rows)
 
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
+from sqlalchemy.engine import make_url
 
 from conftest import StartServer
 from helpers import assert_error, assert_ok, fields, make_project
@@ -107,6 +110,53 @@ async def test_project_by_code_or_by_id(api: httpx.AsyncClient, project_id: int)
     )
     details = assert_error(response, 400, "Ошибка валидации")
     assert details == [{"field": "project", "message": "Проект «999» не найден"}]
+
+
+async def test_a_code_wins_over_an_id(api: httpx.AsyncClient, project_id: int) -> None:
+    """ "2" names the project whose code is "2" even when another project has the id 2."""
+    numbered = await make_project(api, code=str(project_id + 1), name="Цифры")
+    other = await make_project(api, code="other")
+    assert other == project_id + 2
+    body = {**CLIENT, "project": str(project_id + 1), "email": "a@b.ru"}
+    assert assert_ok(await api.post("/client/create", json=body))["project_id"] == numbered
+    body = {**CLIENT, "guid": "crm-2", "project": str(other), "email": "a@b.ru"}
+    assert assert_ok(await api.post("/client/create", json=body))["project_id"] == other
+    body = {**CLIENT, "guid": "crm-3", "project": "²", "email": "a@b.ru"}  # a digit, not ASCII
+    details = assert_error(await api.post("/client/create", json=body), 400, "Ошибка валидации")
+    assert details == [{"field": "project", "message": "Проект «²» не найден"}]
+
+
+async def test_the_same_guid_created_at_once_is_stored_once(
+    api: httpx.AsyncClient, project_id: int
+) -> None:
+    body = {**CLIENT, "email": "a@b.ru"}
+    answers = await asyncio.gather(*(api.post("/client/create", json=body) for _ in range(8)))
+    assert sorted(answer.status_code for answer in answers) == [201] + [409] * 7
+    assert assert_ok(await api.get("/client/list"), 200)["total"] == 1
+
+
+async def test_a_create_after_the_servers_connections_were_cut(
+    api: httpx.AsyncClient, project_id: int, backend: str, database_url: str
+) -> None:
+    """The API's pooled connections closed by the server (a restart, a terminated backend):
+    the next create opens new ones instead of failing."""
+    if backend != "postgresql":
+        pytest.skip("PostgreSQL's backends")
+    assert_ok(await api.post("/client/create", json={**CLIENT, "email": "a@b.ru"}))
+    connection = await asyncpg.connect(
+        make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
+    )
+    try:
+        cut = await connection.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    finally:
+        await connection.close()
+    assert cut >= 1
+    await asyncio.sleep(0.2)  # the closed sockets reach the server's event loop
+    body = {**CLIENT, "guid": "crm-2", "email": "b@b.ru"}
+    assert assert_ok(await api.post("/client/create", json=body))["guid"] == "crm-2"
 
 
 async def test_update_changes_only_the_given_fields(

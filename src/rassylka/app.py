@@ -11,7 +11,9 @@ from typing import Any
 from fastapi import Depends, FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
-from sqlalchemy import text
+from sqlalchemy import event, text
+from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from rassylka import __version__
 from rassylka.bounces.listener import BounceListener
@@ -64,6 +66,7 @@ def create_app(settings: Settings | None = None, *, worker: bool = False) -> Fas
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = create_engine(settings.database_url, pool_pre_ping=True)
         app.state.engine = engine
+        app.state.autocommit_engine = _autocommit_engine(settings.database_url, engine)
         app.state.sessionmaker = create_sessionmaker(engine)
         app.state.event_hub = EventHub(engine)
         app.state.event_hub.start()
@@ -85,6 +88,8 @@ def create_app(settings: Settings | None = None, *, worker: bool = False) -> Fas
             if bounces is not None:
                 await bounces.stop()
             await engine.dispose()
+            if app.state.autocommit_engine is not engine:
+                await app.state.autocommit_engine.dispose()
 
     app = FastAPI(
         title="Rassylka",
@@ -132,6 +137,34 @@ def create_app(settings: Settings | None = None, *, worker: bool = False) -> Fas
 
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
+
+
+def _autocommit_engine(url: str, engine: AsyncEngine) -> AsyncEngine:
+    """For single-statement writes (``POST /client/create``) on PostgreSQL: no BEGIN/COMMIT
+    round trips, a small pool of its own. With asyncpg, a pooled connection is checked at
+    checkout without a round trip (the pre-ping costs BEGIN, ';' and ROLLBACK): asyncpg sees a
+    server that closed the connection (a restart, a terminated backend) as soon as the socket
+    says so, and the pool then opens a new one."""
+    if engine.dialect.name != "postgresql":
+        return engine  # SQLite: one writer anyway, the request's own transaction
+    asyncpg = engine.dialect.driver == "asyncpg"
+    autocommit = create_engine(
+        url,
+        isolation_level="AUTOCOMMIT",
+        pool_pre_ping=not asyncpg,
+        # No overflow: connections opened for a burst and closed after it cost more than the
+        # wait for one of ten (a create holds its connection for one round trip).
+        pool_size=10,
+        max_overflow=0,
+    )
+    if asyncpg:
+
+        def closed_is_gone(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+            if dbapi_connection.driver_connection.is_closed():
+                raise DisconnectionError("the server closed this pooled connection")
+
+        event.listen(autocommit.sync_engine.pool, "checkout", closed_is_gone)
+    return autocommit
 
 
 def create_embedded_app() -> FastAPI:

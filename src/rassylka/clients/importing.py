@@ -59,9 +59,13 @@ class CheckedRows:
         )
 
 
-def check_rows(rows: Iterable[tuple[int, Any]]) -> CheckedRows:
+def check_rows(rows: list[tuple[int, Any]]) -> CheckedRows:
+    """Check ``rows`` in order, **emptying the list** as it goes: each raw row is freed once
+    checked, so a 100,000-row import never holds its raw and its checked rows at once."""
     checked = CheckedRows()
-    for number, raw in rows:
+    rows.reverse()
+    while rows:
+        number, raw = rows.pop()
         if isinstance(raw, FieldError):  # the reader already found this row unreadable
             checked.reject(number, [raw])
             continue

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 from datetime import datetime
+from functools import lru_cache
 from typing import Annotated, Any
 
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
+from email_validator.rfc_constants import (
+    CASE_INSENSITIVE_MAILBOX_NAMES,
+    DOT_ATOM_TEXT,
+    EMAIL_MAX_LENGTH,
+    LOCAL_PART_MAX_LENGTH,
+)
 from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, StringConstraints
 
 from rassylka.config import get_settings
@@ -28,10 +35,34 @@ def normalize_phone(value: str) -> str:
 
 
 def normalize_email(value: str) -> str:
+    """email-validator's normalised form; an address of the common shape (an ASCII dot-atom
+    before the @, a domain already seen) takes a shortcut that gives the same answer at a
+    fraction of the cost (a 100,000-row import spent a third of its time here)."""
+    local, at, domain = value.partition("@")
+    if (
+        at
+        and len(local) <= LOCAL_PART_MAX_LENGTH
+        and DOT_ATOM_TEXT.match(local)
+        and local.lower() not in CASE_INSENSITIVE_MAILBOX_NAMES
+        and (checked := _checked_domain(domain)) is not None
+        and len(local) + 1 + len(checked) <= EMAIL_MAX_LENGTH
+    ):
+        return f"{local}@{checked}"
     try:
         return validate_email(value, check_deliverability=False).normalized
     except EmailNotValidError as error:
         raise ValueError(f"Некорректный email «{value}»: {error}") from None
+
+
+@lru_cache(maxsize=4096)
+def _checked_domain(domain: str) -> str | None:
+    """The domain as email-validator normalises it, if it is valid and ASCII (else None: the
+    address takes the full check, which says what is wrong)."""
+    try:
+        checked = validate_email(f"a@{domain}", check_deliverability=False)
+    except EmailNotValidError:
+        return None
+    return checked.domain if checked.domain == checked.ascii_domain else None
 
 
 def _clean_tags(tags: list[str]) -> list[str]:

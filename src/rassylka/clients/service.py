@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from rassylka.clients import repository
 from rassylka.clients.importing import ValidRow
@@ -23,14 +23,34 @@ from rassylka.scheduling import phone_zone
 IMPORT_CHUNK = 5000
 
 
-async def create(session: AsyncSession, *, data: ClientCreate) -> Client:
-    project = await project_service.resolve(session, reference=data.project, field="project")
-    if problems := contact_problems(email=data.email, phone=data.phone):
-        raise ValidationFailed(problems)
-    await _ensure_guid_free(session, project_id=project.id, guid=data.guid)
+async def create(
+    engine: AsyncEngine, sessionmaker: async_sessionmaker[AsyncSession], *, data: ClientCreate
+) -> Mapping[str, Any]:
+    """The new client's row, written by one statement that also finds the project.
+
+    ``engine`` may be in autocommit (the statement is atomic on its own). Only when nothing
+    was written do queries tell why, in the order the checks always had: an unknown project,
+    no contact, a guid taken in the project.
+    """
     fields = data.model_dump(exclude={"project"})
-    client = Client(project_id=project.id, phone_timezone=phone_zone(data.phone), **fields)
-    return await repository.add(session, client)
+    fields["phone_timezone"] = phone_zone(data.phone)
+    code, number = project_service.reference_keys(data.project)
+    for _ in range(2):  # a taken guid may be freed between the insert and the check
+        if not contact_problems(email=data.email, phone=data.phone):
+            async with engine.begin() as connection:
+                row = await repository.insert_new(
+                    connection, project_code=code, project_id=number, fields=fields
+                )
+            if row is not None:
+                return row
+        async with sessionmaker() as session:
+            project = await project_service.resolve(
+                session, reference=data.project, field="project"
+            )
+            if problems := contact_problems(email=data.email, phone=data.phone):
+                raise ValidationFailed(problems)
+            await _ensure_guid_free(session, project_id=project.id, guid=data.guid)
+    raise Conflict.on("guid", f"Клиент с guid «{data.guid}» уже есть в этом проекте")
 
 
 async def update(session: AsyncSession, *, client_id: int, data: ClientUpdate) -> Client:
@@ -114,25 +134,33 @@ async def upsert(
     for row in rows:
         latest[row.fields["guid"]] = row
         occurrences[row.fields["guid"]] = occurrences.get(row.fields["guid"], 0) + 1
-    created = updated = 0
+    updated = sum(occurrences.values())
+    created = 0
     guids = list(latest)
-    for start in range(0, len(guids), IMPORT_CHUNK):
+    postgresql = session.get_bind().dialect.name == "postgresql"
+    chunk = max(1, len(guids)) if postgresql else IMPORT_CHUNK  # COPY takes them at once
+    for start in range(0, len(guids), chunk):
         # Rows that carry the same fields share one statement: an existing client keeps
         # whatever its row leaves out (a CSV without an email column wipes no emails).
         batches: dict[frozenset[str], list[dict[str, Any]]] = defaultdict(list)
-        for guid in guids[start : start + IMPORT_CHUNK]:
+        for guid in guids[start : start + chunk]:
             batches[latest[guid].given].append(latest[guid].fields)
-            updated += occurrences[guid]
+        writes: list[tuple[frozenset[str], list[dict[str, Any]]]] = []
         for given, batch in batches.items():
-            if "phone" in given:  # the zone the number names goes with it, for windows
-                for fields in batch:
-                    fields["phone_timezone"] = phone_zone(fields.get("phone"))
-                given = given | {"phone_timezone"}
-            inserted = await repository.upsert_many(
-                session, project_id=project_id, rows=batch, update=given
+            with_phone = "phone" in given  # the zone the number names goes with it
+            for fields in batch:
+                fields["phone_timezone"] = phone_zone(fields.get("phone")) if with_phone else None
+            writes.append((given | {"phone_timezone"} if with_phone else given, batch))
+        if postgresql:
+            created += await repository.copy_upsert(session, project_id=project_id, batches=writes)
+            continue
+        for given, batch in writes:
+            created += len(
+                await repository.upsert_many(
+                    session, project_id=project_id, rows=batch, update=given
+                )
             )
-            created += len(inserted)
-            updated -= len(inserted)
+    updated -= created
     if any("opted_out" in row.given and row.fields.get("opted_out") for row in latest.values()):
         await queue.skip_queued(
             session, project_id=project_id, reason=OPTED_OUT, now=utcnow(), opted_out=True

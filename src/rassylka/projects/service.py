@@ -46,15 +46,23 @@ async def resolve(session: AsyncSession, *, reference: str | int, field: str) ->
     An unknown reference is the request's fault, so it is a 400 naming ``field``.
     """
     project = None
-    if isinstance(reference, str):
-        project = await repository.get_by_code(session, reference)
-        if project is None and reference.isdigit() and int(reference) <= MAX_ID:
-            project = await repository.get(session, int(reference))
-    else:
-        project = await repository.get(session, reference)
+    code, number = reference_keys(reference)
+    if code is not None:
+        project = await repository.get_by_code(session, code)
+    if project is None and number is not None:
+        project = await repository.get(session, number)
     if project is None:
         raise ValidationFailed.on(field, f"Проект «{reference}» не найден")
     return project
+
+
+def reference_keys(reference: str | int) -> tuple[str | None, int | None]:
+    """The code and the id a reference may mean (a code first): "42" is either."""
+    if isinstance(reference, int):
+        return None, reference
+    if reference.isascii() and reference.isdigit() and int(reference) <= MAX_ID:
+        return reference, int(reference)
+    return reference, None
 
 
 async def page(session: AsyncSession, *, limit: int, offset: int) -> tuple[Sequence[Project], int]:
