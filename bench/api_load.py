@@ -43,9 +43,9 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import asyncpg
-from email_e2e import DEFAULT_POSTGRES, RASSYLKA, Processes, call, scratch_database, wait_for_api
+from email_e2e import DEFAULT_POSTGRES, RASSYLKA, Processes, wait_for_api
 
-from peers import dsn, free_port
+from peers import call, dsn, free_port, scratch_database
 
 WRK = shutil.which("wrk")
 CONTENT_LENGTH = re.compile(rb"(?i)\r\ncontent-length: *(\d+)")

@@ -25,8 +25,6 @@ Everything it starts is stopped, and the scratch database dropped, on any exit.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
 import os
 import signal
 import statistics
@@ -34,19 +32,24 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy.engine import make_url
-
-from peers import HTML, SMTP_SINK, SMTP_SOURCE, SUBJECT, TEXT, Sink, free_port, postgres
+from peers import (
+    HTML,
+    SMTP_SINK,
+    SMTP_SOURCE,
+    SUBJECT,
+    TEXT,
+    Sink,
+    call,
+    free_port,
+    import_clients,
+    project_with_template,
+    scratch_database,
+)
 
 DEFAULT_POSTGRES = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
-IMPORT_CHUNK = 50_000
 START_TIMEOUT = 30.0
 RASSYLKA = Path(sys.executable).with_name("rassylka")
 
@@ -99,17 +102,6 @@ class Processes:
 # -- the API -----------------------------------------------------------------------------------
 
 
-def call(base: str, method: str, path: str, body: Any = None) -> Any:
-    request = urllib.request.Request(
-        base + path,
-        method=method,
-        data=None if body is None else json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=600) as response:
-        return json.loads(response.read())["data"]
-
-
 def wait_for_api(base: str, process: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + START_TIMEOUT
     while True:
@@ -124,33 +116,20 @@ def wait_for_api(base: str, process: subprocess.Popen[bytes]) -> None:
 
 def arrange(base: str, count: int) -> tuple[int, int]:
     """A project, a template and ``count`` clients, through the API; project and template ids."""
-    code = f"b{uuid.uuid4().hex[:8]}"
-    project = call(base, "POST", "/project/create", {"name": "Бенчмарк", "code": code})
-    template = call(
-        base,
-        "POST",
-        "/template/create",
-        {
-            "project_id": project["id"],
-            "name": "Новости",
-            "email_subject": SUBJECT,
-            "email_text": TEXT,
-            "email_html": HTML,
-        },
+    code, project_id, template_id = project_with_template(
+        base, "Бенчмарк", email_subject=SUBJECT, email_text=TEXT, email_html=HTML
     )
-    for start in range(0, count, IMPORT_CHUNK):
-        clients = [
-            {
-                "guid": f"c{i}",
-                "first_name": f"Имя{i}",
-                "last_name": "Петров",
-                "email": f"user{i}@example.ru",
-            }
-            for i in range(start, min(count, start + IMPORT_CHUNK))
-        ]
-        result = call(base, "POST", "/client/import", {"project": code, "clients": clients})
-        assert result["created"] == len(clients), result
-    return project["id"], template["id"]
+    import_clients(base, code, count, client)
+    return project_id, template_id
+
+
+def client(i: int) -> dict[str, Any]:
+    return {
+        "guid": f"c{i}",
+        "first_name": f"Имя{i}",
+        "last_name": "Петров",
+        "email": f"user{i}@example.ru",
+    }
 
 
 def all_sent(base: str, mailing_id: int, count: int) -> bool:
@@ -214,16 +193,6 @@ def engine_run(base: str, sink: Sink, project_id: int, template_id: int, count: 
 
 
 # -- the scratch database ----------------------------------------------------------------------
-
-
-@contextmanager
-def scratch_database(server_url: str) -> Iterator[str]:
-    name = f"rassylka_bench_{uuid.uuid4().hex[:10]}"
-    asyncio.run(postgres(server_url, f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(server_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        asyncio.run(postgres(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 # -- main --------------------------------------------------------------------------------------

@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -37,7 +36,7 @@ import httpx
 from sqlalchemy import Table, insert, text
 from sqlalchemy.engine import make_url
 
-from peers import postgres
+from peers import free_port, postgres
 from rassylka.clients.models import Client
 from rassylka.db import create_engine, utcnow
 
@@ -105,12 +104,6 @@ def as_json(project: str, rows: list[dict[str, Any]]) -> bytes:
 
 
 # -- the server ---------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @contextmanager

@@ -51,17 +51,24 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import asyncpg
-from sqlalchemy.engine import make_url
 
-from peers import HTML, SUBJECT, TEXT, dsn, free_port, postgres
+from peers import (
+    HTML,
+    SUBJECT,
+    TEXT,
+    call,
+    dsn,
+    free_port,
+    postgres,
+    project_with_template,
+    scratch_database,
+)
 
 DEFAULT_POSTGRES = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
 START_TIMEOUT = 30.0
@@ -149,17 +156,6 @@ def api_process(workdir: Path, env: dict[str, str]) -> Iterator[tuple[str, int]]
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-
-
-def call(base: str, method: str, path: str, body: Any = None) -> Any:
-    request = urllib.request.Request(
-        base + path,
-        method=method,
-        data=None if body is None else json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=600) as response:
-        return json.loads(response.read())["data"]
 
 
 # -- the tick, in a process of its own ---------------------------------------------------------
@@ -254,16 +250,6 @@ def child_main(database_url: str) -> None:
 # -- the database ------------------------------------------------------------------------------
 
 
-@contextmanager
-def scratch_database(server_url: str) -> Iterator[str]:
-    name = f"rassylka_bench_{uuid.uuid4().hex[:10]}"
-    asyncio.run(postgres(server_url, f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(server_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        asyncio.run(postgres(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-
-
 async def sql(database_url: str, statement: str, *args: Any) -> Any:
     """The rows of one statement; a script of several (no arguments) returns none."""
     connection = await asyncpg.connect(dsn(database_url), timeout=10)
@@ -301,22 +287,11 @@ def reset(database_url: str) -> None:
 def measure(
     base: str, database_url: str, api_pid: int, count: int, runs: int, window: bool
 ) -> list[dict[str, Any]]:
-    code = f"m{uuid.uuid4().hex[:8]}"
-    project = call(base, "POST", "/project/create", {"name": "Материализация", "code": code})
-    template = call(
-        base,
-        "POST",
-        "/template/create",
-        {
-            "project_id": project["id"],
-            "name": "Новости",
-            "email_subject": SUBJECT,
-            "email_text": TEXT,
-            "email_html": HTML,
-        },
+    _, project_id, template_id = project_with_template(
+        base, "Материализация", email_subject=SUBJECT, email_text=TEXT, email_html=HTML
     )
     started = time.perf_counter()
-    add_clients(database_url, project["id"], count)
+    add_clients(database_url, project_id, count)
     print(f"{count:,} clients inserted in {time.perf_counter() - started:.1f} s", file=sys.stderr)
     results = []
     for _ in range(runs):
@@ -326,8 +301,8 @@ def measure(
             "/mailing/create",
             {
                 "name": "Весенние новости",
-                "project_id": project["id"],
-                "template_id": template["id"],
+                "project_id": project_id,
+                "template_id": template_id,
                 "status": 1,
                 "channels": ["email"],
                 "event": "2020-01-01",

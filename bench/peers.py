@@ -3,13 +3,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import re
 import shutil
 import socket
 import subprocess
 import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 from sqlalchemy.engine import make_url
@@ -133,3 +140,52 @@ async def postgres(url: str, *statements: str) -> str:
         return str(await connection.fetchval("SHOW server_version")).split()[0]
     finally:
         await connection.close()
+
+
+def call(base: str, method: str, path: str, body: Any = None) -> Any:
+    """One request to the API at ``base``; the ``data`` of its answer."""
+    request = urllib.request.Request(
+        base + path,
+        method=method,
+        data=None if body is None else json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=600) as response:
+        return json.loads(response.read())["data"]
+
+
+@contextmanager
+def scratch_database(server_url: str) -> Iterator[str]:
+    """A database of its own on the server at ``server_url``, dropped on the way out."""
+    name = f"rassylka_bench_{uuid.uuid4().hex[:10]}"
+    asyncio.run(postgres(server_url, f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        asyncio.run(postgres(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+IMPORT_CHUNK = 50_000
+"""Clients per ``POST /client/import`` request."""
+
+
+def project_with_template(base: str, name: str, **texts: str) -> tuple[str, int, int]:
+    """A project with a fresh code and a template of ``texts`` (``email_subject``, ``sms_text``,
+    ...), through the API: the project's code, its id and the template's id."""
+    code = f"b{uuid.uuid4().hex[:8]}"
+    project = call(base, "POST", "/project/create", {"name": name, "code": code})
+    template = call(
+        base, "POST", "/template/create", {"project_id": project["id"], "name": name, **texts}
+    )
+    return code, int(project["id"]), int(template["id"])
+
+
+def import_clients(
+    base: str, code: str, count: int, client: Callable[[int], dict[str, Any]]
+) -> None:
+    """``count`` clients, the i-th ``client(i)``, into project ``code`` through the API, in
+    requests of ``IMPORT_CHUNK``; each must be created."""
+    for start in range(0, count, IMPORT_CHUNK):
+        clients = [client(i) for i in range(start, min(count, start + IMPORT_CHUNK))]
+        result = call(base, "POST", "/client/import", {"project": code, "clients": clients})
+        assert result["created"] == len(clients), result

@@ -34,15 +34,14 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
-from email_e2e import RASSYLKA, Processes, call, scratch_database, wait_for_api
+from email_e2e import RASSYLKA, Processes, client, wait_for_api
 
-from peers import free_port
+from peers import call, free_port, import_clients, project_with_template, scratch_database
 
 DEFAULT_POSTGRES = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
 TARGET = 1.0
@@ -87,31 +86,14 @@ def percentile(values: list[float], share: float) -> float:
 
 def arrange(base: str, clients: int) -> tuple[int, int]:
     """A project, the template and ``clients`` clients, through the API."""
-    code = f"l{uuid.uuid4().hex[:8]}"
-    project = call(base, "POST", "/project/create", {"name": "Задержка", "code": code})
-    template = call(
+    code, project_id, template_id = project_with_template(
         base,
-        "POST",
-        "/template/create",
-        {
-            "project_id": project["id"],
-            "name": "Задержка",
-            "email_subject": "L{{ mailing.id }}",
-            "email_text": "Здравствуйте, {{ first_name }}!",
-        },
+        "Задержка",
+        email_subject="L{{ mailing.id }}",
+        email_text="Здравствуйте, {{ first_name }}!",
     )
-    rows = [
-        {
-            "guid": f"c{i}",
-            "first_name": f"Имя{i}",
-            "last_name": "Петров",
-            "email": f"user{i}@example.ru",
-        }
-        for i in range(clients)
-    ]
-    result = call(base, "POST", "/client/import", {"project": code, "clients": rows})
-    assert result["created"] == clients, result
-    return project["id"], template["id"]
+    import_clients(base, code, clients, client)
+    return project_id, template_id
 
 
 def one_round(

@@ -50,15 +50,14 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import httpx
-from email_e2e import RASSYLKA, Processes, call, scratch_database, wait_for_api
+from email_e2e import RASSYLKA, Processes, wait_for_api
 
-from peers import dsn, free_port
+from peers import call, dsn, free_port, import_clients, project_with_template, scratch_database
 from rassylka.channels.base import Accepted, ChannelKind, OutboundMessage
 from rassylka.channels.smpp import (
     Command,
@@ -73,7 +72,6 @@ from rassylka.channels.sms_text import encode_sms
 DEFAULT_POSTGRES = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
 PEERS = Path(__file__).resolve().parent.parent / "tests" / "peers"
 SYSTEM_ID, PASSWORD = "rassylka", "bench"
-IMPORT_CHUNK = 50_000
 # One part in UCS-2 (at most 70 characters with the longest name below).
 SMS_TEXT = "{{ first_name }}, весенние скидки до 30% — только до конца месяца!"
 CHECK_TIMEOUT = 30.0
@@ -338,22 +336,19 @@ async def transport_alone(
 
 def arrange(base: str, count: int) -> tuple[int, int]:
     """A project, an SMS template and ``count`` clients with phones, through the API."""
-    code = f"s{uuid.uuid4().hex[:8]}"
-    project = call(base, "POST", "/project/create", {"name": "Бенчмарк SMS", "code": code})
-    template = call(
+    code, project_id, template_id = project_with_template(base, "Бенчмарк SMS", sms_text=SMS_TEXT)
+    import_clients(
         base,
-        "POST",
-        "/template/create",
-        {"project_id": project["id"], "name": "Скидки", "sms_text": SMS_TEXT},
+        code,
+        count,
+        lambda i: {
+            "guid": f"c{i}",
+            "first_name": f"Имя{i}",
+            "last_name": "Петров",
+            "phone": phone(i),
+        },
     )
-    for start in range(0, count, IMPORT_CHUNK):
-        clients = [
-            {"guid": f"c{i}", "first_name": f"Имя{i}", "last_name": "Петров", "phone": phone(i)}
-            for i in range(start, min(count, start + IMPORT_CHUNK))
-        ]
-        result = call(base, "POST", "/client/import", {"project": code, "clients": clients})
-        assert result["created"] == len(clients), result
-    return project["id"], template["id"]
+    return project_id, template_id
 
 
 def create_mailing(base: str, project_id: int, template_id: int) -> int:

@@ -26,8 +26,6 @@ import asyncio
 import os
 import re
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,6 +35,7 @@ from typing import Any
 
 import aiosmtplib
 
+from peers import Sink
 from rassylka.channels.base import ChannelKind, OutboundMessage
 from rassylka.channels.email_message import compose
 from rassylka.channels.smtp import SmtpChannel, SmtpConfig
@@ -45,49 +44,6 @@ from rassylka.channels.smtp_client import ClientConfig, SmtpClient
 SMTP_SINK = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
 SENDER = "Рассылка <rassylka@example.ru>"
 COUNTERS = re.compile(rb"sess=(\d+) quit=(\d+) mesg=(\d+)\r")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-class Sink:
-    """``smtp-sink -c`` on 127.0.0.1: counts messages, keeps none."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.port = free_port()
-        self.counter_file = workdir / f"sink-{self.port}.out"
-        run_as = ["-u", "nobody"] if os.geteuid() == 0 else []  # it refuses to run as root
-        command = [SMTP_SINK, *run_as, "-c", f"127.0.0.1:{self.port}", "1000"]
-        with self.counter_file.open("wb") as out:
-            self.process = subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.DEVNULL
-            )
-        deadline = time.monotonic() + 5
-        while True:  # a probe counts as a session, not as a message: harmless here
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or self.process.poll() is not None:
-                    self.stop()
-                    raise RuntimeError("smtp-sink did not start") from None
-                time.sleep(0.01)
-
-    def messages(self) -> int:
-        found = COUNTERS.findall(self.counter_file.read_bytes()[-4096:])
-        return int(found[-1][2]) if found else 0
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
 
 
 LINE = "Здравствуйте! Это письмо проверяет скорость.\n"

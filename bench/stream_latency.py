@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -45,7 +44,7 @@ import httpx
 from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
-from peers import postgres
+from peers import free_port, postgres
 from rassylka.db import create_engine, create_sessionmaker, utcnow
 from rassylka.messages import queue
 from rassylka.messages.models import Message
@@ -66,12 +65,6 @@ class Row:
 
 
 # -- the server ---------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @contextmanager

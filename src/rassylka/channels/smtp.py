@@ -172,9 +172,6 @@ class SmtpChannel:
             except ChannelError as error:
                 outcomes[index] = error
                 continue
-            if any(c in envelope.sender + envelope.recipient for c in "\r\n"):
-                outcomes[index] = PermanentChannelError("a line break in an address")
-                continue
             todo.append((index, envelope))
         if todo:
             client = await self._idle.get()
@@ -277,6 +274,9 @@ class SmtpChannel:
     def _transaction(self, client: SmtpClient, envelope: ComposedEmail) -> Transaction:
         """The SMTP transaction of ``envelope`` on ``client`` (connected: its extensions say
         how the message is written and which MAIL parameters go with it)."""
+        for address in (envelope.sender, envelope.recipient):
+            if "\r" in address or "\n" in address:
+                raise PermanentChannelError(f"a line break in the address {address!r}")
         utf8 = envelope.utf8 or self._sender_utf8
         if utf8 and not client.supports("SMTPUTF8"):
             raise PermanentChannelError(

@@ -33,18 +33,9 @@ CREATE_COLUMNS = (
     "created_at",
     "updated_at",
 )
-UPSERT_COLUMNS = (
-    "first_name",
-    "last_name",
-    "middle_name",
-    "email",
-    "phone",
-    "timezone",
-    "tags",
-    "attributes",
-    "opted_out",
-    "phone_timezone",
-)
+# What an import may change in a client that exists: all but its key and its timestamps
+# (updated_at is set on its own).
+UPSERT_COLUMNS = tuple(c for c in CREATE_COLUMNS if c not in ("guid", "created_at", "updated_at"))
 
 
 async def get(session: AsyncSession, client_id: int) -> Client | None:

@@ -144,10 +144,12 @@ class Dispatcher:
         # Told the peer ids of SMS parts just recorded as sent: receipts that came before
         # them are waiting (the receipt inbox matches them).
         self.on_parts = on_parts
+        # Fresh planner statistics for the queue's tables (see engine.upkeep); the worker's
+        # scheduler shares it.
+        self.statistics = Statistics(sessionmaker)
         # Mailings with messages claimed into this worker's memory, and those of them that a
         # person paused or cancelled (or that ended) since: checked every HOLD_CHECK seconds,
         # so a pause stops their sends within about that long.
-        self.statistics = Statistics(sessionmaker)
         self._in_memory: Counter[int] = Counter()
         self._held: set[int] = set()
         self._lanes = [
@@ -159,8 +161,6 @@ class Dispatcher:
         # records the pause, and a later claim that takes its messages means a person
         # resumed it.
         self._recent: dict[int, deque[bool]] = {}
-        # How many of those latest sends were errors (see batchable).
-        self._errors: Counter[int] = Counter()
         self._paused: set[int] = set()
         self._pauses_to_write: dict[int, str] = {}
         self._paused_at: dict[int, float] = {}
@@ -202,7 +202,7 @@ class Dispatcher:
         return (
             recent is not None
             and len(recent) >= min(BATCH_AFTER, self._config.error_rate_window)
-            and self._errors[mailing_id] == 0
+            and True not in recent
         )
 
     def _taken(self, mailing_id: int) -> None:
@@ -240,18 +240,13 @@ class Dispatcher:
                 self._paused.discard(mailing_id)
                 del self._paused_at[mailing_id]
                 self._recent.pop(mailing_id, None)
-                self._errors.pop(mailing_id, None)
 
     def _note(self, mailing_id: int, outcome: Outcome | _RenderFailure) -> None:
         """Count one send against its mailing's error budget, pausing it when spent."""
         window = self._config.error_rate_window
         recent = self._recent.setdefault(mailing_id, deque(maxlen=window))
         is_error = not isinstance(outcome, Accepted)
-        if len(recent) == recent.maxlen and recent[0]:
-            self._errors[mailing_id] -= 1
         recent.append(is_error)
-        if is_error:
-            self._errors[mailing_id] += 1
         if not is_error or mailing_id in self._paused or len(recent) < window:
             return
         errors = sum(recent)

@@ -41,13 +41,14 @@ class Scheduler:
         max_sleep: float = MAX_SLEEP,
         on_new_work: Callable[[], None] | None = None,
         clock: Callable[[], datetime] = utcnow,
+        statistics: Statistics | None = None,
     ) -> None:
         self._sessionmaker = sessionmaker
         self._max_sleep = max_sleep
         self._on_new_work = on_new_work
         self._clock = clock
         self._wake = asyncio.Event()
-        self._statistics = Statistics(sessionmaker)
+        self._statistics = statistics or Statistics(sessionmaker)
         # The moment of the latest tick: what was due by then and is still due was not
         # started by it (another worker holds it, or advancing failed).
         self._ticked_at: datetime | None = None

@@ -57,7 +57,13 @@ class Worker:
         # it writes at once instead of at its next interval.
         self.receipts.on_waiting = self.dispatcher.flush
         self.scheduler = (
-            Scheduler(sessionmaker, on_new_work=self.dispatcher.wake) if schedule else None
+            Scheduler(
+                sessionmaker,
+                on_new_work=self.dispatcher.wake,
+                statistics=self.dispatcher.statistics,  # one look at the tables per worker
+            )
+            if schedule
+            else None
         )
         self.webhooks = WebhookSender(sessionmaker, webhooks)
         self.stop_event = asyncio.Event()

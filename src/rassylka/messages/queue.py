@@ -78,6 +78,20 @@ EVENTS_CHANNEL = "rassylka_events"
 # "rassylka" in ASCII).
 EVENTS_LOCK = 0x7261737379_6C6B61
 PEER_ID_LENGTH = 255
+# What an event row is made of, in the order every INSERT … SELECT of events selects it.
+EVENT_COLUMNS = (
+    "message_id",
+    "mailing_id",
+    "run_id",
+    "client_id",
+    "client_guid",
+    "channel",
+    "old_status",
+    "status",
+    "reason",
+    "peer_message_id",
+    "created_at",
+)
 
 
 @dataclass(frozen=True)
@@ -613,24 +627,11 @@ async def _insert_events(
         .where(*where)
         .order_by(MESSAGE.c.id)
     )
-    columns = [
-        "message_id",
-        "mailing_id",
-        "run_id",
-        "client_id",
-        "client_guid",
-        "channel",
-        "old_status",
-        "status",
-        "reason",
-        "peer_message_id",
-        "created_at",
-    ]
     if _is_postgresql(session):
         # Held to commit: event ids become visible in order (see the module's docstring).
         await session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": EVENTS_LOCK})
         await session.execute(text("SELECT pg_notify(:channel, '')"), {"channel": EVENTS_CHANNEL})
-    await session.execute(insert(EVENT).from_select(columns, rows))
+    await session.execute(insert(EVENT).from_select(EVENT_COLUMNS, rows))
 
 
 @dataclass(frozen=True)

@@ -182,19 +182,6 @@ MESSAGE_COLUMNS = [
     "created_at",
     "updated_at",
 ]
-EVENT_COLUMNS = [
-    "message_id",
-    "mailing_id",
-    "run_id",
-    "client_id",
-    "client_guid",
-    "channel",
-    "old_status",
-    "status",
-    "reason",
-    "peer_message_id",
-    "created_at",
-]
 
 
 def _recipients(
@@ -339,7 +326,7 @@ def _messages_and_events(
         null(),
         literal(now, UTCDateTime),
     )
-    return insert(EVENT).from_select(EVENT_COLUMNS, events).add_cte(made)
+    return insert(EVENT).from_select(queue.EVENT_COLUMNS, events).add_cte(made)
 
 
 def audience_filter(dialect: str, audience: Mapping[str, Any] | None) -> list[ColumnElement[bool]]:
