@@ -116,7 +116,6 @@ async def test_smpp_receipts_settle_each_message_by_its_parts(
     assert inbox.counts["settled"] == len(phones)
     assert [tuple(row) for row in history] == [
         (None, "queued", None),
-        ("queued", "sending", None),
         ("sending", "sent", None),
         ("sent", "delivered", "DELIVRD err:000"),
     ]

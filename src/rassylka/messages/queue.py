@@ -9,7 +9,10 @@ needs. On SQLite the same statement runs under the database's single writer lock
 A claim whose lease runs out (its worker died) goes back to ``queued`` by ``recover``; its
 attempt stays counted, because the send may have happened.
 
-Every status change writes an event (``message_event``) in the same transaction. Readers (the
+Every status change writes an event (``message_event``) in the same transaction, but for
+the claim's: a message is ``sending`` for the milliseconds a send takes, and the event that
+ends it says ``old_status = 'sending'`` (an event per claim cost a third of all event rows and
+made claims wait for the events lock below). Readers (the
 live stream, webhooks) resume from the last event id they saw, so ids must become visible in
 id order. SQLite has one writer, so they do. On PostgreSQL a sequence hands out ids before
 commit, and a later id can commit first; so a transaction takes one advisory lock right before
@@ -193,12 +196,9 @@ async def claim(
         )
     )
     rows = (await session.execute(statement)).all()
-    claimed = [Claimed(*row) for row in rows]
-    claimed.sort(key=lambda message: message.id)
-    await log_events(
-        session, ids=[message.id for message in claimed], old_status=MessageStatus.QUEUED, now=now
-    )
-    return claimed
+    # No event: ``sending`` is the claim's lease, which lasts as long as a send does; the event
+    # that ends it (sent, failed, queued again) carries ``old_status = 'sending'``.
+    return sorted((Claimed(*row) for row in rows), key=lambda message: message.id)
 
 
 def storable(value: str | None, limit: int | None = None) -> str | None:
@@ -304,8 +304,6 @@ async def record(
     await _log_changed(session, [r.id for r in sent], MessageStatus.SENT, now)
     await _log_changed(session, [r.id for r in retries], MessageStatus.QUEUED, now)
     await _log_changed(session, [r.id for r in failed], MessageStatus.FAILED, now)
-    await _log_changed(session, unsent, MessageStatus.QUEUED, now)
-    await _log_changed(session, [d.id for d in deferrals], MessageStatus.QUEUED, now)
 
 
 async def _record_sent_unnest(
@@ -354,9 +352,9 @@ async def _add_parts(session: AsyncSession, sent: Sequence[SentResult]) -> None:
 
 
 async def release(session: AsyncSession, *, ids: Sequence[int], now: datetime) -> None:
-    """Hand claimed messages that were never sent back to the queue, their attempt uncounted."""
+    """Hand claimed messages that were never sent back to the queue, their attempt uncounted
+    (no event: undoing a claim, which had none, changes nothing anyone was told)."""
     await _release(session, ids, now)
-    await _log_changed(session, ids, MessageStatus.QUEUED, now)
 
 
 async def _release(session: AsyncSession, ids: Sequence[int], now: datetime) -> None:
@@ -386,9 +384,8 @@ async def recover(session: AsyncSession, *, channel: int, now: datetime) -> int:
         .values(status=MessageStatus.QUEUED, leased_until=None, next_attempt_at=now, updated_at=now)
         .returning(MESSAGE.c.id)
     )
-    ids = sorted(row[0] for row in result)
-    await log_events(session, ids=ids, old_status=MessageStatus.SENDING, now=now)
-    return len(ids)
+    # No event, as for any claim undone; the worker that recovers them logs how many.
+    return len(result.all())
 
 
 async def finish_runs(
@@ -488,9 +485,8 @@ class Deferral:
 
 async def defer(session: AsyncSession, *, deferrals: Sequence[Deferral], now: datetime) -> None:
     """Claimed messages that may not go yet (their recipient's window is shut) wait until
-    ``until``, their attempt uncounted."""
+    ``until``, their attempt uncounted (no event, as for ``release``)."""
     await _defer(session, deferrals, now)
-    await _log_changed(session, [d.id for d in deferrals], MessageStatus.QUEUED, now)
 
 
 async def _defer(session: AsyncSession, deferrals: Sequence[Deferral], now: datetime) -> None:
