@@ -9,7 +9,7 @@ a real peer on a real socket.
 
 Verdicts go by the recipient's local part: ``never…`` 550 at RCPT, ``closing…`` 421 at RCPT and
 the connection closed, ``vanish…`` the connection closed at RCPT without a word, ``slam…`` 550
-at RCPT and the connection closed, ``nodata…``
+at RCPT and the connection closed, ``mute…`` no reply from RCPT on, ``nodata…``
 554 to DATA, ``lenient…`` 550 at RCPT but 354 to DATA all the same, ``cp1251…`` 550 at RCPT in
 CP1251, ``long…`` a reply line of 10,000 bytes at RCPT, ``multiline…`` a two-line final reply.
 """
@@ -88,6 +88,7 @@ class _Session(asyncio.Protocol):
         self.buffer = b""
         self.recipient: str | None = None
         self.lenient = False
+        self.muted = False
         self.data: list[bytes] | None = None
         self.challenge: bytes | None = None
         self.transport: asyncio.Transport | None = None
@@ -113,6 +114,8 @@ class _Session(asyncio.Protocol):
 
     def reply(self, *lines: str | bytes) -> None:
         assert self.transport is not None
+        if self.muted:
+            return
         for line in lines:
             self.transport.write((line.encode() if isinstance(line, str) else line) + b"\r\n")
 
@@ -195,6 +198,8 @@ class _Session(asyncio.Protocol):
             self.hang_up()
         elif address.startswith("vanish"):
             self.hang_up()
+        elif address.startswith("mute"):
+            self.muted = True
         elif address.startswith("slam"):
             self.reply("550 5.7.1 Go away")
             self.hang_up()
@@ -559,5 +564,29 @@ async def test_a_connection_lost_inside_a_batch_fails_only_the_message_under_way
     kinds = [type(outcome) for outcome in outcomes]
     assert kinds == [Accepted, Accepted, TransientChannelError, Accepted, Accepted]
     # The messages after it were never begun: they went at once on a fresh connection.
+    assert len(server.connections) == 2
+    assert len(server.messages) == 4
+
+
+async def test_a_server_gone_silent_inside_a_batch_times_out_only_the_message_under_way(
+    start_server: Start, make_channel: Callable[..., SmtpChannel]
+) -> None:
+    server = await start_server()
+    channel = make_channel(server.port, pool_size=1, timeout=0.5)
+    addresses = ["ok-1", "ok-2", "mute-3", "ok-4", "ok-5"]
+
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    outcomes = await channel.send(
+        [email_to(f"{local}@example.ru", id=n) for n, local in enumerate(addresses)]
+    )
+    waited = loop.time() - started
+
+    kinds = [type(outcome) for outcome in outcomes]
+    assert kinds == [Accepted, Accepted, TransientChannelError, Accepted, Accepted]
+    assert "Timed out" in str(outcomes[2])
+    # One timeout (at least the configured one, at most half as long again) for the silent
+    # round trip; the messages after it went at once on a fresh connection.
+    assert 0.5 <= waited < 2.0
     assert len(server.connections) == 2
     assert len(server.messages) == 4

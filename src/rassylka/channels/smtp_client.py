@@ -109,6 +109,9 @@ class SmtpClient:
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._reused = False
+        # While ``send_many`` runs: one timeout for all its round trips, pushed forward as they
+        # go (``_exchange``), instead of a timeout made and cancelled for each of them.
+        self._run_timeout: asyncio.Timeout | None = None
         self.extensions: dict[str, str] = {}
         """EHLO keywords (upper case) and their parameters; empty after HELO."""
 
@@ -202,44 +205,61 @@ class SmtpClient:
                     break
             return outcomes
         reused, self._reused = self._reused, True
-        pending = envelopes[0]
-        index = 0
         try:
-            while index < len(transactions):
-                replies = await self._exchange(pending, 3, reused=reused and index == 0)
-                refusal = _refusal(replies, _ENVELOPE_CLASSES)
-                following = envelopes[index + 1] if index + 1 < len(transactions) else b""
-                if refusal is not None:
-                    try:
-                        await self._refused(refusal, replies)
-                    except SmtpRefused as error:
-                        outcomes[index] = error
-                    if not self.is_connected:
-                        return outcomes
-                    pending, index = following, index + 1
-                    continue
-                [done] = await self._exchange(dot_stuff(transactions[index].data) + following, 1)
-                # The transaction is over whatever the answer: no RSET, which would reset the
-                # next one, already under way.
-                outcomes[index] = done if done.code // 100 == 2 else SmtpRefused(done)
-                if done.code == _CLOSING:
-                    self.close()
-                    return outcomes
-                pending, index = b"", index + 1
+            async with asyncio.timeout(None) as self._run_timeout:
+                await self._run(transactions, envelopes, outcomes, reused)
         except SmtpStale:
             self.close()
             raise
         except (SmtpError, OSError) as error:
             # The transaction under way gets the error (its content may have gone); those after
-            # it were never begun (None).
+            # it were never begun (None). TimeoutError is an OSError: the run's timeout.
             self.close()
-            outcomes[index] = (
-                error if isinstance(error, SmtpError) else SmtpConnectionLost(str(error))
-            )
+            if isinstance(error, TimeoutError) and not isinstance(error, SmtpError):
+                error = SmtpTimeout("Timed out waiting for the server's reply")
+            under_way = next((i for i, outcome in enumerate(outcomes) if outcome is None), None)
+            if under_way is not None:
+                outcomes[under_way] = (
+                    error if isinstance(error, SmtpError) else SmtpConnectionLost(str(error))
+                )
         except BaseException:
             self.close()
             raise
+        finally:
+            self._run_timeout = None
         return outcomes
+
+    async def _run(
+        self,
+        transactions: Sequence[Transaction],
+        envelopes: list[bytes],
+        outcomes: list[Reply | SmtpError | None],
+        reused: bool,
+    ) -> None:
+        """``send_many``'s pipelined loop: fills ``outcomes`` in order; an error ends it."""
+        pending = envelopes[0]
+        index = 0
+        while index < len(transactions):
+            replies = await self._exchange(pending, 3, reused=reused and index == 0)
+            refusal = _refusal(replies, _ENVELOPE_CLASSES)
+            following = envelopes[index + 1] if index + 1 < len(transactions) else b""
+            if refusal is not None:
+                try:
+                    await self._refused(refusal, replies)
+                except SmtpRefused as error:
+                    outcomes[index] = error
+                if not self.is_connected:
+                    return
+                pending, index = following, index + 1
+                continue
+            [done] = await self._exchange(dot_stuff(transactions[index].data) + following, 1)
+            # The transaction is over whatever the answer: no RSET, which would reset the
+            # next one, already under way.
+            outcomes[index] = done if done.code // 100 == 2 else SmtpRefused(done)
+            if done.code == _CLOSING:
+                self.close()
+                return
+            pending, index = b"", index + 1
 
     async def quit(self) -> None:
         """QUIT, then close; the server's answer does not matter."""
@@ -385,15 +405,20 @@ class SmtpClient:
             raise SmtpConnectionLost("Connection lost: not connected")
         replies: list[Reply] = []
         try:
-            async with asyncio.timeout(self._config.timeout):
-                if data:
-                    writer.write(data)
-                    await writer.drain()
-                while len(replies) < count:
-                    reply = await _read_reply(reader)
-                    replies.append(reply)
-                    if reply.code == _CLOSING:
-                        break  # nothing more will come
+            run = self._run_timeout
+            if run is None:
+                async with asyncio.timeout(self._config.timeout):
+                    await _talk(reader, writer, data, count, replies)
+            else:
+                # The run's timeout, pushed forward only when less than a whole timeout is left
+                # (so every round trip gets between one and one and a half): rescheduling costs
+                # about as much as a new timeout, and this skips it for most round trips.
+                timeout = self._config.timeout
+                now = asyncio.get_running_loop().time()
+                when = run.when()
+                if when is None or when - now < timeout:
+                    run.reschedule(now + timeout * 1.5)
+                await _talk(reader, writer, data, count, replies)
         except TimeoutError as error:
             raise SmtpTimeout("Timed out waiting for the server's reply") from error
         except ConnectionError as error:
@@ -457,6 +482,25 @@ def _refusal(replies: list[Reply], classes: tuple[int, ...]) -> Reply | None:
         if reply.code // 100 != expected:
             return reply
     return None if len(replies) == len(classes) else replies[-1]
+
+
+async def _talk(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    data: bytes,
+    count: int,
+    replies: list[Reply],
+) -> None:
+    """Write ``data`` (if any), then read up to ``count`` replies into ``replies`` (fewer if
+    one is 421: nothing more will come). What was read stays in ``replies`` if it fails."""
+    if data:
+        writer.write(data)
+        await writer.drain()
+    while len(replies) < count:
+        reply = await _read_reply(reader)
+        replies.append(reply)
+        if reply.code == _CLOSING:
+            break
 
 
 async def _read_reply(reader: asyncio.StreamReader) -> Reply:
