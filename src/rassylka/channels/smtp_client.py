@@ -96,7 +96,8 @@ class ClientConfig:
     username: str | None = None
     password: str | None = None
     timeout: float = 30.0
-    """For each round trip: connecting, a reply, a pipelined group's replies, TLS handshakes."""
+    """For each round trip: connecting, a reply, a pipelined group's replies, TLS handshakes
+    (inside ``send_many``'s run: at least this, at most half as long again)."""
     tls_context: ssl.SSLContext | None = None
     """None: the system's trust store."""
 
