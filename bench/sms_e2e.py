@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -56,6 +57,7 @@ from typing import Any
 import asyncpg
 import httpx
 from email_e2e import RASSYLKA, Processes, wait_for_api
+from sqlalchemy.engine import make_url
 
 from peers import call, dsn, free_port, import_clients, project_with_template, scratch_database
 from rassylka.channels.base import Accepted, ChannelKind, OutboundMessage
@@ -495,10 +497,39 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def cpu_of(processes: Processes, smsc: Smsc) -> dict[str, float]:
+def backends(database_url: str) -> list[int]:
+    """The PostgreSQL server processes serving the database of ``database_url`` (on this
+    machine: their titles name it)."""
+    name = make_url(database_url).database
+    listing = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+    return [
+        int(pid)
+        for pid, _, title in (line.strip().partition(" ") for line in listing.splitlines())
+        if title.startswith("postgres: ") and f" {name} " in title
+    ]
+
+
+def cpu_of(processes: Processes, smsc: Smsc, database_url: str) -> dict[str, float]:
+    """CPU seconds so far of each process; ``PostgreSQL`` sums the database's backends (one
+    that ended since the last look is missed; one new since counts from its start)."""
     pids = {name: process.pid for name, process in processes.running if process.poll() is None}
     pids["SMSC"] = smsc.process.pid
-    return {name: cpu_seconds(pid) for name, pid in pids.items()}
+    seconds = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    for pid in backends(database_url):
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            seconds[f"postgres {pid}"] = cpu_seconds(pid)
+    return seconds
+
+
+def cpu_per_message(
+    before: dict[str, float], after: dict[str, float], count: int
+) -> dict[str, float]:
+    """µs of CPU per message of each process between two looks, the backends summed."""
+    spent: dict[str, float] = {}
+    for name, seconds in after.items():
+        key = "PostgreSQL" if name.startswith("postgres ") else name
+        spent[key] = spent.get(key, 0.0) + seconds - before.get(name, 0.0)
+    return {name: value / count * 1e6 for name, value in spent.items()}
 
 
 def percentile(ordered: list[float], share: float) -> float:
@@ -594,16 +625,17 @@ def main() -> None:
                 )
                 engine = []
                 for _ in range(options.runs):
-                    before = cpu_of(processes, smsc)
+                    before = cpu_of(processes, smsc, database_url)
                     engine.append(
                         engine_run(base, smsc, database_url, project_id, template_id, count)
                     )
-                    after = cpu_of(processes, smsc)
                     cpu.append(
-                        {name: (after[name] - before[name]) / count * 1e6 for name in before}
+                        cpu_per_message(before, cpu_of(processes, smsc, database_url), count)
                     )
                     print(
-                        f"engine: {engine[-1][0]:,.0f} submits/s, {engine[-1][1]:,.0f} delivered/s",
+                        f"engine: {engine[-1][0]:,.0f} submits/s, {engine[-1][1]:,.0f} delivered/s;"
+                        " CPU µs/message: "
+                        + ", ".join(f"{name} {value:.0f}" for name, value in cpu[-1].items()),
                         file=sys.stderr,
                     )
                 peaks = processes.peak_rss_mb()
@@ -676,7 +708,8 @@ def report(
     print(
         "\nCPU time per message (median of the runs, all of each process's threads): "
         + ", ".join(
-            f"{name} {statistics.median(run[name] for run in cpu):.0f} µs" for name in cpu[0]
+            f"{name} {statistics.median(run.get(name, 0.0) for run in cpu):.0f} µs"
+            for name in cpu[0]
         )
     )
     memory = [f"{name} {mb:.0f} MB" for name, mb in peaks.items()]
