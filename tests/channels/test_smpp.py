@@ -491,6 +491,8 @@ async def test_delivery_receipts_reach_on_receipt(smsc: Smsc, make_channel: Make
     failed = by_id[undelivered.peer_message_id]
     assert (failed.state, failed.error) == ("UNDELIV", "001")
     assert {event["status"] for event in smsc.of("deliver_sm_resp")} == {0}
+    # Each names a part this channel was given: the inbox may wait for it to be recorded.
+    assert [r.peer_message_id for r in receipts if not r.sent_here] == []
 
 
 async def test_a_failing_on_receipt_is_logged_and_does_not_stop_the_reader(
@@ -990,6 +992,11 @@ def test_receipts_prefer_the_tlvs_to_the_text() -> None:
     assert network_error is not None
     assert (network_error.state, network_error.error) == ("UNKNOWN", "3:11")
     assert parse_receipt(deliver_sm(b"no id here")) is None
+    # Whether the id is one this client was given lately.
+    assert not from_text.sent_here
+    assert parse_receipt(deliver_sm(b"id:77 stat:DELIVRD"), sent_here={"77"}) == DeliveryReceipt(
+        "77", "DELIVRD", None, "id:77 stat:DELIVRD", sent_here=True
+    )
 
 
 def test_config_from_settings_and_its_limits() -> None:

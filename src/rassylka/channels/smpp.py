@@ -74,7 +74,8 @@ import logging
 import random
 import re
 import struct
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Container, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import TYPE_CHECKING, Literal
@@ -636,13 +637,15 @@ class DeliveryReceipt:
     ``peer_message_id`` is the id the SMSC gave in its submit_sm_resp; ``state`` is the final
     (or intermediate) state as the receipt text spells it: ``DELIVRD``, ``UNDELIV``,
     ``EXPIRED``, ``REJECTD``, ``DELETED``, ``ACCEPTD``, ``ENROUTE`` or ``UNKNOWN``; ``error``
-    the ``err:`` field (network specific), if any.
+    the ``err:`` field (network specific), if any. ``sent_here``: the id is one that this
+    channel was given in a submit_sm_resp lately (the part may not be recorded yet).
     """
 
     peer_message_id: str
     state: str
     error: str | None
     raw_text: str
+    sent_here: bool = False
 
 
 ReceiptHandler = Callable[[DeliveryReceipt], Awaitable[None]]
@@ -662,8 +665,9 @@ def is_receipt(pdu: Pdu) -> bool:
     )
 
 
-def parse_receipt(pdu: Pdu) -> DeliveryReceipt | None:
-    """The receipt a deliver_sm carries, or None if it names no message.
+def parse_receipt(pdu: Pdu, sent_here: Container[str] = ()) -> DeliveryReceipt | None:
+    """The receipt a deliver_sm carries, or None if it names no message; ``sent_here`` the
+    peer ids this client was given lately.
 
     The receipted_message_id and message_state TLVs win over the text, whose layout is only
     the specification's suggestion.
@@ -689,7 +693,7 @@ def parse_receipt(pdu: Pdu) -> DeliveryReceipt | None:
     network_error = pdu.tlv(Tlv.NETWORK_ERROR_CODE)
     if error is None and network_error is not None and len(network_error) == 3:
         error = f"{network_error[0]}:{int.from_bytes(network_error[1:], 'big')}"
-    return DeliveryReceipt(peer_message_id, state, error, text)
+    return DeliveryReceipt(peer_message_id, state, error, text, peer_message_id in sent_here)
 
 
 # --------------------------------------------------------------------------------------------
@@ -754,6 +758,8 @@ _WRITE_ATTEMPTS = 3
 # The most octets taken from the socket at once (many PDUs: a window's responses and receipts).
 _READ_SIZE = 256 * 1024
 _LENGTH = struct.Struct(">I")
+# Peer ids of accepted parts remembered, so a receipt can say its part was sent here.
+_REMEMBER_SENT = 50_000
 
 
 class _NotWritten(Exception):
@@ -776,11 +782,15 @@ class _Session:
         *,
         name: str,
         on_receipt: ReceiptHandler | None,
+        sent_here: OrderedDict[str, None] | None = None,
     ) -> None:
         self.name = name
         self._reader = reader
         self._writer = writer
         self._on_receipt = on_receipt
+        # The peer ids given in submit_sm_resp lately, oldest first: noted as each response is
+        # read, so a receipt read right after it (even in the same chunk) is known as ours.
+        self._sent_here: OrderedDict[str, None] = OrderedDict() if sent_here is None else sent_here
         self._waiters: dict[int, _Waiter] = {}
         # PDUs written in this turn of the event loop, sent together by one ``_flush``.
         self._outgoing: list[bytes] = []
@@ -971,6 +981,11 @@ class _Session:
                 )
                 return
             waiter.future.set_result(pdu)
+            if pdu.command is Command.SUBMIT_SM_RESP and not pdu.status:
+                sent = self._sent_here
+                sent[pdu.text("message_id")] = None
+                if len(sent) > _REMEMBER_SENT:
+                    sent.popitem(last=False)
         elif pdu.command is Command.ENQUIRE_LINK:
             self._respond(pdu)
         elif pdu.command is Command.DELIVER_SM:
@@ -998,7 +1013,7 @@ class _Session:
             self._send(Pdu(Command.GENERIC_NACK, sequence, error.status))
 
     def _deliver(self, pdu: Pdu) -> None:
-        receipt = parse_receipt(pdu) if is_receipt(pdu) else None
+        receipt = parse_receipt(pdu, self._sent_here) if is_receipt(pdu) else None
         if receipt is None:
             logger.info(
                 "SMPP %s: deliver_sm (esm_class 0x%02X) from %r without a receipt to hand over;"
@@ -1092,6 +1107,8 @@ class SmppChannel:
         # The concatenation reference of the next long message; random so that a restart does
         # not reuse the references just sent to the same handsets.
         self._reference = random.randrange(256)
+        # The peer ids lately given in submit_sm_resp, oldest first (see DeliveryReceipt).
+        self._sent: OrderedDict[str, None] = OrderedDict()
 
     async def send(self, messages: Sequence[OutboundMessage]) -> list[Outcome]:
         state = _SendState()
@@ -1276,7 +1293,9 @@ class SmppChannel:
                 raise TransientChannelError(
                     f"cannot connect to the SMSC at {config.host}:{config.port}: {_describe(error)}"
                 ) from None
-            session = _Session(reader, writer, name=name, on_receipt=self._on_receipt)
+            session = _Session(
+                reader, writer, name=name, on_receipt=self._on_receipt, sent_here=self._sent
+            )
             try:
                 response = await session.request(
                     Command.BIND_TRANSCEIVER,
