@@ -281,6 +281,9 @@ class SmppFramingError(SmppDecodeError):
     """The command_length cannot be right: the stream can no longer be split into PDUs."""
 
 
+_SUBMIT_SM_RESP_ID = Command.SUBMIT_SM_RESP.to_bytes(4, "big")
+
+
 def encode_pdu(pdu: Pdu) -> bytes:
     if pdu.command.is_response and pdu.status and not pdu.params and not pdu.tlvs:
         body = b""  # a refusal goes without a body, as SMPP 3.4 5.1.3 lets it
@@ -346,6 +349,17 @@ def _encode_cstring(label: str, spec: _Field, value: ParamValue) -> bytes:
 
 def decode_pdu(data: bytes) -> Pdu:
     """The PDU in ``data``, which must be exactly one PDU (command_length octets)."""
+    if (
+        len(data) > HEADER_LENGTH
+        and data[4:8] == _SUBMIT_SM_RESP_ID
+        and data.find(b"\0", HEADER_LENGTH) == len(data) - 1
+        and _HEADER.unpack_from(data)[0] == len(data)
+    ):
+        # The most common PDU read, a submit_sm_resp of a message_id alone (no TLVs): the
+        # same PDU as below, without the walk over the body's fields.
+        _, _, status, sequence = _HEADER.unpack_from(data)
+        message_id = data[HEADER_LENGTH:-1].decode("latin-1")
+        return Pdu(Command.SUBMIT_SM_RESP, sequence, status, {"message_id": message_id})
     if len(data) < HEADER_LENGTH:
         raise SmppDecodeError(f"a PDU has at least {HEADER_LENGTH} octets, not {len(data)}")
     length, command_id, status, sequence = _HEADER.unpack_from(data)
@@ -602,6 +616,62 @@ def source_address(sender: str) -> Address:
     )
 
 
+def submit_sm_body(
+    source: Address,
+    destination: Address,
+    *,
+    esm_class: int,
+    data_coding: int,
+    short_message: bytes,
+    registered_delivery: int = 1,
+) -> bytes:
+    """The body of a submit_sm, the bytes ``encode_body`` makes of these parameters (the rest
+    empty), written directly: the one PDU built per SMS part. SmppCodecError as it would."""
+    if (
+        len(short_message) > 254
+        or not 0 <= esm_class <= 0xFF
+        or not 0 <= data_coding <= 0xFF
+        or not 0 <= registered_delivery <= 0xFF
+    ):
+        # Let the general encoder say what is wrong.
+        return encode_body(
+            Command.SUBMIT_SM,
+            {
+                "source_addr_ton": source.ton,
+                "source_addr_npi": source.npi,
+                "source_addr": source.address,
+                "dest_addr_ton": destination.ton,
+                "dest_addr_npi": destination.npi,
+                "destination_addr": destination.address,
+                "esm_class": esm_class,
+                "registered_delivery": registered_delivery,
+                "data_coding": data_coding,
+                "short_message": short_message,
+            },
+        )
+    # esm_class, protocol_id, priority_flag, schedule_delivery_time, validity_period,
+    # registered_delivery, replace_if_present_flag, data_coding, sm_default_msg_id, sm_length.
+    fields = bytes(
+        (esm_class, 0, 0, 0, 0, registered_delivery, 0, data_coding, 0, len(short_message))
+    )
+    return (
+        b"\0"  # service_type
+        + _address_octets(source, "source_addr")
+        + _address_octets(destination, "destination_addr")
+        + fields
+        + short_message
+    )
+
+
+def _address_octets(address: Address, name: str) -> bytes:
+    """An address's TON, NPI and C-octet string, checked as ``encode_body`` checks it."""
+    cstring = _encode_cstring(Command.SUBMIT_SM.label, _ADDRESS_FIELD[name], address.address)
+    return bytes((address.ton, address.npi)) + cstring
+
+
+_ADDRESS_FIELD = {spec.name: spec for spec in _SHORT_MESSAGE_FIELDS}
+
+
 def destination_address(to: str) -> Address:
     if match := _E164.fullmatch(to):
         return Address(TON_INTERNATIONAL, NPI_E164, match.group(1))
@@ -758,6 +828,8 @@ _WRITE_ATTEMPTS = 3
 # The most octets taken from the socket at once (many PDUs: a window's responses and receipts).
 _READ_SIZE = 256 * 1024
 _LENGTH = struct.Struct(">I")
+# The body of each response without parameters (an empty message_id, or nothing).
+_EMPTY_BODIES = {command: encode_body(command, {}) for command in Command if command.is_response}
 # Peer ids of accepted parts remembered, so a receipt can say its part was sent here.
 _REMEMBER_SENT = 50_000
 
@@ -967,7 +1039,12 @@ class _Session:
             self._writer.write(data)
 
     def _respond(self, request: Pdu, status: int = CommandStatus.ESME_ROK) -> None:
-        self._send(Pdu(request.command.response, request.sequence, status))
+        """Answer ``request`` with its response and no parameters (as ``encode_pdu`` would
+        encode it, without building the PDU: a deliver_sm_resp per receipt)."""
+        if self.ending is None and not self._writer.is_closing():
+            response = request.command.response
+            body = b"" if status else _EMPTY_BODIES[response]
+            self._write(pack_pdu(response, body, sequence=request.sequence, status=status))
 
     def _dispatch(self, pdu: Pdu) -> None:
         if pdu.command.is_response:
@@ -1195,23 +1272,17 @@ class SmppChannel:
         if encoded.concatenated:
             reference = self._reference
             self._reference = (self._reference + 1) % 256
-        parts: list[dict[str, ParamValue]] = [
-            {
-                "source_addr_ton": self._source.ton,
-                "source_addr_npi": self._source.npi,
-                "source_addr": self._source.address,
-                "dest_addr_ton": destination.ton,
-                "dest_addr_npi": destination.npi,
-                "destination_addr": destination.address,
-                "esm_class": encoded.esm_class,
-                "registered_delivery": 1,
-                "data_coding": encoded.data_coding,
-                "short_message": short_message,
-            }
-            for short_message in encoded.short_messages(reference=reference)
-        ]
         try:
-            return [encode_body(Command.SUBMIT_SM, params) for params in parts]
+            return [
+                submit_sm_body(
+                    self._source,
+                    destination,
+                    esm_class=encoded.esm_class,
+                    data_coding=encoded.data_coding,
+                    short_message=short_message,
+                )
+                for short_message in encoded.short_messages(reference=reference)
+            ]
         except SmppCodecError as error:
             raise PermanentChannelError(f"cannot build submit_sm: {error}") from None
 
