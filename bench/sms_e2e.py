@@ -491,6 +491,21 @@ async def stream_latency(
     )
 
 
+async def transactions(database_url: str) -> int:
+    """Transactions committed in the database so far (PostgreSQL's statistics, which lag a
+    little: the polling of the run's counts included)."""
+    connection = await asyncpg.connect(dsn(database_url))
+    try:
+        await connection.execute("SELECT pg_stat_force_next_flush()")
+        return int(
+            await connection.fetchval(
+                "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
+            )
+        )
+    finally:
+        await connection.close()
+
+
 def cpu_seconds(pid: int) -> float:
     """User and system CPU time of process ``pid`` so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
@@ -626,16 +641,19 @@ def main() -> None:
                 engine = []
                 for _ in range(options.runs):
                     before = cpu_of(processes, smsc, database_url)
+                    commits = asyncio.run(transactions(database_url))
                     engine.append(
                         engine_run(base, smsc, database_url, project_id, template_id, count)
                     )
                     cpu.append(
                         cpu_per_message(before, cpu_of(processes, smsc, database_url), count)
                     )
+                    commits = asyncio.run(transactions(database_url)) - commits
                     print(
                         f"engine: {engine[-1][0]:,.0f} submits/s, {engine[-1][1]:,.0f} delivered/s;"
                         " CPU µs/message: "
-                        + ", ".join(f"{name} {value:.0f}" for name, value in cpu[-1].items()),
+                        + ", ".join(f"{name} {value:.0f}" for name, value in cpu[-1].items())
+                        + f"; {commits / count * 1000:.0f} transactions per 1,000 messages",
                         file=sys.stderr,
                     )
                 peaks = processes.peak_rss_mb()
