@@ -68,6 +68,9 @@ class ReceiptInbox:
         # began to wait, oldest first.
         self._held: dict[str, list[_Pending]] = {}
         self._held_since: deque[tuple[float, str]] = deque()
+        # Receipts came since the last look: a burst gathers for COLLECT before it is written
+        # (receipts whose parts were just recorded are a batch already, and go at once).
+        self._arrived = False
         self._newly_held = False
         # Peer ids recorded that no receipt in memory waited for: stored receipts may.
         self._recorded: list[str] = []
@@ -98,6 +101,7 @@ class ReceiptInbox:
             self._newly_held = True
         else:
             self._incoming.append(pending)
+            self._arrived = True
         self._ready.set()
         return future
 
@@ -132,7 +136,8 @@ class ReceiptInbox:
                     until = min(until, self._held_since[0][0] + self._hold)
                 await wait_any(self._ready, stop, seconds=max(0.0, until - loop.time()))
             self._ready.clear()
-            if self._incoming or self._newly_held:
+            if self._arrived or self._newly_held:
+                self._arrived = False
                 await asyncio.sleep(COLLECT)  # let a burst gather into one transaction
             if self._newly_held:
                 self._newly_held = False
