@@ -159,18 +159,20 @@ async def _parts_of_messages(
     """Read into ``parts`` every part of the messages whose parts bear ``peer_ids``; the
     newest part of each peer id (an SMSC may reuse ids after a long while)."""
     named = PART.alias("named")
-    statement = (
-        select(PART.c.id, PART.c.message_id, PART.c.part, PART.c.peer_message_id, PART.c.state)
-        .add_columns(PART.c.error)
-        .where(
-            PART.c.message_id.in_(
-                select(named.c.message_id).where(_among(session, named.c.peer_message_id, peer_ids))
-            )
-        )
-        .order_by(PART.c.id)
-    )
+    messages = select(named.c.message_id).where(_among(session, named.c.peer_message_id, peer_ids))
+    statement = select(
+        PART.c.id, PART.c.message_id, PART.c.part, PART.c.peer_message_id, PART.c.state
+    ).add_columns(PART.c.error)
     if session.get_bind().dialect.name == "postgresql":
-        statement = statement.with_for_update(of=PART)
+        # ``= ANY(ARRAY(subquery))``: the message ids first, then their parts by the
+        # (message_id, part) key. ``IN (subquery)`` was planned as a hash join over a scan of
+        # the whole table, for every batch.
+        statement = statement.where(
+            PART.c.message_id == any_(func.array(messages.scalar_subquery()))
+        ).with_for_update(of=PART)
+    else:
+        statement = statement.where(PART.c.message_id.in_(messages))
+    statement = statement.order_by(PART.c.id)
     wanted = set(peer_ids)
     newest: dict[str, int] = {}
     for part_id, message_id, number, peer_id, state, error in await session.execute(statement):
