@@ -260,3 +260,130 @@ def test_how_parts_settle_a_message(
     parts: list[tuple[str | None, str | None]], verdict: tuple[str, str] | None
 ) -> None:
     assert receipts.verdict_of(parts) == verdict
+
+
+async def test_receipts_in_hand_are_applied_without_being_stored(
+    api: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    """``apply``: the parts recorded take their receipts at once (no ``receipt`` row), the
+    rest are stored to wait; finals are not undone; the message settles when all parts do."""
+    message_id = await _sent_sms(api, engine, parts=("B1", "B2"))
+    sessionmaker = create_sessionmaker(engine)
+    async with sessionmaker() as session, session.begin():
+        first = await receipts.apply(
+            session,
+            reports=[
+                DeliveryReport("B1", "delivrd", "000"),
+                DeliveryReport("B1", "ENROUTE"),  # late and intermediate: changes nothing
+                DeliveryReport("ELSEWHERE", "DELIVRD"),
+                DeliveryReport(" ", "DELIVRD"),  # names nothing: not kept
+            ],
+            now=utcnow(),
+        )
+        stored = (await session.execute(select(Receipt.peer_message_id))).scalars().all()
+    assert first.receipts == 2
+    assert first.settled == [], "part 2 has no receipt yet"
+    assert stored == ["ELSEWHERE"]
+    async with sessionmaker() as session, session.begin():
+        second = await receipts.apply(
+            session, reports=[DeliveryReport("B2", "DELIVRD", "000")], now=utcnow()
+        )
+    assert (second.receipts, second.settled) == (1, [message_id])
+    async with sessionmaker() as session, session.begin():
+        again = await receipts.apply(
+            session, reports=[DeliveryReport("B2", "UNDELIV", "9")], now=utcnow()
+        )
+    assert (again.receipts, again.settled) == (1, [])
+    async with engine.connect() as connection:
+        parts = (
+            await connection.execute(
+                select(MessagePart.peer_message_id, MessagePart.state, MessagePart.error).order_by(
+                    MessagePart.part
+                )
+            )
+        ).all()
+        events = (
+            await connection.execute(
+                select(MessageEvent.old_status, MessageEvent.status, MessageEvent.reason).where(
+                    MessageEvent.message_id == message_id, MessageEvent.old_status == "sent"
+                )
+            )
+        ).all()
+    assert [tuple(part) for part in parts] == [("B1", "DELIVRD", "000"), ("B2", "DELIVRD", "000")]
+    assert [tuple(event) for event in events] == [("sent", "delivered", "DELIVRD err:000")]
+
+
+class _Receipt:
+    """What the SMPP channel hands the inbox (``DeliveryReceipt``'s fields)."""
+
+    def __init__(self, peer_id: str, *, sent_here: bool) -> None:
+        self.peer_message_id = peer_id
+        self.state = "DELIVRD"
+        self.error = "000"
+        self.raw_text = ""
+        self.sent_here = sent_here
+
+
+async def test_a_receipt_for_a_part_sent_here_waits_in_memory_for_the_part(
+    api: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    """The inbox holds such a receipt unanswered until the writer says the part is recorded,
+    then applies it directly; one whose part never comes is stored after ``hold``."""
+    message_id = await _sent_sms(api, engine, parts=("C1",))  # the inbox is not told yet
+    sessionmaker = create_sessionmaker(engine)
+    inbox = ReceiptInbox(sessionmaker, hold=1.0)
+    told: list[bool] = []
+    inbox.on_waiting = lambda: told.append(True)
+    stop = asyncio.Event()
+    task = asyncio.create_task(inbox.run(stop))
+    try:
+        early = inbox.receive(_Receipt("C1", sent_here=True))  # type: ignore[arg-type]
+        lost = inbox.receive(_Receipt("C9", sent_here=True))  # type: ignore[arg-type]
+        await asyncio.sleep(0.3)
+        assert not early.done(), "it waits for its part"
+        assert told, "the writer was asked to write at once"
+        inbox.parts_recorded(["C1"])
+        await asyncio.wait_for(early, 5)
+        assert not lost.done()
+        assert await _waiting_rows(engine) == [], "applied, never stored"
+        await asyncio.wait_for(lost, 5)
+        assert await _waiting_rows(engine) == ["C9"]
+        # Recorded lately: a receipt naming it goes straight to its part.
+        duplicate = inbox.receive(_Receipt("C1", sent_here=True))  # type: ignore[arg-type]
+        await asyncio.wait_for(duplicate, 5)
+    finally:
+        stop.set()
+        await task
+    assert await _waiting_rows(engine) == ["C9"]
+    assert inbox.counts["received"] == 3
+    assert inbox.counts["matched"] == 2
+    assert inbox.counts["settled"] == 1
+    found = await statuses(engine)
+    assert found["+79161234500"]["status"] == "delivered"
+    async with engine.connect() as connection:
+        delivered = await connection.scalar(
+            select(func.count()).where(
+                MessageEvent.message_id == message_id, MessageEvent.status == "delivered"
+            )
+        )
+    assert delivered == 1
+
+
+async def test_held_receipts_are_written_when_the_inbox_stops(engine: AsyncEngine) -> None:
+    inbox = ReceiptInbox(create_sessionmaker(engine), hold=60)
+    stop = asyncio.Event()
+    task = asyncio.create_task(inbox.run(stop))
+    held = inbox.receive(_Receipt("D1", sent_here=True))  # type: ignore[arg-type]
+    await asyncio.sleep(0.1)
+    assert not held.done()
+    stop.set()
+    await asyncio.wait_for(task, 5)
+    assert held.done()
+    assert held.exception() is None
+    assert await _waiting_rows(engine) == ["D1"]
+
+
+async def _waiting_rows(engine: AsyncEngine) -> list[str]:
+    async with engine.connect() as connection:
+        rows = await connection.execute(select(Receipt.peer_message_id).order_by(Receipt.id))
+        return list(rows.scalars())

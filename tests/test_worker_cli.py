@@ -10,8 +10,11 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from rassylka.db import create_checked_engine, create_engine
 from smtp_peer import SmtpPeer
 from test_dispatcher import arrange, client, statuses, until
 
@@ -59,3 +62,30 @@ async def test_sigterm_finishes_sends_in_flight_and_releases_the_rest(
     assert len(queued) >= 20, "it stopped soon after the signal"
     assert all(row["attempts"] == 0 for row in queued)
     assert "email → SmtpChannel" in log.read_text()
+
+
+async def test_the_workers_pool_replaces_connections_the_server_closed(
+    backend: str, database_url: str
+) -> None:
+    """The worker's engine checks a pooled connection when it is taken, without a round trip
+    on asyncpg: after the server terminated them (a restart), the next transaction opens a new
+    connection instead of failing."""
+    if backend != "postgresql":
+        pytest.skip("PostgreSQL's backends")
+    engine = create_checked_engine(database_url)
+    try:
+        async with engine.connect() as connection:
+            first = await connection.scalar(text("SELECT pg_backend_pid()"))
+        other = create_engine(database_url)  # a connection of its own, outside the pool
+        try:
+            async with other.connect() as killer:
+                cut = await killer.scalar(text("SELECT pg_terminate_backend(:pid)"), {"pid": first})
+        finally:
+            await other.dispose()
+        assert cut
+        await asyncio.sleep(0.2)  # the closed socket reaches the event loop
+        async with engine.connect() as connection:
+            second = await connection.scalar(text("SELECT pg_backend_pid()"))
+        assert second != first
+    finally:
+        await engine.dispose()

@@ -11,8 +11,7 @@ from typing import Any
 from fastapi import Depends, FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
-from sqlalchemy import event, text
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from rassylka import __version__
@@ -20,7 +19,7 @@ from rassylka.bounces.listener import BounceListener
 from rassylka.bounces.router import router as bounce_router
 from rassylka.clients.router import router as client_router
 from rassylka.config import Settings, environment_settings
-from rassylka.db import create_engine, create_sessionmaker
+from rassylka.db import create_checked_engine, create_engine, create_sessionmaker
 from rassylka.engine.worker import Worker, run_until_stopped
 from rassylka.errors import error_response, install_handlers, openapi_error_responses
 from rassylka.events.bus import EventHub
@@ -141,30 +140,18 @@ def create_app(settings: Settings | None = None, *, worker: bool = False) -> Fas
 
 def _autocommit_engine(url: str, engine: AsyncEngine) -> AsyncEngine:
     """For single-statement writes (``POST /client/create``) on PostgreSQL: no BEGIN/COMMIT
-    round trips, a small pool of its own. With asyncpg, a pooled connection is checked at
-    checkout without a round trip (the pre-ping costs BEGIN, ';' and ROLLBACK): asyncpg sees a
-    server that closed the connection (a restart, a terminated backend) as soon as the socket
-    says so, and the pool then opens a new one."""
+    round trips, a small pool of its own, checked at checkout without a round trip (see
+    ``create_checked_engine``)."""
     if engine.dialect.name != "postgresql":
         return engine  # SQLite: one writer anyway, the request's own transaction
-    asyncpg = engine.dialect.driver == "asyncpg"
-    autocommit = create_engine(
+    return create_checked_engine(
         url,
         isolation_level="AUTOCOMMIT",
-        pool_pre_ping=not asyncpg,
         # No overflow: connections opened for a burst and closed after it cost more than the
         # wait for one of ten (a create holds its connection for one round trip).
         pool_size=10,
         max_overflow=0,
     )
-    if asyncpg:
-
-        def closed_is_gone(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
-            if dbapi_connection.driver_connection.is_closed():
-                raise DisconnectionError("the server closed this pooled connection")
-
-        event.listen(autocommit.sync_engine.pool, "checkout", closed_is_gone)
-    return autocommit
 
 
 def create_embedded_app() -> FastAPI:

@@ -43,13 +43,16 @@ from rassylka.channels.smpp import (
     Tlv,
     decode_pdu,
     destination_address,
+    encode_body,
     encode_pdu,
+    pack_pdu,
     parse_receipt,
     parse_receipt_text,
     read_pdu,
     source_address,
     status_error,
     status_reply,
+    submit_sm_body,
 )
 from rassylka.channels.sms_text import MAX_PARTS, decode_payload
 from rassylka.config import Settings
@@ -491,6 +494,8 @@ async def test_delivery_receipts_reach_on_receipt(smsc: Smsc, make_channel: Make
     failed = by_id[undelivered.peer_message_id]
     assert (failed.state, failed.error) == ("UNDELIV", "001")
     assert {event["status"] for event in smsc.of("deliver_sm_resp")} == {0}
+    # Each names a part this channel was given: the inbox may wait for it to be recorded.
+    assert [r.peer_message_id for r in receipts if not r.sent_here] == []
 
 
 async def test_a_failing_on_receipt_is_logged_and_does_not_stop_the_reader(
@@ -990,6 +995,11 @@ def test_receipts_prefer_the_tlvs_to_the_text() -> None:
     assert network_error is not None
     assert (network_error.state, network_error.error) == ("UNKNOWN", "3:11")
     assert parse_receipt(deliver_sm(b"no id here")) is None
+    # Whether the id is one this client was given lately.
+    assert not from_text.sent_here
+    assert parse_receipt(deliver_sm(b"id:77 stat:DELIVRD"), sent_here={"77"}) == DeliveryReceipt(
+        "77", "DELIVRD", None, "id:77 stat:DELIVRD", sent_here=True
+    )
 
 
 def test_config_from_settings_and_its_limits() -> None:
@@ -1024,3 +1034,65 @@ def test_config_from_settings_and_its_limits() -> None:
         SmppConfig(host="smsc", password="123456789")
     with pytest.raises(ValueError, match="window"):
         SmppConfig(host="smsc", window=0)
+
+
+@pytest.mark.parametrize(
+    ("sender", "to", "esm_class", "data_coding", "short_message"),
+    [
+        ("Rassylka", "+79161234567", 0, 0, b"hello"),
+        ("+79001234567", "+12025550123", 0x40, 8, bytes(range(140))),
+        ("", "+79161234567", 0, 8, b""),
+        ("1234", "+79161234567", 0, 0, b"x" * 254),
+    ],
+)
+def test_a_submit_sm_is_built_as_the_codec_builds_it(
+    sender: str, to: str, esm_class: int, data_coding: int, short_message: bytes
+) -> None:
+    source, destination = source_address(sender), destination_address(to)
+    general = encode_body(
+        Command.SUBMIT_SM,
+        {
+            "source_addr_ton": source.ton,
+            "source_addr_npi": source.npi,
+            "source_addr": source.address,
+            "dest_addr_ton": destination.ton,
+            "dest_addr_npi": destination.npi,
+            "destination_addr": destination.address,
+            "esm_class": esm_class,
+            "registered_delivery": 1,
+            "data_coding": data_coding,
+            "short_message": short_message,
+        },
+    )
+    built = submit_sm_body(
+        source,
+        destination,
+        esm_class=esm_class,
+        data_coding=data_coding,
+        short_message=short_message,
+    )
+    assert built == general
+    with pytest.raises(SmppCodecError, match="short_message"):
+        submit_sm_body(source, destination, esm_class=0, data_coding=0, short_message=b"x" * 255)
+    with pytest.raises(SmppCodecError, match="not ASCII"):
+        submit_sm_body(
+            Address(5, 0, "Рассылка"), destination, esm_class=0, data_coding=0, short_message=b""
+        )
+
+
+@pytest.mark.parametrize(
+    "pdu",
+    [
+        Pdu(Command.SUBMIT_SM_RESP, 7, 0, {"message_id": "5A000"}),
+        Pdu(Command.SUBMIT_SM_RESP, 0x7FFFFFFF, 0x58, {"message_id": "id with spaces"}),
+        Pdu(Command.SUBMIT_SM_RESP, 8, 0, {"message_id": ""}),
+        Pdu(Command.SUBMIT_SM_RESP, 9, 0, {"message_id": "X"}, ((0x1400, b"\0vendor"),)),
+    ],
+)
+def test_a_submit_sm_resp_decodes_the_same_by_either_path(pdu: Pdu) -> None:
+    assert decode_pdu(encode_pdu(pdu)) == pdu
+    data = encode_pdu(pdu)
+    with pytest.raises(SmppDecodeError):
+        decode_pdu(data[:-1])  # command_length no longer matches
+    refusal = pack_pdu(Command.SUBMIT_SM_RESP, b"", sequence=3, status=0x45)
+    assert decode_pdu(refusal) == Pdu(Command.SUBMIT_SM_RESP, 3, 0x45)

@@ -74,7 +74,8 @@ import logging
 import random
 import re
 import struct
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Container, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import TYPE_CHECKING, Literal
@@ -280,6 +281,9 @@ class SmppFramingError(SmppDecodeError):
     """The command_length cannot be right: the stream can no longer be split into PDUs."""
 
 
+_SUBMIT_SM_RESP_ID = Command.SUBMIT_SM_RESP.to_bytes(4, "big")
+
+
 def encode_pdu(pdu: Pdu) -> bytes:
     if pdu.command.is_response and pdu.status and not pdu.params and not pdu.tlvs:
         body = b""  # a refusal goes without a body, as SMPP 3.4 5.1.3 lets it
@@ -345,6 +349,17 @@ def _encode_cstring(label: str, spec: _Field, value: ParamValue) -> bytes:
 
 def decode_pdu(data: bytes) -> Pdu:
     """The PDU in ``data``, which must be exactly one PDU (command_length octets)."""
+    if (
+        len(data) > HEADER_LENGTH
+        and data[4:8] == _SUBMIT_SM_RESP_ID
+        and data.find(b"\0", HEADER_LENGTH) == len(data) - 1
+        and _HEADER.unpack_from(data)[0] == len(data)
+    ):
+        # The most common PDU read, a submit_sm_resp of a message_id alone (no TLVs): the
+        # same PDU as below, without the walk over the body's fields.
+        _, _, status, sequence = _HEADER.unpack_from(data)
+        message_id = data[HEADER_LENGTH:-1].decode("latin-1")
+        return Pdu(Command.SUBMIT_SM_RESP, sequence, status, {"message_id": message_id})
     if len(data) < HEADER_LENGTH:
         raise SmppDecodeError(f"a PDU has at least {HEADER_LENGTH} octets, not {len(data)}")
     length, command_id, status, sequence = _HEADER.unpack_from(data)
@@ -601,6 +616,62 @@ def source_address(sender: str) -> Address:
     )
 
 
+def submit_sm_body(
+    source: Address,
+    destination: Address,
+    *,
+    esm_class: int,
+    data_coding: int,
+    short_message: bytes,
+    registered_delivery: int = 1,
+) -> bytes:
+    """The body of a submit_sm, the bytes ``encode_body`` makes of these parameters (the rest
+    empty), written directly: the one PDU built per SMS part. SmppCodecError as it would."""
+    if (
+        len(short_message) > 254
+        or not 0 <= esm_class <= 0xFF
+        or not 0 <= data_coding <= 0xFF
+        or not 0 <= registered_delivery <= 0xFF
+    ):
+        # Let the general encoder say what is wrong.
+        return encode_body(
+            Command.SUBMIT_SM,
+            {
+                "source_addr_ton": source.ton,
+                "source_addr_npi": source.npi,
+                "source_addr": source.address,
+                "dest_addr_ton": destination.ton,
+                "dest_addr_npi": destination.npi,
+                "destination_addr": destination.address,
+                "esm_class": esm_class,
+                "registered_delivery": registered_delivery,
+                "data_coding": data_coding,
+                "short_message": short_message,
+            },
+        )
+    # esm_class, protocol_id, priority_flag, schedule_delivery_time, validity_period,
+    # registered_delivery, replace_if_present_flag, data_coding, sm_default_msg_id, sm_length.
+    fields = bytes(
+        (esm_class, 0, 0, 0, 0, registered_delivery, 0, data_coding, 0, len(short_message))
+    )
+    return (
+        b"\0"  # service_type
+        + _address_octets(source, "source_addr")
+        + _address_octets(destination, "destination_addr")
+        + fields
+        + short_message
+    )
+
+
+def _address_octets(address: Address, name: str) -> bytes:
+    """An address's TON, NPI and C-octet string, checked as ``encode_body`` checks it."""
+    cstring = _encode_cstring(Command.SUBMIT_SM.label, _ADDRESS_FIELD[name], address.address)
+    return bytes((address.ton, address.npi)) + cstring
+
+
+_ADDRESS_FIELD = {spec.name: spec for spec in _SHORT_MESSAGE_FIELDS}
+
+
 def destination_address(to: str) -> Address:
     if match := _E164.fullmatch(to):
         return Address(TON_INTERNATIONAL, NPI_E164, match.group(1))
@@ -636,13 +707,15 @@ class DeliveryReceipt:
     ``peer_message_id`` is the id the SMSC gave in its submit_sm_resp; ``state`` is the final
     (or intermediate) state as the receipt text spells it: ``DELIVRD``, ``UNDELIV``,
     ``EXPIRED``, ``REJECTD``, ``DELETED``, ``ACCEPTD``, ``ENROUTE`` or ``UNKNOWN``; ``error``
-    the ``err:`` field (network specific), if any.
+    the ``err:`` field (network specific), if any. ``sent_here``: the id is one that this
+    channel was given in a submit_sm_resp lately (the part may not be recorded yet).
     """
 
     peer_message_id: str
     state: str
     error: str | None
     raw_text: str
+    sent_here: bool = False
 
 
 ReceiptHandler = Callable[[DeliveryReceipt], Awaitable[None]]
@@ -662,8 +735,9 @@ def is_receipt(pdu: Pdu) -> bool:
     )
 
 
-def parse_receipt(pdu: Pdu) -> DeliveryReceipt | None:
-    """The receipt a deliver_sm carries, or None if it names no message.
+def parse_receipt(pdu: Pdu, sent_here: Container[str] = ()) -> DeliveryReceipt | None:
+    """The receipt a deliver_sm carries, or None if it names no message; ``sent_here`` the
+    peer ids this client was given lately.
 
     The receipted_message_id and message_state TLVs win over the text, whose layout is only
     the specification's suggestion.
@@ -689,7 +763,7 @@ def parse_receipt(pdu: Pdu) -> DeliveryReceipt | None:
     network_error = pdu.tlv(Tlv.NETWORK_ERROR_CODE)
     if error is None and network_error is not None and len(network_error) == 3:
         error = f"{network_error[0]}:{int.from_bytes(network_error[1:], 'big')}"
-    return DeliveryReceipt(peer_message_id, state, error, text)
+    return DeliveryReceipt(peer_message_id, state, error, text, peer_message_id in sent_here)
 
 
 # --------------------------------------------------------------------------------------------
@@ -754,6 +828,10 @@ _WRITE_ATTEMPTS = 3
 # The most octets taken from the socket at once (many PDUs: a window's responses and receipts).
 _READ_SIZE = 256 * 1024
 _LENGTH = struct.Struct(">I")
+# The body of each response without parameters (an empty message_id, or nothing).
+_EMPTY_BODIES = {command: encode_body(command, {}) for command in Command if command.is_response}
+# Peer ids of accepted parts remembered, so a receipt can say its part was sent here.
+_REMEMBER_SENT = 50_000
 
 
 class _NotWritten(Exception):
@@ -776,11 +854,15 @@ class _Session:
         *,
         name: str,
         on_receipt: ReceiptHandler | None,
+        sent_here: OrderedDict[str, None] | None = None,
     ) -> None:
         self.name = name
         self._reader = reader
         self._writer = writer
         self._on_receipt = on_receipt
+        # The peer ids given in submit_sm_resp lately, oldest first: noted as each response is
+        # read, so a receipt read right after it (even in the same chunk) is known as ours.
+        self._sent_here: OrderedDict[str, None] = OrderedDict() if sent_here is None else sent_here
         self._waiters: dict[int, _Waiter] = {}
         # PDUs written in this turn of the event loop, sent together by one ``_flush``.
         self._outgoing: list[bytes] = []
@@ -957,7 +1039,12 @@ class _Session:
             self._writer.write(data)
 
     def _respond(self, request: Pdu, status: int = CommandStatus.ESME_ROK) -> None:
-        self._send(Pdu(request.command.response, request.sequence, status))
+        """Answer ``request`` with its response and no parameters (as ``encode_pdu`` would
+        encode it, without building the PDU: a deliver_sm_resp per receipt)."""
+        if self.ending is None and not self._writer.is_closing():
+            response = request.command.response
+            body = b"" if status else _EMPTY_BODIES[response]
+            self._write(pack_pdu(response, body, sequence=request.sequence, status=status))
 
     def _dispatch(self, pdu: Pdu) -> None:
         if pdu.command.is_response:
@@ -971,6 +1058,11 @@ class _Session:
                 )
                 return
             waiter.future.set_result(pdu)
+            if pdu.command is Command.SUBMIT_SM_RESP and not pdu.status:
+                sent = self._sent_here
+                sent[pdu.text("message_id")] = None
+                if len(sent) > _REMEMBER_SENT:
+                    sent.popitem(last=False)
         elif pdu.command is Command.ENQUIRE_LINK:
             self._respond(pdu)
         elif pdu.command is Command.DELIVER_SM:
@@ -998,7 +1090,7 @@ class _Session:
             self._send(Pdu(Command.GENERIC_NACK, sequence, error.status))
 
     def _deliver(self, pdu: Pdu) -> None:
-        receipt = parse_receipt(pdu) if is_receipt(pdu) else None
+        receipt = parse_receipt(pdu, self._sent_here) if is_receipt(pdu) else None
         if receipt is None:
             logger.info(
                 "SMPP %s: deliver_sm (esm_class 0x%02X) from %r without a receipt to hand over;"
@@ -1092,6 +1184,8 @@ class SmppChannel:
         # The concatenation reference of the next long message; random so that a restart does
         # not reuse the references just sent to the same handsets.
         self._reference = random.randrange(256)
+        # The peer ids lately given in submit_sm_resp, oldest first (see DeliveryReceipt).
+        self._sent: OrderedDict[str, None] = OrderedDict()
 
     async def send(self, messages: Sequence[OutboundMessage]) -> list[Outcome]:
         state = _SendState()
@@ -1178,23 +1272,17 @@ class SmppChannel:
         if encoded.concatenated:
             reference = self._reference
             self._reference = (self._reference + 1) % 256
-        parts: list[dict[str, ParamValue]] = [
-            {
-                "source_addr_ton": self._source.ton,
-                "source_addr_npi": self._source.npi,
-                "source_addr": self._source.address,
-                "dest_addr_ton": destination.ton,
-                "dest_addr_npi": destination.npi,
-                "destination_addr": destination.address,
-                "esm_class": encoded.esm_class,
-                "registered_delivery": 1,
-                "data_coding": encoded.data_coding,
-                "short_message": short_message,
-            }
-            for short_message in encoded.short_messages(reference=reference)
-        ]
         try:
-            return [encode_body(Command.SUBMIT_SM, params) for params in parts]
+            return [
+                submit_sm_body(
+                    self._source,
+                    destination,
+                    esm_class=encoded.esm_class,
+                    data_coding=encoded.data_coding,
+                    short_message=short_message,
+                )
+                for short_message in encoded.short_messages(reference=reference)
+            ]
         except SmppCodecError as error:
             raise PermanentChannelError(f"cannot build submit_sm: {error}") from None
 
@@ -1276,7 +1364,9 @@ class SmppChannel:
                 raise TransientChannelError(
                     f"cannot connect to the SMSC at {config.host}:{config.port}: {_describe(error)}"
                 ) from None
-            session = _Session(reader, writer, name=name, on_receipt=self._on_receipt)
+            session = _Session(
+                reader, writer, name=name, on_receipt=self._on_receipt, sent_here=self._sent
+            )
             try:
                 response = await session.request(
                     Command.BIND_TRANSCEIVER,

@@ -2,18 +2,25 @@
 
 The SMPP client hands each receipt to ``receive`` and answers the SMSC's deliver_sm only when
 it returns: it returns once the receipt is committed, so a receipt is never acknowledged and
-then lost (if the write fails, the SMSC is told to try again). Receipts are matched to their
-messages at once, again when the writer records the parts they name (``parts_recorded``), and
-by a periodic sweep; receipts that match nothing for ``keep`` seconds are dropped, logged and
-counted.
+then lost (if the write fails, the SMSC is told to try again).
+
+Most receipts name a part that this process has just submitted and that the dispatcher's
+writer has not recorded yet (the SMSC reports within milliseconds; the writer writes in
+batches). Such a receipt (``DeliveryReceipt.sent_here``) waits in memory, unanswered, until the
+writer reports the part recorded (``parts_recorded``), and is then applied to it directly
+(``receipts.apply``: no ``receipt`` row written and deleted). It waits ``hold`` seconds at most;
+then, like every other receipt, it is applied at once, and one whose part is not recorded is
+stored in ``receipt`` to wait for it: it is matched again when the writer records the parts it
+names, and by a periodic sweep. Receipts that match nothing for ``keep`` seconds are dropped,
+logged and counted. A crash loses only unanswered receipts, which the SMSC delivers again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import Counter
-from collections.abc import Callable
+from collections import Counter, OrderedDict, deque
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -31,6 +38,13 @@ MAX_BATCH = 500
 SWEEP_INTERVAL = 5.0
 # How long a receipt may wait for the part it names (a day: no writer is that late).
 KEEP = 86400.0
+# How long a receipt for a part sent here waits in memory for the writer to record the part.
+HOLD = 2.0
+# Peer ids of the parts recorded lately that are remembered: a receipt naming one is applied
+# at once rather than held (at least as many as the SMPP channel remembers it sent).
+RECENT = 100_000
+
+_Pending = tuple[DeliveryReport, "asyncio.Future[None]"]
 
 
 class ReceiptInbox:
@@ -40,16 +54,29 @@ class ReceiptInbox:
         *,
         keep: float = KEEP,
         sweep_interval: float = SWEEP_INTERVAL,
+        hold: float = HOLD,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self._sessionmaker = sessionmaker
         self._keep = keep
         self._sweep_interval = sweep_interval
+        self._hold = hold
         self._clock = clock
-        self._incoming: list[tuple[DeliveryReport, asyncio.Future[None]]] = []
-        self._recorded: set[str] = set()
+        # Receipts to apply now.
+        self._incoming: list[_Pending] = []
+        # Receipts for parts sent here and not recorded yet, by peer id; and when each peer id
+        # began to wait, oldest first.
+        self._held: dict[str, list[_Pending]] = {}
+        self._held_since: deque[tuple[float, str]] = deque()
+        # Receipts came since the last look: a burst gathers for COLLECT before it is written
+        # (receipts whose parts were just recorded are a batch already, and go at once).
+        self._arrived = False
+        self._newly_held = False
+        # Peer ids recorded that no receipt in memory waited for: stored receipts may.
+        self._recorded: list[str] = []
+        self._recent: OrderedDict[str, None] = OrderedDict()
         self._ready = asyncio.Event()
-        # Told when stored receipts name parts not recorded yet (the worker: the dispatcher's
+        # Told when receipts wait for parts not recorded yet (the worker: the dispatcher's
         # writer then writes what it holds at once).
         self.on_waiting: Callable[[], None] | None = None
         # received, matched (receipts that found their part), settled (messages), unknown
@@ -57,18 +84,40 @@ class ReceiptInbox:
         self.counts: Counter[str] = Counter()
 
     def receive(self, receipt: DeliveryReceipt) -> asyncio.Future[None]:
-        """Store one receipt: the future is done once it is committed, and has the error if it
+        """Take one receipt: the future is done once it is committed, and has the error if it
         could not be. A future rather than a coroutine, so the SMPP session awaits it without
         a task per receipt."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        report = DeliveryReport(receipt.peer_message_id, receipt.state, receipt.error)
-        self._incoming.append((report, future))
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        peer_id = receipt.peer_message_id
+        pending = (DeliveryReport(peer_id, receipt.state, receipt.error), future)
+        if receipt.sent_here and peer_id not in self._recent:
+            waiting = self._held.get(peer_id)
+            if waiting is None:
+                self._held[peer_id] = [pending]
+                self._held_since.append((loop.time(), peer_id))
+            else:
+                waiting.append(pending)
+            self._newly_held = True
+        else:
+            self._incoming.append(pending)
+            self._arrived = True
         self._ready.set()
         return future
 
-    def parts_recorded(self, peer_ids: list[str]) -> None:
+    def parts_recorded(self, peer_ids: Iterable[str]) -> None:
         """The writer recorded SMS parts with these peer ids: receipts may wait for them."""
-        self._recorded.update(peer_ids)
+        recent = self._recent
+        for peer_id in peer_ids:
+            recent[peer_id] = None
+            recent.move_to_end(peer_id)
+            waiting = self._held.pop(peer_id, None)
+            if waiting is None:
+                self._recorded.append(peer_id)
+            else:
+                self._incoming.extend(waiting)
+        while len(recent) > RECENT:
+            recent.popitem(last=False)
         self._ready.set()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -78,29 +127,47 @@ class ReceiptInbox:
         while True:
             if not self._incoming and not self._recorded:
                 if stop.is_set():
-                    return
-                await wait_any(self._ready, stop, seconds=max(0.0, next_sweep - loop.time()))
+                    if not self._held:
+                        return
+                    self._release(float("inf"))  # the writer has stopped: nothing to wait for
+                    continue
+                until = next_sweep
+                if self._held_since:
+                    until = min(until, self._held_since[0][0] + self._hold)
+                await wait_any(self._ready, stop, seconds=max(0.0, until - loop.time()))
             self._ready.clear()
-            if self._incoming:
+            if self._arrived or self._newly_held:
+                self._arrived = False
                 await asyncio.sleep(COLLECT)  # let a burst gather into one transaction
-                await self._store()
+            if self._newly_held:
+                self._newly_held = False
+                if self.on_waiting is not None:
+                    self.on_waiting()
+            self._release(loop.time() - self._hold)
+            if self._incoming:
+                await self._apply()
             if self._recorded:
-                peer_ids, self._recorded = sorted(self._recorded), set()
+                peer_ids, self._recorded = sorted(set(self._recorded)), []
                 await self._match(peer_ids)
             if loop.time() >= next_sweep:
                 next_sweep = loop.time() + self._sweep_interval
                 await self._sweep()
 
-    async def _store(self) -> None:
+    def _release(self, before: float) -> None:
+        """Receipts held since before ``before`` are applied now, recorded parts or not."""
+        since = self._held_since
+        while since and since[0][0] <= before:
+            _, peer_id = since.popleft()
+            waiting = self._held.pop(peer_id, None)
+            if waiting is not None:
+                self._incoming.extend(waiting)
+
+    async def _apply(self) -> None:
         batch, self._incoming = self._incoming[:MAX_BATCH], self._incoming[MAX_BATCH:]
         reports = [report for report, _ in batch]
-        now = self._clock()
         try:
             async with self._sessionmaker() as session, session.begin():
-                await receipts.store(session, reports=reports, now=now)
-                matched = await receipts.match(
-                    session, now=now, peer_ids=[r.peer_message_id for r in reports]
-                )
+                matched = await receipts.apply(session, reports=reports, now=self._clock())
         except asyncio.CancelledError:
             for _, future in batch:
                 future.cancel()

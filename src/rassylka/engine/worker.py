@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from rassylka.channels.base import Channel
 from rassylka.channels.registry import describe, open_channels
 from rassylka.config import Settings
-from rassylka.db import create_engine, create_sessionmaker
+from rassylka.db import create_checked_engine, create_sessionmaker
 from rassylka.engine.dispatcher import DispatchConfig, Dispatcher
 from rassylka.engine.listening import listen
 from rassylka.engine.receipts import ReceiptInbox
@@ -125,7 +125,7 @@ class Worker:
 
 async def run_worker(settings: Settings) -> None:
     """The ``rassylka worker`` process: until SIGTERM or SIGINT, then a graceful stop."""
-    engine = create_engine(settings.database_url, pool_pre_ping=True)
+    engine = create_checked_engine(settings.database_url)
     worker = Worker.open(engine, settings)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -659,21 +659,27 @@ async def settle(session: AsyncSession, *, verdicts: Sequence[Verdict], now: dat
     verdicts = [verdict for verdict in verdicts if verdict.status in VERDICTS]
     if not verdicts:
         return []
-    await session.execute(
-        update(MESSAGE)
-        .where(MESSAGE.c.id == bindparam("message_id"), MESSAGE.c.status == MessageStatus.SENT)
-        .values(status=bindparam("status"), reason=bindparam("reason"), updated_at=now),
-        [{"message_id": v.id, "status": v.status, "reason": storable(v.reason)} for v in verdicts],
-    )
     ids = sorted({verdict.id for verdict in verdicts})
-    changed: list[int] = []
-    for start in range(0, len(ids), EVENT_CHUNK):
-        chunk = ids[start : start + EVENT_CHUNK]
-        changed += await session.scalars(
-            select(MESSAGE.c.id).where(
-                among(session, MESSAGE.c.id, chunk), MESSAGE.c.updated_at == now
-            )
+    if _is_postgresql(session) and len(ids) == len(verdicts):
+        changed = await _settle_unnest(session, verdicts, now)
+    else:
+        await session.execute(
+            update(MESSAGE)
+            .where(MESSAGE.c.id == bindparam("message_id"), MESSAGE.c.status == MessageStatus.SENT)
+            .values(status=bindparam("status"), reason=bindparam("reason"), updated_at=now),
+            [
+                {"message_id": v.id, "status": v.status, "reason": storable(v.reason)}
+                for v in verdicts
+            ],
         )
+        changed = []
+        for start in range(0, len(ids), EVENT_CHUNK):
+            chunk = ids[start : start + EVENT_CHUNK]
+            changed += await session.scalars(
+                select(MESSAGE.c.id).where(
+                    among(session, MESSAGE.c.id, chunk), MESSAGE.c.updated_at == now
+                )
+            )
     await log_events(
         session,
         ids=changed,
@@ -682,3 +688,26 @@ async def settle(session: AsyncSession, *, verdicts: Sequence[Verdict], now: dat
         now=now,
     )
     return changed
+
+
+async def _settle_unnest(
+    session: AsyncSession, verdicts: Sequence[Verdict], now: datetime
+) -> list[int]:
+    """PostgreSQL, one verdict per message: one ``UPDATE … FROM unnest(arrays) RETURNING``
+    rather than one execution per message and a query for those that changed."""
+    values = (
+        func.unnest(
+            _array([verdict.id for verdict in verdicts], BigInteger),
+            _array([verdict.status for verdict in verdicts], String),
+            _array([storable(verdict.reason) for verdict in verdicts], Text),
+        )
+        .table_valued("id", "status", "reason")
+        .render_derived(name="verdict")
+    )
+    changed = await session.scalars(
+        update(MESSAGE)
+        .where(MESSAGE.c.id == values.c.id, MESSAGE.c.status == MessageStatus.SENT)
+        .values(status=values.c.status, reason=values.c.reason, updated_at=now)
+        .returning(MESSAGE.c.id)
+    )
+    return sorted(changed)

@@ -22,7 +22,9 @@ from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import (
+    BigInteger,
     ColumnElement,
+    String,
     Table,
     any_,
     bindparam,
@@ -73,20 +75,145 @@ def _among(
     return column.in_(values)
 
 
-async def store(session: AsyncSession, *, reports: Sequence[DeliveryReport], now: datetime) -> None:
-    """Keep receipts until ``match`` finds their parts; one statement."""
-    rows = [
-        {
-            "peer_message_id": peer_id,
-            "state": report.state.upper()[:STATE_LENGTH],
-            "error": queue.storable(report.error, ERROR_LENGTH),
-            "received_at": now,
-        }
+def _received(reports: Sequence[DeliveryReport]) -> list[tuple[str, str, str | None]]:
+    """Each report as it is kept: (peer id, state, error), made storable; reports without a
+    peer id are left out (nothing could ever match them)."""
+    return [
+        (peer_id, report.state.upper()[:STATE_LENGTH], queue.storable(report.error, ERROR_LENGTH))
         for report in reports
         if (peer_id := queue.storable(report.peer_message_id.strip(), queue.PEER_ID_LENGTH))
     ]
-    if rows:
-        await session.execute(insert(RECEIPT), rows)
+
+
+async def store(session: AsyncSession, *, reports: Sequence[DeliveryReport], now: datetime) -> None:
+    """Keep receipts until ``match`` finds their parts; one statement."""
+    await _store(session, _received(reports), now)
+
+
+async def _store(
+    session: AsyncSession, received: Sequence[tuple[str, str, str | None]], now: datetime
+) -> None:
+    if received:
+        await session.execute(
+            insert(RECEIPT),
+            [
+                {"peer_message_id": peer_id, "state": state, "error": error, "received_at": now}
+                for peer_id, state, error in received
+            ],
+        )
+
+
+async def apply(
+    session: AsyncSession, *, reports: Sequence[DeliveryReport], now: datetime
+) -> Matched:
+    """Apply receipts in hand to their parts straight away, and settle the messages whose
+    parts now tell how they ended; a receipt whose part is not recorded (yet) is stored for
+    a later ``match``. The same outcome as ``store`` then ``match``, without writing and
+    deleting a ``receipt`` row for every receipt that finds its part.
+
+    The parts of the messages named are read once, locked on PostgreSQL (``FOR UPDATE``, in id
+    order), so a verdict taken from them sees the parts another process is settling at the
+    same time (the parts of a long SMS may be reported on different connections).
+    """
+    received = _received(reports)
+    matched = 0
+    touched: set[int] = set()
+    unmatched: list[tuple[str, str, str | None]] = []
+    parts: dict[int, list[Any]] = {}  # part id → [message id, part number, state, error]
+    changes: dict[int, tuple[str, str | None]] = {}
+    for start in range(0, len(received), MATCH_BATCH):
+        chunk = received[start : start + MATCH_BATCH]
+        newest = await _parts_of_messages(
+            session, sorted({peer_id for peer_id, *_ in chunk}), parts
+        )
+        for peer_id, state, error in chunk:
+            part_id = newest.get(peer_id)
+            if part_id is None:
+                unmatched.append((peer_id, state, error))
+                continue
+            matched += 1
+            part = parts[part_id]
+            if part[2] in FINAL_STATES:
+                continue  # a duplicate, or a late intermediate report
+            part[2], part[3] = state, error
+            changes[part_id] = (state, error)
+            touched.add(part[0])
+    await _update_parts(session, changes, now)
+    await _store(session, unmatched, now)
+    siblings: dict[int, list[tuple[int, str | None, str | None]]] = defaultdict(list)
+    for message_id, number, state, error in parts.values():
+        if message_id in touched:
+            siblings[message_id].append((number, state, error))
+    verdicts = []
+    for message_id in sorted(siblings):
+        verdict = verdict_of([(state, error) for _, state, error in sorted(siblings[message_id])])
+        if verdict is not None:
+            verdicts.append(queue.Verdict(message_id, *verdict))
+    settled = await queue.settle(session, verdicts=verdicts, now=now)
+    return Matched(matched, settled)
+
+
+async def _parts_of_messages(
+    session: AsyncSession, peer_ids: list[str], parts: dict[int, list[Any]]
+) -> dict[str, int]:
+    """Read into ``parts`` every part of the messages whose parts bear ``peer_ids``; the
+    newest part of each peer id (an SMSC may reuse ids after a long while)."""
+    named = PART.alias("named")
+    messages = select(named.c.message_id).where(_among(session, named.c.peer_message_id, peer_ids))
+    statement = select(
+        PART.c.id, PART.c.message_id, PART.c.part, PART.c.peer_message_id, PART.c.state
+    ).add_columns(PART.c.error)
+    if session.get_bind().dialect.name == "postgresql":
+        # ``= ANY(ARRAY(subquery))``: the message ids first, then their parts by the
+        # (message_id, part) key. ``IN (subquery)`` was planned as a hash join over a scan of
+        # the whole table, for every batch.
+        statement = statement.where(
+            PART.c.message_id == any_(func.array(messages.scalar_subquery()))
+        ).with_for_update(of=PART)
+    else:
+        statement = statement.where(PART.c.message_id.in_(messages))
+    statement = statement.order_by(PART.c.id)
+    wanted = set(peer_ids)
+    newest: dict[str, int] = {}
+    for part_id, message_id, number, peer_id, state, error in await session.execute(statement):
+        parts.setdefault(part_id, [message_id, number, state, error])
+        if peer_id in wanted:
+            newest[peer_id] = part_id
+    return newest
+
+
+async def _update_parts(
+    session: AsyncSession, changes: dict[int, tuple[str, str | None]], now: datetime
+) -> None:
+    """Write the receipts' states to their parts: on PostgreSQL one ``UPDATE … FROM
+    unnest(arrays)``, elsewhere one execution per part."""
+    if not changes:
+        return
+    if session.get_bind().dialect.name == "postgresql":
+        values = (
+            func.unnest(
+                bindparam(None, list(changes), type_=ARRAY(BigInteger)),
+                bindparam(None, [state for state, _ in changes.values()], type_=ARRAY(String)),
+                bindparam(None, [error for _, error in changes.values()], type_=ARRAY(String)),
+            )
+            .table_valued("id", "state", "error")
+            .render_derived(name="receipt_state")
+        )
+        await session.execute(
+            update(PART)
+            .where(PART.c.id == values.c.id)
+            .values(state=values.c.state, error=values.c.error, receipt_at=now)
+        )
+        return
+    await session.execute(
+        update(PART)
+        .where(PART.c.id == bindparam("part_id"))
+        .values(state=bindparam("state"), error=bindparam("error"), receipt_at=bindparam("at")),
+        [
+            {"part_id": part_id, "state": state, "error": error, "at": now}
+            for part_id, (state, error) in changes.items()
+        ],
+    )
 
 
 async def match(
@@ -156,7 +283,7 @@ async def _match_batch(
             )
         ).all()
     }
-    changes: dict[int, dict[str, object]] = {}
+    changes: dict[int, tuple[str, str | None]] = {}
     done: list[int] = []
     touched: set[int] = set()
     for receipt_id, peer_id, state, error in receipts:
@@ -164,18 +291,13 @@ async def _match_batch(
             continue
         done.append(receipt_id)
         part_id, message_id, current = parts[peer_id]
-        current = cast(str | None, changes.get(part_id, {}).get("state", current))
+        if part_id in changes:
+            current = changes[part_id][0]
         if current in FINAL_STATES:
             continue  # a duplicate, or a late intermediate report
-        changes[part_id] = {"part_id": part_id, "state": state, "error": error, "at": now}
+        changes[part_id] = (state, error)
         touched.add(message_id)
-    if changes:
-        await session.execute(
-            update(PART)
-            .where(PART.c.id == bindparam("part_id"))
-            .values(state=bindparam("state"), error=bindparam("error"), receipt_at=bindparam("at")),
-            list(changes.values()),
-        )
+    await _update_parts(session, changes, now)
     if done:
         await session.execute(delete(RECEIPT).where(_among(session, RECEIPT.c.id, done)))
     return len(done), touched
