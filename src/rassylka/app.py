@@ -11,13 +11,13 @@ from typing import Any
 from fastapi import Depends, FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
-from sqlalchemy import event, text
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from rassylka import __version__
 from rassylka.bounces.listener import BounceListener
 from rassylka.bounces.router import router as bounce_router
+from rassylka.clients.repository import EngineNewClients, NewClients, PoolNewClients
 from rassylka.clients.router import router as client_router
 from rassylka.config import Settings, environment_settings
 from rassylka.db import create_engine, create_sessionmaker
@@ -34,6 +34,9 @@ from rassylka.templates.router import router as template_router
 from rassylka.webhooks.router import router as webhook_router
 
 logger = logging.getLogger(__name__)
+
+# Connections of a process's pool for POST /client/create (PostgreSQL).
+NEW_CLIENT_CONNECTIONS = 10
 
 TAGS = [
     {"name": "Projects", "description": "Проекты: у каждого свои клиенты, шаблоны и рассылки"},
@@ -66,7 +69,7 @@ def create_app(settings: Settings | None = None, *, worker: bool = False) -> Fas
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = create_engine(settings.database_url, pool_pre_ping=True)
         app.state.engine = engine
-        app.state.autocommit_engine = _autocommit_engine(settings.database_url, engine)
+        app.state.new_clients = await _new_clients(engine)
         app.state.sessionmaker = create_sessionmaker(engine)
         app.state.event_hub = EventHub(engine)
         app.state.event_hub.start()
@@ -87,9 +90,8 @@ def create_app(settings: Settings | None = None, *, worker: bool = False) -> Fas
                 await embedded
             if bounces is not None:
                 await bounces.stop()
+            await app.state.new_clients.close()
             await engine.dispose()
-            if app.state.autocommit_engine is not engine:
-                await app.state.autocommit_engine.dispose()
 
     app = FastAPI(
         title="Rassylka",
@@ -139,32 +141,14 @@ def create_app(settings: Settings | None = None, *, worker: bool = False) -> Fas
     return app
 
 
-def _autocommit_engine(url: str, engine: AsyncEngine) -> AsyncEngine:
-    """For single-statement writes (``POST /client/create``) on PostgreSQL: no BEGIN/COMMIT
-    round trips, a small pool of its own. With asyncpg, a pooled connection is checked at
-    checkout without a round trip (the pre-ping costs BEGIN, ';' and ROLLBACK): asyncpg sees a
-    server that closed the connection (a restart, a terminated backend) as soon as the socket
-    says so, and the pool then opens a new one."""
-    if engine.dialect.name != "postgresql":
-        return engine  # SQLite: one writer anyway, the request's own transaction
-    asyncpg = engine.dialect.driver == "asyncpg"
-    autocommit = create_engine(
-        url,
-        isolation_level="AUTOCOMMIT",
-        pool_pre_ping=not asyncpg,
-        # No overflow: connections opened for a burst and closed after it cost more than the
-        # wait for one of ten (a create holds its connection for one round trip).
-        pool_size=10,
-        max_overflow=0,
-    )
-    if asyncpg:
-
-        def closed_is_gone(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
-            if dbapi_connection.driver_connection.is_closed():
-                raise DisconnectionError("the server closed this pooled connection")
-
-        event.listen(autocommit.sync_engine.pool, "checkout", closed_is_gone)
-    return autocommit
+async def _new_clients(engine: AsyncEngine) -> NewClients:
+    """Where ``POST /client/create`` writes. PostgreSQL with asyncpg: a small pool of asyncpg's
+    own (no overflow: connections opened for a burst and closed after it cost more than the
+    wait for one of ten, as a create holds its connection for one round trip). SQLite: the
+    app's engine (one writer anyway)."""
+    if engine.dialect.name == "postgresql" and engine.dialect.driver == "asyncpg":
+        return await PoolNewClients.open(engine, size=NEW_CLIENT_CONNECTIONS)
+    return EngineNewClients(engine)
 
 
 def create_embedded_app() -> FastAPI:

@@ -40,7 +40,7 @@ ClientId = Annotated[int, Path(ge=1, le=MAX_ID, description="Идентифик�
 )
 async def create_client(request: Request, data: ClientCreate) -> Response:
     state = request.app.state
-    row = await service.create(state.autocommit_engine, state.sessionmaker, data=data)
+    row = await service.create(state.new_clients, state.sessionmaker, data=data)
     # The bytes FastAPI would write for the response model, without validating it again.
     body = _CREATED.dump_json(Envelope[ClientRead](data=ClientRead.model_validate(row)))
     return Response(body, status_code=201, media_type="application/json")
