@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from rassylka import __version__
 from rassylka.bounces.listener import BounceListener
 from rassylka.bounces.router import router as bounce_router
+from rassylka.clients.fast_create import FastCreate
 from rassylka.clients.repository import EngineNewClients, NewClients, PoolNewClients
 from rassylka.clients.router import router as client_router
 from rassylka.config import Settings, environment_settings
@@ -102,6 +103,8 @@ def create_app(settings: Settings | None = None, *, worker: bool = False) -> Fas
     )
     app.state.settings = settings
     install_handlers(app)
+    # Innermost of ours: inside the body limit and with the settings of this app.
+    app.add_middleware(FastCreate)
     app.add_middleware(
         BodyLimitMiddleware,
         default=settings.max_body_bytes,
