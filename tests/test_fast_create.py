@@ -3,16 +3,22 @@ endpoint gives, and every request it cannot answer exactly so passed on to the e
 
 from __future__ import annotations
 
+import asyncio
 import json
+import random
 from collections.abc import AsyncIterator
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from conftest import StartServer
 from helpers import assert_error, assert_ok, fields, make_project
 from rassylka.clients import router
+from rassylka.clients.repository import PoolNewClients
 
 CLIENT: dict[str, Any] = {
     "project": "010",
@@ -198,3 +204,117 @@ async def test_other_methods_and_paths_are_the_apps(
 ) -> None:
     assert_error(await api.get("/client/create"), 405, "Метод не поддерживается")
     assert (await api.post("/client/create/", json=CLIENT)).status_code != 201
+
+
+# -- PostgreSQL: the creates waiting written by one statement -----------------------------------
+
+
+def row_fields(guid: str, **changes: Any) -> dict[str, Any]:
+    return {
+        "guid": guid,
+        "first_name": "Иван",
+        "last_name": "Иванов",
+        "middle_name": "",
+        "email": f"{guid}@example.ru",
+        "phone": None,
+        "timezone": None,
+        "tags": ["a"],
+        "attributes": {"k": guid},
+        "opted_out": False,
+        "phone_timezone": None,
+        **changes,
+    }
+
+
+async def test_creates_waiting_together_share_a_statement(
+    api: httpx.AsyncClient, project_id: int, engine: AsyncEngine, backend: str
+) -> None:
+    """Each answer is its own request's: written, or None when the project is unknown or the
+    guid taken (in the database, or earlier in the same batch); a row the database refuses
+    fails only its own request."""
+    if backend != "postgresql":
+        pytest.skip("the batching writer is PostgreSQL's")
+    other = await make_project(api, code="020")
+    writer = await PoolNewClients.open(engine, writers=2)
+    statements: list[int] = []
+    try:
+        first = await writer.insert(project_code="010", project_id=None, fields=row_fields("g0"))
+        assert first is not None
+        asks = [
+            *(("010", None, row_fields(f"g{n}")) for n in range(1, 30)),
+            (None, other, row_fields("g1")),  # the same guid in another project: written
+            ("nope", None, row_fields("g40")),  # no such project
+            ("010", None, row_fields("g0")),  # taken before
+            ("010", None, row_fields("g5", first_name="second")),  # taken in this batch
+            ("010", None, row_fields("g41", first_name="bad\x00")),  # refused by PostgreSQL
+        ]
+        original = writer._run
+
+        async def counted(connection: Any, batch: list[Any]) -> None:
+            statements.append(len(batch))
+            await original(connection, batch)
+
+        writer._run = counted  # type: ignore[method-assign]
+        answers = await asyncio.gather(
+            *(
+                writer.insert(project_code=code, project_id=number, fields=fields)
+                for code, number, fields in asks
+            ),
+            return_exceptions=True,
+        )
+    finally:
+        await writer.close()
+    assert max(statements) > 10  # many rows in one statement
+    *written, unknown, taken, second_g5, refused = answers
+    first_g5 = written[4]
+    # The same guid asked twice at once: one of the two is written, the other finds it taken.
+    assert (first_g5 is None) != (second_g5 is None)
+    del written[4]
+    assert all(isinstance(row, dict) for row in written)
+    guids = [row["guid"] for row in written]  # type: ignore[index]
+    assert guids == [f"g{n}" for n in range(1, 30) if n != 5] + ["g1"]
+    assert {row["project_id"] for row in written[:-1]} == {project_id}  # type: ignore[index]
+    assert written[-1]["project_id"] == other  # type: ignore[index]
+    assert (unknown, taken) == (None, None)
+    assert isinstance(refused, asyncpg.PostgresError)
+    async with engine.connect() as connection:
+        stored = {
+            (guid, project): (number, name, attributes)
+            for number, guid, project, name, attributes in await connection.execute(
+                text("SELECT id, guid, project_id, first_name, attributes FROM client")
+            )
+        }
+    assert len(stored) == 31
+    g5 = first_g5 or second_g5
+    assert stored["g5", project_id][:2] == (g5["id"], g5["first_name"])  # type: ignore[index]
+    for row in written:
+        number, _, attributes = stored[row["guid"], row["project_id"]]  # type: ignore[index]
+        assert (number, attributes) == (row["id"], {"k": row["guid"]})  # type: ignore[index]
+
+
+async def test_no_create_is_left_waiting(
+    api: httpx.AsyncClient, project_id: int, engine: AsyncEngine, backend: str
+) -> None:
+    """A create asked while the writer is finishing (its last answer given, its connection
+    not yet released) still gets a writer: one after another, and many at once."""
+    if backend != "postgresql":
+        pytest.skip("the batching writer is PostgreSQL's")
+    writer = await PoolNewClients.open(engine, writers=1)
+
+    async def client(number: int, count: int) -> int:
+        answered = 0
+        for n in range(count):
+            await asyncio.sleep(random.random() / 500 if number else 0)
+            fields = row_fields(f"c{number}-{n}")
+            if await writer.insert(project_code="010", project_id=None, fields=fields):
+                answered += 1
+        return answered
+
+    try:
+        async with asyncio.timeout(60):
+            assert await client(0, 10) == 10
+            writer.writers = 2
+            answered = await asyncio.gather(*(client(number, 25) for number in range(1, 13)))
+    finally:
+        await writer.close()
+    assert answered == [25] * 12

@@ -36,8 +36,9 @@ from rassylka.webhooks.router import router as webhook_router
 
 logger = logging.getLogger(__name__)
 
-# Connections of a process's pool for POST /client/create (PostgreSQL).
-NEW_CLIENT_CONNECTIONS = 10
+# Statements writing POST /client/create's clients at once in a process (PostgreSQL), each on a
+# connection of its own.
+CLIENT_WRITERS = 4
 
 TAGS = [
     {"name": "Projects", "description": "Проекты: у каждого свои клиенты, шаблоны и рассылки"},
@@ -145,12 +146,11 @@ def create_app(settings: Settings | None = None, *, worker: bool = False) -> Fas
 
 
 async def _new_clients(engine: AsyncEngine) -> NewClients:
-    """Where ``POST /client/create`` writes. PostgreSQL with asyncpg: a small pool of asyncpg's
-    own (no overflow: connections opened for a burst and closed after it cost more than the
-    wait for one of ten, as a create holds its connection for one round trip). SQLite: the
+    """Where ``POST /client/create`` writes. PostgreSQL with asyncpg: a few writers, each on a
+    connection of asyncpg's own, that write the creates waiting in one statement. SQLite: the
     app's engine (one writer anyway)."""
     if engine.dialect.name == "postgresql" and engine.dialect.driver == "asyncpg":
-        return await PoolNewClients.open(engine, size=NEW_CLIENT_CONNECTIONS)
+        return await PoolNewClients.open(engine, writers=CLIENT_WRITERS)
     return EngineNewClients(engine)
 
 
