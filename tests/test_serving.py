@@ -4,6 +4,7 @@ back longer than the rest of an event-loop turn (streams, keep-alive, pipelining
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import socket
 from collections.abc import AsyncIterator
@@ -106,3 +107,17 @@ async def test_pipelined_requests_and_connection_close(served: str) -> None:
         assert head.startswith(b"200 OK")
         assert json.loads(content)["data"] == {"database": "ok"}
     assert b"connection: close" in answers[-1].lower()
+
+
+async def test_a_served_process_freezes_its_heap_once_started(settings: Settings) -> None:
+    """``rassylka api`` and ``serve`` (``freeze_heap``): what the started process holds is out
+    of the collector's sight, so a full collection no longer walks it."""
+    app = create_app(settings, freeze_heap=True)
+    try:
+        async with app.router.lifespan_context(app):
+            assert gc.get_freeze_count() > 50_000
+    finally:
+        gc.unfreeze()
+    plain = create_app(settings)
+    async with plain.router.lifespan_context(plain):
+        assert gc.get_freeze_count() == 0

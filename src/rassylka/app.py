@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -62,9 +63,12 @@ TAGS = [
 ]
 
 
-def create_app(settings: Settings | None = None, *, worker: bool = False) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, *, worker: bool = False, freeze_heap: bool = False
+) -> FastAPI:
     """The HTTP API; with ``worker``, also the scheduler and dispatcher in the same process
-    (``rassylka serve``), stopped gracefully when the server shuts down."""
+    (``rassylka serve``), stopped gracefully when the server shuts down. ``freeze_heap``: a
+    served process's (see ``_freeze_heap``)."""
     settings = settings or environment_settings()
 
     @asynccontextmanager
@@ -83,6 +87,8 @@ def create_app(settings: Settings | None = None, *, worker: bool = False) -> Fas
         if worker:
             app.state.worker = Worker.open(engine, settings)
             embedded = asyncio.create_task(run_until_stopped(app.state.worker), name="worker")
+        if freeze_heap:
+            _freeze_heap()
         try:
             yield
         finally:
@@ -154,9 +160,26 @@ async def _new_clients(engine: AsyncEngine) -> NewClients:
     return EngineNewClients(engine)
 
 
+def create_served_app() -> FastAPI:
+    """``rassylka api``: the API of one served process."""
+    return create_app(freeze_heap=True)
+
+
 def create_embedded_app() -> FastAPI:
     """``rassylka serve``: the API with the scheduler and dispatcher in one process."""
-    return create_app(worker=True)
+    return create_app(worker=True, freeze_heap=True)
+
+
+def _freeze_heap() -> None:
+    """Once the process has started: what it holds by then (the modules, the app, its routes
+    and schemas, about 150,000 objects) moves out of the garbage collector's sight. A full
+    collection walks every tracked object, and with those it took 100–270 ms, which stalled
+    every request in flight (seen as the p99 of ``POST /client/create`` under load); after
+    this it walks only what was made since. What is frozen is still freed by its reference
+    count; only a cycle among it would stay, and the process keeps it all until it ends
+    anyway. Garbage is collected first so that none is frozen."""
+    gc.collect()
+    gc.freeze()
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:

@@ -90,7 +90,7 @@ def api(
     _warn_if_open(settings, host)
     console.print(f"Rassylka API: http://{host}:{port}  (документация: http://{host}:{port}/docs)")
     uvicorn.run(
-        "rassylka.app:create_app",
+        "rassylka.app:create_served_app",
         factory=True,
         host=host,
         port=port,
