@@ -21,6 +21,9 @@ from rassylka.serving import HttpProtocol, OneWriteTransport
 
 
 class RecordingTransport:
+    """A stand-in for a socket's transport: the test must see each ``write()`` call, which a
+    real socket does not show (the served tests below use real sockets)."""
+
     def __init__(self) -> None:
         self.writes: list[bytes] = []
         self.closed = False

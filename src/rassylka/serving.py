@@ -1,15 +1,5 @@
-"""uvicorn's HTTP protocol (httptools) with a response's head and body sent in one write.
-
-uvicorn writes a response's status line and headers when the app sends
-``http.response.start`` and the body when it sends ``http.response.body``: two ``send()``
-calls, two TCP segments. On this kind of machine a socket write is one of the largest costs
-of a small request (py-spy of ``POST /client/create`` under load: uvicorn's two writes were
-about a quarter of the API process's CPU). Here the transport holds the first write of a loop
-iteration until the iteration's end; a write that follows in the same iteration (a small
-response's body comes right after its head) goes out with it in one call. A write that stays
-alone (the head of a stream whose first event comes later) still leaves at the end of the
-iteration, so nothing waits for more than the rest of one turn of the event loop.
-"""
+"""uvicorn's HTTP protocol with a response's head and body sent in one write
+(``uvicorn.run(..., http=HttpProtocol)``, as ``rassylka api`` and ``serve`` run)."""
 
 from __future__ import annotations
 
@@ -20,7 +10,17 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 
 class OneWriteTransport:
-    """A transport that joins the writes of one event-loop iteration (see the module)."""
+    """A transport that joins the writes of one event-loop iteration.
+
+    uvicorn writes a response's status line and headers at ``http.response.start`` and the
+    body at ``http.response.body``: two ``send()`` calls. On this kind of machine a socket
+    write is among the largest costs of a small request (py-spy of ``POST /client/create``
+    under load: uvicorn's two writes were about a quarter of the API process's CPU). This
+    holds the first write of an iteration until the iteration's end; a write that follows in
+    the same iteration (a small response's body comes right after its head) goes out with it
+    in one call. A write that stays alone (the head of a stream whose first event comes
+    later) leaves at the end of the iteration, so nothing waits longer than the rest of one
+    turn of the event loop."""
 
     __slots__ = ("_held", "_loop", "_transport")
 

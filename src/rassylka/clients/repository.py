@@ -315,6 +315,7 @@ class PoolNewClients:
             )
 
     async def close(self) -> None:
+        await asyncio.gather(*self.active, return_exceptions=True)
         await self.pool.close()
 
 
