@@ -17,6 +17,7 @@ from rassylka.channels.registry import describe, open_channels
 from rassylka.config import Settings, get_settings
 from rassylka.db import create_engine
 from rassylka.engine.worker import run_worker
+from rassylka.serving import HttpProtocol
 
 app = typer.Typer(help="Rassylka: рассылка email и SMS по расписанию.", no_args_is_help=True)
 db_app = typer.Typer(help="Схема базы данных.", no_args_is_help=True)
@@ -60,7 +61,12 @@ def serve(
     _warn_if_open(settings, host)
     console.print(f"Rassylka: http://{host}:{port}  (документация API: http://{host}:{port}/docs)")
     uvicorn.run(
-        "rassylka.app:create_embedded_app", factory=True, host=host, port=port, log_level="info"
+        "rassylka.app:create_embedded_app",
+        factory=True,
+        host=host,
+        port=port,
+        log_level="info",
+        http=HttpProtocol,
     )
 
 
@@ -84,12 +90,13 @@ def api(
     _warn_if_open(settings, host)
     console.print(f"Rassylka API: http://{host}:{port}  (документация: http://{host}:{port}/docs)")
     uvicorn.run(
-        "rassylka.app:create_app",
+        "rassylka.app:create_served_app",
         factory=True,
         host=host,
         port=port,
         workers=workers,
         log_level="info",
+        http=HttpProtocol,  # a response's head and body in one write
         # Each process imports the whole application before it answers uvicorn's health
         # check: seconds on a busy machine, more than uvicorn's default 5 s wait before it
         # kills the process and starts another (which then imports anew, and so on).

@@ -77,11 +77,19 @@ class SettingsMiddleware:
 async def require_api_key(request: Request) -> None:
     """With ``RASSYLKA_API_KEYS`` set, every API call carries one: ``X-API-Key`` or Bearer."""
     keys: list[str] = request.app.state.settings.api_keys
-    if not keys:
-        return
-    given = request.headers.get("x-api-key")
-    if given is None:
-        scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
-        given = credentials.strip() if scheme.lower() == "bearer" else None
-    if given is None or not any(hmac.compare_digest(given.encode(), key.encode()) for key in keys):
+    if keys and not key_accepted(
+        keys, request.headers.get("x-api-key"), request.headers.get("authorization", "")
+    ):
         raise Forbidden()
+
+
+def key_accepted(keys: list[str], x_api_key: str | None, authorization: str) -> bool:
+    """Whether the request's ``X-API-Key`` (else its ``Authorization: Bearer``) is one of
+    ``keys``."""
+    given = x_api_key
+    if given is None:
+        scheme, _, credentials = authorization.partition(" ")
+        given = credentials.strip() if scheme.lower() == "bearer" else None
+    return given is not None and any(
+        hmac.compare_digest(given.encode(), key.encode()) for key in keys
+    )

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections import deque
 from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
 from functools import cache
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
+import asyncpg  # type: ignore[import-untyped]
 from sqlalchemy import Table, bindparam, case, func, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.sql.dml import Insert
 
 from rassylka.clients.models import Client
@@ -86,6 +90,250 @@ async def insert_new(
     result = await connection.execute(_insert_new(connection.dialect.name), params)
     row = result.mappings().first()
     return None if row is None else dict(row)
+
+
+class NewClients(Protocol):
+    """Where ``POST /client/create`` writes: ``insert`` has the contract of ``insert_new``."""
+
+    async def insert(
+        self, *, project_code: str | None, project_id: int | None, fields: Mapping[str, Any]
+    ) -> Mapping[str, Any] | None: ...
+
+    async def close(self) -> None: ...
+
+
+class EngineNewClients:
+    """Through SQLAlchemy, in a transaction of its own (SQLite; a PostgreSQL driver other than
+    asyncpg)."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def insert(
+        self, *, project_code: str | None, project_id: int | None, fields: Mapping[str, Any]
+    ) -> Mapping[str, Any] | None:
+        async with self.engine.begin() as connection:
+            return await insert_new(
+                connection, project_code=project_code, project_id=project_id, fields=fields
+            )
+
+    async def close(self) -> None:
+        """The engine is the app's: it closes it."""
+
+
+# ``_insert_new`` for asyncpg, written out: every parameter cast (an INSERT … SELECT gives its
+# parameters no column types), the JSON columns as their text, created_at also updated_at.
+_INSERTED = tuple(c for c in CREATE_COLUMNS if c != "updated_at")
+_PG_TYPES = {
+    "tags": "json",
+    "attributes": "json",
+    "opted_out": "boolean",
+    "created_at": "timestamptz",
+}
+_ARRAY_TYPES = {"tags": "text", "attributes": "text"}
+_COLUMN_LIST = f"client (project_id, {', '.join(_INSERTED)}, updated_at)"
+_PROJECT = (
+    "SELECT project.id FROM project WHERE project.code = {code} OR project.id = {id}"
+    " ORDER BY CASE WHEN project.code = {code} THEN 0 ELSE 1 END LIMIT 1"
+)
+_INSERT_ONE_PG = (
+    f"INSERT INTO {_COLUMN_LIST} SELECT p.id, "
+    + ", ".join(
+        f"${number}::{_PG_TYPES.get(name, 'text')}" for number, name in enumerate(_INSERTED, 3)
+    )
+    + f", ${2 + _INSERTED.index('created_at') + 1}::timestamptz"
+    + f" FROM ({_PROJECT.format(code='$1::text', id='$2::bigint')}) AS p"
+    " ON CONFLICT (project_id, guid) DO NOTHING RETURNING guid, id, project_id"
+)
+# Many clients in one statement: a column an array; each row finds its own project. The guids
+# of one batch are distinct, so each row returned names the request it answers.
+_INSERT_MANY_PG = (
+    f"INSERT INTO {_COLUMN_LIST} SELECT p.id, "
+    + ", ".join(
+        f"r.{name}::{_PG_TYPES[name]}" if name in _ARRAY_TYPES else f"r.{name}"
+        for name in _INSERTED
+    )
+    + ", r.created_at FROM unnest($1::text[], $2::bigint[], "
+    + ", ".join(
+        f"${number}::{_ARRAY_TYPES.get(name, _PG_TYPES.get(name, 'text'))}[]"
+        for number, name in enumerate(_INSERTED, 3)
+    )
+    + f") AS r(project_code, project_id, {', '.join(_INSERTED)})"
+    f" CROSS JOIN LATERAL ({_PROJECT.format(code='r.project_code', id='r.project_id')}) AS p"
+    " ON CONFLICT (project_id, guid) DO NOTHING RETURNING guid, id, project_id"
+)
+# Clients one statement writes at most.
+BATCH_LIMIT = 200
+
+
+@dataclass
+class _Asked:
+    """One create waiting for its statement: the project reference, the parameters, the
+    answer."""
+
+    project_code: str | None
+    project_id: int | None
+    values: list[Any]
+    row: dict[str, Any]
+    answer: asyncio.Future[Mapping[str, Any] | None]
+
+
+class PoolNewClients:
+    """PostgreSQL with asyncpg: creates written by up to ``writers`` tasks at once, each on a
+    connection of asyncpg's own pool, in autocommit (each statement is atomic). A writer takes
+    every create waiting when it is free, so under load one statement (one round trip, one
+    commit) writes many clients, and when the load is light each create has its statement at
+    once. This skips SQLAlchemy's pool, connection and result layers, which cost a create more
+    than its statement's round trip. The statements are prepared once a connection (asyncpg's
+    statement cache); a connection that the server closed (a restart, a terminated backend) is
+    replaced when it is next taken."""
+
+    def __init__(self, pool: asyncpg.Pool, *, writers: int) -> None:
+        self.pool = pool
+        self.writers = writers
+        self.waiting: deque[_Asked] = deque()
+        self.writing = 0  # writers that will still look at ``waiting``
+        self.active: set[asyncio.Task[None]] = set()
+
+    @classmethod
+    async def open(cls, engine: AsyncEngine, *, writers: int) -> PoolNewClients:
+        """A pool of ``writers`` connections to the engine's database, with the engine's
+        connect arguments."""
+        _, options = engine.dialect.create_connect_args(engine.url)
+        for sqlalchemy_only in ("prepared_statement_cache_size", "prepared_statement_name_func"):
+            options.pop(sqlalchemy_only, None)
+        pool = await asyncpg.create_pool(
+            min_size=0,
+            max_size=writers,
+            # Nothing to reset: a writer runs single statements outside a transaction and
+            # changes no session state (asyncpg's default reset is a round trip each release).
+            reset=_nothing_to_reset,
+            max_inactive_connection_lifetime=0,
+            **options,
+        )
+        return cls(pool, writers=writers)
+
+    async def insert(
+        self, *, project_code: str | None, project_id: int | None, fields: Mapping[str, Any]
+    ) -> Mapping[str, Any] | None:
+        now = utcnow()
+        row = {**fields, "created_at": now, "updated_at": now}
+        values = [
+            json.dumps(row[name]) if name in _ARRAY_TYPES else row[name] for name in _INSERTED
+        ]
+        answer: asyncio.Future[Mapping[str, Any] | None] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self.waiting.append(_Asked(project_code, project_id, values, row, answer))
+        if self.writing < self.writers:
+            self.writing += 1
+            writer = asyncio.create_task(self._write(), name="client-writer")
+            self.active.add(writer)
+            writer.add_done_callback(self.active.discard)
+        return await answer
+
+    async def _write(self) -> None:
+        """Statements until no create waits."""
+        counted = True
+        try:
+            async with self.pool.acquire() as connection:
+                while batch := self._take():
+                    await self._run(connection, batch)
+                # Uncounted before the connection's release awaits: a create asked meanwhile
+                # starts a writer of its own instead of waiting for this one.
+                self.writing -= 1
+                counted = False
+        except BaseException as error:
+            # No connection (the server is down, say): the creates waiting fail, as each
+            # would have on its own connection; later ones start writers anew. (A failed
+            # release, after this writer stopped looking, concerns no create.)
+            for asked in self._take_all() if counted else ():
+                _answer(asked, error=error)
+            if not isinstance(error, Exception):
+                raise
+        finally:
+            if counted:
+                self.writing -= 1
+
+    def _take(self) -> list[_Asked]:
+        """The creates waiting, oldest first, up to ``BATCH_LIMIT``, a guid at most once (a
+        repeated one waits for the next statement, which then finds it taken)."""
+        batch: list[_Asked] = []
+        guids: set[str] = set()
+        later: list[_Asked] = []
+        while self.waiting and len(batch) < BATCH_LIMIT:
+            asked = self.waiting.popleft()
+            if asked.answer.done():  # its request was cancelled
+                continue
+            if asked.row["guid"] in guids:
+                later.append(asked)
+                continue
+            guids.add(asked.row["guid"])
+            batch.append(asked)
+        self.waiting.extendleft(reversed(later))
+        # Rows in one order in every statement: two statements that both meet guids still
+        # being written by the other wait for each other in the same order, not in a cycle.
+        batch.sort(
+            key=lambda asked: (asked.row["guid"], asked.project_code or "", asked.project_id or 0)
+        )
+        return batch
+
+    def _take_all(self) -> list[_Asked]:
+        taken = list(self.waiting)
+        self.waiting.clear()
+        return taken
+
+    async def _run(self, connection: asyncpg.Connection, batch: list[_Asked]) -> None:
+        try:
+            if len(batch) == 1:
+                asked = batch[0]
+                stored = await connection.fetch(
+                    _INSERT_ONE_PG, asked.project_code, asked.project_id, *asked.values
+                )
+            else:
+                stored = await connection.fetch(
+                    _INSERT_MANY_PG,
+                    [asked.project_code for asked in batch],
+                    [asked.project_id for asked in batch],
+                    *([asked.values[i] for asked in batch] for i in range(len(_INSERTED))),
+                )
+        except Exception as error:
+            if len(batch) == 1 or connection.is_closed():
+                for asked in batch:
+                    _answer(asked, error=error)
+                return
+            # One row the database refused fails only its own request.
+            for asked in batch:
+                await self._run(connection, [asked])
+            return
+        written = {record[0]: record for record in stored}
+        for asked in batch:
+            record = written.get(asked.row["guid"])
+            _answer(
+                asked,
+                None if record is None else {"id": record[1], "project_id": record[2], **asked.row},
+            )
+
+    async def close(self) -> None:
+        await asyncio.gather(*self.active, return_exceptions=True)
+        await self.pool.close()
+
+
+def _answer(
+    asked: _Asked, row: Mapping[str, Any] | None = None, *, error: BaseException | None = None
+) -> None:
+    if asked.answer.done():
+        return
+    if isinstance(error, Exception):
+        asked.answer.set_exception(error)
+    elif error is not None:  # the writer was cancelled (a shutdown)
+        asked.answer.cancel()
+    else:
+        asked.answer.set_result(row)
+
+
+async def _nothing_to_reset(_connection: asyncpg.Connection) -> None:
+    return None
 
 
 @cache

@@ -6,7 +6,7 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from rassylka.clients import repository
 from rassylka.clients.importing import ValidRow
@@ -24,23 +24,22 @@ IMPORT_CHUNK = 5000
 
 
 async def create(
-    engine: AsyncEngine, sessionmaker: async_sessionmaker[AsyncSession], *, data: ClientCreate
+    clients: repository.NewClients,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    *,
+    data: ClientCreate,
 ) -> Mapping[str, Any]:
     """The new client's row, written by one statement that also finds the project.
 
-    ``engine`` may be in autocommit (the statement is atomic on its own). Only when nothing
-    was written do queries tell why, in the order the checks always had: an unknown project,
-    no contact, a guid taken in the project.
+    Only when nothing was written do queries tell why, in the order the checks always had: an
+    unknown project, no contact, a guid taken in the project.
     """
     fields = data.model_dump(exclude={"project"})
     fields["phone_timezone"] = phone_zone(data.phone)
     code, number = project_service.reference_keys(data.project)
     for _ in range(2):  # a taken guid may be freed between the insert and the check
         if not contact_problems(email=data.email, phone=data.phone):
-            async with engine.begin() as connection:
-                row = await repository.insert_new(
-                    connection, project_code=code, project_id=number, fields=fields
-                )
+            row = await clients.insert(project_code=code, project_id=number, fields=fields)
             if row is not None:
                 return row
         async with sessionmaker() as session:
