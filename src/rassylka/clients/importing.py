@@ -15,8 +15,16 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from rassylka.clients.schemas import ClientFields, ImportResult, ImportRowError, contact_problems
+from rassylka.clients.schemas import (
+    ClientFields,
+    ImportFields,
+    ImportResult,
+    ImportRowError,
+    contact_problems,
+    phone_and_zone,
+)
 from rassylka.errors import FieldError, ValidationFailed, details_from_pydantic
+from rassylka.scheduling import phone_zone
 
 CSV_COLUMNS = frozenset(ClientFields.model_fields) - {"attributes"}
 ATTRIBUTE_PREFIX = "attributes."
@@ -28,6 +36,7 @@ MAX_REPORTED_ERRORS = 1000
 class ValidRow:
     row: int
     fields: dict[str, Any]
+    """The client's fields, ``phone_timezone`` (the zone its phone names) among them."""
     given: frozenset[str]
     """The fields the row itself carries: only these change when the client exists."""
 
@@ -63,6 +72,7 @@ def check_rows(rows: list[tuple[int, Any]]) -> CheckedRows:
     """Check ``rows`` in order, **emptying the list** as it goes: each raw row is freed once
     checked, so a 100,000-row import never holds its raw and its checked rows at once."""
     checked = CheckedRows()
+    givens: dict[frozenset[str], frozenset[str]] = {}  # one copy of each set of fields
     rows.reverse()
     while rows:
         number, raw = rows.pop()
@@ -73,15 +83,24 @@ def check_rows(rows: list[tuple[int, Any]]) -> CheckedRows:
             checked.reject(number, [FieldError(field="row", message="Ожидается объект JSON")])
             continue
         try:
-            client = ClientFields.model_validate(raw)
-        except ValidationError as error:
-            checked.reject(number, details_from_pydantic(error.errors()))
-            continue
-        if problems := contact_problems(email=client.email, phone=client.phone):
+            client: ClientFields = ImportFields.model_validate(raw)
+            phone, zone = (None, None) if client.phone is None else phone_and_zone(client.phone)
+        except (ValidationError, ValueError):
+            # A bad row: ClientFields says what is wrong, as for /client/create.
+            try:
+                client = ClientFields.model_validate(raw)
+            except ValidationError as error:
+                checked.reject(number, details_from_pydantic(error.errors()))
+                continue
+            phone, zone = client.phone, phone_zone(client.phone)
+        if problems := contact_problems(email=client.email, phone=phone):
             checked.reject(number, problems)
             continue
         given = frozenset(client.model_fields_set)
-        checked.valid.append(ValidRow(row=number, fields=client.model_dump(), given=given))
+        given = givens.setdefault(given, given)
+        fields = client.model_dump()
+        fields["phone"], fields["phone_timezone"] = phone, zone
+        checked.valid.append(ValidRow(row=number, fields=fields, given=given))
     return checked
 
 

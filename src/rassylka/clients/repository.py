@@ -121,6 +121,9 @@ async def delete(session: AsyncSession, client: Client) -> None:
     await session.flush()
 
 
+_to_json = json.JSONEncoder(ensure_ascii=False).encode
+"""``json.dumps(value, ensure_ascii=False)`` without making an encoder per call."""
+
 COPY_COLUMNS = (*UPSERT_COLUMNS, "guid", "batch")
 """The import's staging table (PostgreSQL): a client's columns and the batch of rows that
 carry the same fields (they change the same columns of an existing client)."""
@@ -159,8 +162,8 @@ async def copy_upsert(
                 row["email"],
                 row["phone"],
                 row["timezone"],
-                json.dumps(row["tags"], ensure_ascii=False),
-                json.dumps(row["attributes"], ensure_ascii=False),
+                _to_json(row["tags"]),
+                _to_json(row["attributes"]),
                 row["opted_out"],
                 row["phone_timezone"],
                 row["guid"],

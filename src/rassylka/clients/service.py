@@ -148,8 +148,9 @@ async def upsert(
         writes: list[tuple[frozenset[str], list[dict[str, Any]]]] = []
         for given, batch in batches.items():
             with_phone = "phone" in given  # the zone the number names goes with it
-            for fields in batch:
-                fields["phone_timezone"] = phone_zone(fields.get("phone")) if with_phone else None
+            if not with_phone:  # the zone changes with the number only
+                for fields in batch:
+                    fields["phone_timezone"] = None
             writes.append((given | {"phone_timezone"} if with_phone else given, batch))
         if postgresql:
             created += await repository.copy_upsert(session, project_id=project_id, batches=writes)
