@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Collection, Mapping, Sequence
 from functools import cache
 from typing import Any, cast
@@ -121,9 +120,6 @@ async def delete(session: AsyncSession, client: Client) -> None:
     await session.flush()
 
 
-_to_json = json.JSONEncoder(ensure_ascii=False).encode
-"""``json.dumps(value, ensure_ascii=False)`` without making an encoder per call."""
-
 COPY_COLUMNS = (*UPSERT_COLUMNS, "guid", "batch")
 """The import's staging table (PostgreSQL): a client's columns and the batch of rows that
 carry the same fields (they change the same columns of an existing client)."""
@@ -133,14 +129,15 @@ async def copy_upsert(
     session: AsyncSession,
     *,
     project_id: int,
-    batches: Sequence[tuple[Collection[str], Sequence[Mapping[str, Any]]]],
+    batches: Sequence[tuple[Collection[str], Sequence[Sequence[Any]]]],
 ) -> int:
     """PostgreSQL: ``COPY`` the rows into a temporary table, then one ``INSERT … SELECT … ON
     CONFLICT DO UPDATE`` a batch; the number of clients inserted.
 
-    Each batch: the columns to update on an existing client, and its rows (all columns of
-    ``COPY_COLUMNS`` but ``batch``; a guid at most once in all batches). Runs in the session's
-    transaction; the table goes with it.
+    Each batch: the columns to update on an existing client, and its rows, each the values of
+    ``COPY_COLUMNS`` but ``batch`` in that order, ``tags`` and ``attributes`` as JSON text (a
+    guid at most once in all batches). Runs in the session's transaction; the table goes
+    with it.
     """
     connection = await session.connection()
     raw = (await connection.get_raw_connection()).driver_connection
@@ -154,24 +151,7 @@ async def copy_upsert(
     await raw.copy_records_to_table(
         "client_import",
         columns=COPY_COLUMNS,
-        records=(
-            (
-                row["first_name"],
-                row["last_name"],
-                row["middle_name"],
-                row["email"],
-                row["phone"],
-                row["timezone"],
-                _to_json(row["tags"]),
-                _to_json(row["attributes"]),
-                row["opted_out"],
-                row["phone_timezone"],
-                row["guid"],
-                number,
-            )
-            for number, (_, rows) in enumerate(batches)
-            for row in rows
-        ),
+        records=((*row, number) for number, (_, rows) in enumerate(batches) for row in rows),
     )
     created = 0
     now = utcnow()
