@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Annotated, Any
 
 from anyio import to_thread
 from fastapi import APIRouter, Path, Query, Request
 from pydantic import TypeAdapter, ValidationError
+from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.datastructures import UploadFile
 from starlette.responses import Response
 
@@ -82,8 +84,25 @@ _IMPORT_BODY: dict[str, Any] = {
 )
 async def import_clients(
     request: Request,
+    response: Response,
     session: SessionDep,
     project: Annotated[str | None, Query(description="Код проекта (для CSV)")] = None,
+) -> dict[str, object]:
+    # An import keeps its process busy for seconds; a client that sends the next on the same
+    # connection would keep sending them all to that one process. Closed, its next request
+    # is a new connection, which a free API process (rassylka api --workers N) accepts first.
+    response.headers["Connection"] = "close"
+    # One import at a time in a process: its CPU work holds the interpreter anyway, and its
+    # memory stays that of one import (rows and body) however many arrive together.
+    app_state = request.app.state
+    if getattr(app_state, "import_lock", None) is None:
+        app_state.import_lock = asyncio.Lock()
+    async with app_state.import_lock:
+        return await _import(request, session, project)
+
+
+async def _import(
+    request: Request, session: AsyncSession, project: str | None
 ) -> dict[str, object]:
     settings = request.app.state.settings
     limit = settings.max_import_rows
