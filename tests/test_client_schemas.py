@@ -1,13 +1,22 @@
-"""The email shortcut gives email-validator's own answer, for any input."""
+"""The email shortcut gives email-validator's own answer, and the import's one-parse phone
+check gives normalize_phone's and phone_zone's, for any input."""
 
 from __future__ import annotations
 
+import phonenumbers
 import pytest
 from email_validator import EmailNotValidError, validate_email
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rassylka.clients.schemas import normalize_email
+from rassylka.clients.schemas import (
+    _PLUS_DIGITS,
+    _international,
+    normalize_email,
+    normalize_phone,
+    phone_and_zone,
+)
+from rassylka.scheduling import phone_zone
 
 
 def full_check(value: str) -> str | None:
@@ -102,3 +111,76 @@ def test_valid_addresses_too(value: str) -> None:
 )
 def test_known_cases(value: str) -> None:
     assert shortcut(value) == full_check(value)
+
+
+# -- the phone: one parse for the number and its zone -------------------------------------------
+
+
+def two_parses(value: str) -> tuple[str, str | None] | str:
+    """What /client/create stores for a phone (or the error): the number, then its zone."""
+    try:
+        e164 = normalize_phone(value)
+    except ValueError as error:
+        return str(error)
+    return e164, phone_zone(e164)
+
+
+def one_parse(value: str) -> tuple[str, str | None] | str:
+    try:
+        return phone_and_zone(value)
+    except ValueError as error:
+        return str(error)
+
+
+def example_numbers() -> list[str]:
+    """Every example number of libphonenumber's metadata, in E.164, international and national
+    form: each region, each type, and the non-geographic entities."""
+    numbers = [
+        number
+        for region in phonenumbers.SUPPORTED_REGIONS
+        for kind in range(12)
+        if (number := phonenumbers.example_number_for_type(region, kind)) is not None
+    ]
+    numbers += [
+        number
+        for code in phonenumbers.COUNTRY_CODES_FOR_NON_GEO_REGIONS
+        if (number := phonenumbers.example_number_for_non_geo_entity(code)) is not None
+    ]
+    formats = (
+        phonenumbers.PhoneNumberFormat.E164,
+        phonenumbers.PhoneNumberFormat.INTERNATIONAL,
+        phonenumbers.PhoneNumberFormat.NATIONAL,
+    )
+    return [phonenumbers.format_number(number, kind) for number in numbers for kind in formats]
+
+
+def test_one_parse_agrees_on_every_example_number() -> None:
+    examples = example_numbers()
+    assert len(examples) > 3000
+    valid = 0
+    for value in examples:
+        assert one_parse(value) == two_parses(value), value
+        valid += isinstance(two_parses(value), tuple)
+    assert valid > 1000  # national forms of other countries are invalid in the default region
+    # the cases the module docstring of scheduling.zones lists
+    assert one_parse("+79161234567") == ("+79161234567", None)  # 16 zones
+    assert one_parse("+7 495 123-45-67") == ("+74951234567", "Europe/Moscow")
+    assert one_parse("8 (383) 123-45-67") == ("+73831234567", "Asia/Novosibirsk")
+    assert one_parse("+78001234567") == two_parses("+78001234567")  # starts with RU's prefix
+    assert one_parse("12345") == "Некорректный номер телефона «12345»"
+
+
+COUNTRY_CODES = st.sampled_from(sorted(map(str, phonenumbers.COUNTRY_CODE_TO_REGION_CODE)))
+
+
+@settings(max_examples=3000, deadline=None)
+@given(
+    st.one_of(COUNTRY_CODES, st.just("7"), st.just("")),
+    st.text("0123456789", max_size=17),
+    st.sampled_from(["+", "", "8", "+0", " +", "+7 "]),
+)
+def test_one_parse_agrees_on_any_digits(code: str, digits: str, start: str) -> None:
+    value = f"{start}{code}{digits}"
+    assert one_parse(value) == two_parses(value)
+    if _PLUS_DIGITS.fullmatch(value) and (number := _international(value)) is not None:
+        assert number == phonenumbers.parse(value, "RU")  # the shortcut is parse's answer

@@ -6,6 +6,7 @@ CSV rows are numbered as a spreadsheet shows them (header = 1); JSON rows by the
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
@@ -643,3 +644,26 @@ async def test_import_of_a_hundred_thousand_clients(live_server: LiveServer) -> 
                 assert (client["phone"], client["email"]) == (f"+7916{i:07d}", None)
             else:
                 assert (client["phone"], client["email"]) == (None, f"u{i}@example.com")
+
+
+# -- several imports at once ----------------------------------------------------------------------
+
+
+async def test_imports_sent_together_all_land_and_each_answer_closes(
+    api: httpx.AsyncClient,
+) -> None:
+    """A process takes one import at a time (the others wait their turn), and each answer
+    closes its connection, so a client's next import may go to another API process."""
+    await make_project(api)
+    batches = [
+        [{**PETR, "guid": f"c-{n}-{i}", "phone": f"+7916{n}{i:06d}"} for i in range(200)]
+        for n in range(4)
+    ]
+    answers = await asyncio.gather(*(import_json(api, batch) for batch in batches))
+    for answer in answers:
+        assert answer.headers["connection"] == "close"
+        data = assert_ok(answer)
+        assert (data["created"], data["updated"], data["rejected"]) == (200, 0, 0)
+    csv_answer = await import_csv(api, "guid,first_name,last_name,phone\nc-x,Ия,Ли,+79161110000\n")
+    assert csv_answer.headers["connection"] == "close"
+    assert await count(api) == 801

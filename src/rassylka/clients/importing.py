@@ -2,34 +2,77 @@
 
 Pure and synchronous: the router runs it in a worker thread so a 100,000-row file does not
 stall the event loop. A bad row is reported (row, field, message) and never sinks the others.
+A CSV file is checked as it is read, and a checked row is kept as one tuple, so an import
+holds little more than its checked rows.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
 
-from rassylka.clients.schemas import ClientFields, ImportResult, ImportRowError, contact_problems
+from rassylka.clients.schemas import (
+    ClientFields,
+    ImportFields,
+    ImportResult,
+    ImportRowError,
+    contact_problems,
+    phone_and_zone,
+)
 from rassylka.errors import FieldError, ValidationFailed, details_from_pydantic
+from rassylka.scheduling import phone_zone
 
 CSV_COLUMNS = frozenset(ClientFields.model_fields) - {"attributes"}
 ATTRIBUTE_PREFIX = "attributes."
 TAG_SEPARATORS = re.compile(r"[;,|]")
 MAX_REPORTED_ERRORS = 1000
+ROW_COLUMNS = (
+    "first_name",
+    "last_name",
+    "middle_name",
+    "email",
+    "phone",
+    "timezone",
+    "tags",
+    "attributes",
+    "opted_out",
+    "phone_timezone",
+    "guid",
+)
+"""The order of a checked row's values; ``tags`` and ``attributes`` are JSON text."""
+ROW_GUID = ROW_COLUMNS.index("guid")
+ROW_OPTED_OUT = ROW_COLUMNS.index("opted_out")
+_to_json = json.JSONEncoder(ensure_ascii=False).encode
+"""``json.dumps(value, ensure_ascii=False)`` without making an encoder per call."""
 
 
-@dataclass(frozen=True)
+class TooManyRows(Exception):
+    """The file holds more rows than one import may."""
+
+
+@dataclass(frozen=True, slots=True)
 class ValidRow:
     row: int
-    fields: dict[str, Any]
+    values: tuple[Any, ...]
+    """The client's fields in ``ROW_COLUMNS`` order, ``phone_timezone`` (the zone its phone
+    names) among them."""
     given: frozenset[str]
     """The fields the row itself carries: only these change when the client exists."""
+
+
+def row_fields(values: tuple[Any, ...]) -> dict[str, Any]:
+    """A checked row's values by column, ``tags`` and ``attributes`` as lists and dicts."""
+    fields = dict(zip(ROW_COLUMNS, values, strict=True))
+    fields["tags"] = json.loads(fields["tags"])
+    fields["attributes"] = json.loads(fields["attributes"])
+    return fields
 
 
 @dataclass
@@ -59,13 +102,20 @@ class CheckedRows:
         )
 
 
-def check_rows(rows: list[tuple[int, Any]]) -> CheckedRows:
-    """Check ``rows`` in order, **emptying the list** as it goes: each raw row is freed once
-    checked, so a 100,000-row import never holds its raw and its checked rows at once."""
+def check_rows(rows: Iterable[tuple[int, Any]], *, limit: int | None = None) -> CheckedRows:
+    """Check ``rows`` (row number, raw row) in order, keeping no raw row once checked.
+
+    With ``limit``: past that many rows nothing more is checked, but ``rows`` is read to its
+    end (a later row may make the file unreadable: that error comes first), then
+    ``TooManyRows`` is raised.
+    """
     checked = CheckedRows()
-    rows.reverse()
-    while rows:
-        number, raw = rows.pop()
+    shared: dict[Any, Any] = {}  # one copy of each set of fields, tag list, zone name
+    count = 0
+    for number, raw in rows:
+        count += 1
+        if limit is not None and count > limit:
+            continue
         if isinstance(raw, FieldError):  # the reader already found this row unreadable
             checked.reject(number, [raw])
             continue
@@ -73,32 +123,70 @@ def check_rows(rows: list[tuple[int, Any]]) -> CheckedRows:
             checked.reject(number, [FieldError(field="row", message="Ожидается объект JSON")])
             continue
         try:
-            client = ClientFields.model_validate(raw)
-        except ValidationError as error:
-            checked.reject(number, details_from_pydantic(error.errors()))
-            continue
-        if problems := contact_problems(email=client.email, phone=client.phone):
+            client: ClientFields = ImportFields.model_validate(raw)
+            phone, zone = (None, None) if client.phone is None else phone_and_zone(client.phone)
+        except (ValidationError, ValueError):
+            # A bad row: ClientFields says what is wrong, as for /client/create.
+            try:
+                client = ClientFields.model_validate(raw)
+            except ValidationError as error:
+                checked.reject(number, details_from_pydantic(error.errors()))
+                continue
+            phone, zone = client.phone, phone_zone(client.phone)
+        del raw
+        if problems := contact_problems(email=client.email, phone=phone):
             checked.reject(number, problems)
             continue
         given = frozenset(client.model_fields_set)
-        checked.valid.append(ValidRow(row=number, fields=client.model_dump(), given=given))
+        tags = _to_json(client.tags)
+        values = (
+            client.first_name,
+            client.last_name,
+            client.middle_name,
+            client.email,
+            phone,
+            shared.setdefault(client.timezone, client.timezone),
+            shared.setdefault(tags, tags),
+            _to_json(client.attributes),
+            client.opted_out,
+            zone,
+            client.guid,
+        )
+        checked.valid.append(ValidRow(number, values, shared.setdefault(given, given)))
+    if limit is not None and count > limit:
+        raise TooManyRows
     return checked
 
 
-def decode(data: bytes) -> str:
-    """UTF-8 (with or without BOM), else Windows-1251, which Russian Excel still writes."""
+def draining(rows: list[tuple[int, Any]]) -> Iterator[tuple[int, Any]]:
+    """The items of ``rows`` in order, **emptying the list** as it goes (each raw row is freed
+    once checked, so a 100,000-row JSON import never holds its raw and checked rows at once)."""
+    rows.reverse()
+    while rows:
+        yield rows.pop()
+
+
+def _encoding(data: bytes) -> str:
+    """UTF-8 (with or without BOM), else Windows-1251, which Russian Excel still writes.
+    (Each check decodes the whole file; the text is not kept: the rows are decoded again as
+    they are read.)"""
     try:
-        return data.decode("utf-8-sig")
+        data.decode("utf-8-sig")
     except UnicodeDecodeError:
         pass
+    else:
+        return "utf-8-sig"
     try:
-        return data.decode("cp1251")
+        data.decode("cp1251")
     except UnicodeDecodeError:
         raise ValidationFailed.on("file", "Файл должен быть в кодировке UTF-8") from None
+    return "cp1251"
 
 
-def read_csv(data: bytes) -> list[tuple[int, dict[str, Any] | FieldError]]:
-    """Rows of a CSV file, each with its row number as a spreadsheet shows it (header = 1).
+def read_csv(data: bytes) -> Iterator[tuple[int, dict[str, Any] | FieldError]]:
+    """Rows of a CSV file, each with its row number as a spreadsheet shows it (header = 1),
+    read (and decoded) as they are asked for; a file that cannot be read raises
+    ``ValidationFailed`` when the first row is asked for, or at the row where it fails.
 
     Columns: the client fields (``tags`` separated by ``;``, ``,`` or ``|``) and
     ``attributes.<name>`` for each attribute. The delimiter (``,``, ``;`` or tab) is guessed
@@ -106,10 +194,12 @@ def read_csv(data: bytes) -> list[tuple[int, dict[str, Any] | FieldError]]:
     trailing delimiter makes) is skipped. A row with the wrong number of
     cells comes back as the error that rejects it.
     """
-    text = decode(data)
-    header_line = text.split("\n", 1)[0]
+    encoding = _encoding(data)
+    end = data.find(b"\n")  # neither encoding has the byte 0x0A in a character but the newline
+    header_line = data[: end if end >= 0 else len(data)].decode(encoding)
     delimiter = max(",;\t", key=header_line.count)
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    text = io.TextIOWrapper(io.BytesIO(data), encoding=encoding, newline="")
+    reader = csv.reader(text, delimiter=delimiter)
     try:
         header = next(reader)
     except StopIteration:
@@ -130,7 +220,6 @@ def read_csv(data: bytes) -> list[tuple[int, dict[str, Any] | FieldError]]:
         problems += [FieldError(field=name, message="Столбец повторяется") for name in duplicated]
     if problems:
         raise ValidationFailed(problems)
-    rows: list[tuple[int, dict[str, Any] | FieldError]] = []
     row = 1  # the header; a spreadsheet numbers records, whatever line breaks a cell holds
     while True:
         row += 1
@@ -144,10 +233,9 @@ def read_csv(data: bytes) -> list[tuple[int, dict[str, Any] | FieldError]]:
             continue
         if len(cells) != len(columns):
             message = f"Ожидается ячеек: {len(columns)}, в строке: {len(cells)}"
-            rows.append((row, FieldError(field="row", message=message)))
+            yield row, FieldError(field="row", message=message)
             continue
-        rows.append((row, _record(columns, cells)))
-    return rows
+        yield row, _record(columns, cells)
 
 
 def _column(name: str) -> str:

@@ -378,14 +378,15 @@ async def copy_upsert(
     session: AsyncSession,
     *,
     project_id: int,
-    batches: Sequence[tuple[Collection[str], Sequence[Mapping[str, Any]]]],
+    batches: Sequence[tuple[Collection[str], Sequence[Sequence[Any]]]],
 ) -> int:
     """PostgreSQL: ``COPY`` the rows into a temporary table, then one ``INSERT … SELECT … ON
     CONFLICT DO UPDATE`` a batch; the number of clients inserted.
 
-    Each batch: the columns to update on an existing client, and its rows (all columns of
-    ``COPY_COLUMNS`` but ``batch``; a guid at most once in all batches). Runs in the session's
-    transaction; the table goes with it.
+    Each batch: the columns to update on an existing client, and its rows, each the values of
+    ``COPY_COLUMNS`` but ``batch`` in that order, ``tags`` and ``attributes`` as JSON text (a
+    guid at most once in all batches). Runs in the session's transaction; the table goes
+    with it.
     """
     connection = await session.connection()
     raw = (await connection.get_raw_connection()).driver_connection
@@ -399,24 +400,7 @@ async def copy_upsert(
     await raw.copy_records_to_table(
         "client_import",
         columns=COPY_COLUMNS,
-        records=(
-            (
-                row["first_name"],
-                row["last_name"],
-                row["middle_name"],
-                row["email"],
-                row["phone"],
-                row["timezone"],
-                json.dumps(row["tags"], ensure_ascii=False),
-                json.dumps(row["attributes"], ensure_ascii=False),
-                row["opted_out"],
-                row["phone_timezone"],
-                row["guid"],
-                number,
-            )
-            for number, (_, rows) in enumerate(batches)
-            for row in rows
-        ),
+        records=((*row, number) for number, (_, rows) in enumerate(batches) for row in rows),
     )
     created = 0
     now = utcnow()

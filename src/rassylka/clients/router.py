@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Mapping
 from typing import Annotated, Any
@@ -9,6 +10,7 @@ from typing import Annotated, Any
 from anyio import to_thread
 from fastapi import APIRouter, Path, Query, Request
 from pydantic import TypeAdapter, ValidationError
+from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.datastructures import UploadFile
 from starlette.responses import Response
 
@@ -90,10 +92,28 @@ _IMPORT_BODY: dict[str, Any] = {
 )
 async def import_clients(
     request: Request,
+    response: Response,
     session: SessionDep,
     project: Annotated[str | None, Query(description="Код проекта (для CSV)")] = None,
 ) -> dict[str, object]:
+    # An import keeps its process busy for seconds; a client that sends the next on the same
+    # connection would keep sending them all to that one process. Closed, its next request
+    # is a new connection, which a free API process (rassylka api --workers N) accepts first.
+    response.headers["Connection"] = "close"
+    # One import at a time in a process: its CPU work holds the interpreter anyway, and its
+    # memory stays that of one import (rows and body) however many arrive together.
+    app_state = request.app.state
+    if getattr(app_state, "import_lock", None) is None:
+        app_state.import_lock = asyncio.Lock()
+    async with app_state.import_lock:
+        return await _import(request, session, project)
+
+
+async def _import(
+    request: Request, session: AsyncSession, project: str | None
+) -> dict[str, object]:
     settings = request.app.state.settings
+    limit = settings.max_import_rows
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type in {"multipart/form-data", "text/csv"}:
         if project is None:
@@ -106,27 +126,35 @@ async def import_clients(
             if not isinstance(upload, UploadFile):
                 raise ValidationFailed.on("file", "Приложите CSV-файл в поле file")
             data = await upload.read()
-        rows = await to_thread.run_sync(importing.read_csv, data)
         reference: str | int = project
-        rows_field = "file"
+        try:  # checked as it is read: the file's rows are never all held at once
+            checked = await to_thread.run_sync(_check_csv, data, limit)
+        except importing.TooManyRows:
+            raise ValidationFailed.on(
+                "file", f"Не больше {limit} клиентов за один запрос"
+            ) from None
+        del data
     elif content_type in {"application/json", ""}:
         body = await _json_body(request)
         reference = body.project
         rows = list(enumerate(body.clients))
         body.clients.clear()  # the rows alone hold them: checking frees each in turn
-        rows_field = "clients"
+        if len(rows) > limit:
+            raise ValidationFailed.on("clients", f"Не больше {limit} клиентов за один запрос")
+        checked = None
     else:
         raise ValidationFailed.on(
             "Content-Type", "Ожидается application/json, multipart/form-data или text/csv"
         )
-    if len(rows) > settings.max_import_rows:
-        raise ValidationFailed.on(
-            rows_field, f"Не больше {settings.max_import_rows} клиентов за один запрос"
-        )
     target = await project_service.resolve(session, reference=reference, field="project")
-    checked = await to_thread.run_sync(importing.check_rows, rows)
+    if checked is None:
+        checked = await to_thread.run_sync(importing.check_rows, importing.draining(rows))
     created, updated = await service.upsert(session, project_id=target.id, rows=checked.valid)
     return ok(checked.result(created=created, updated=updated))
+
+
+def _check_csv(data: bytes, limit: int) -> importing.CheckedRows:
+    return importing.check_rows(importing.read_csv(data), limit=limit)
 
 
 async def _json_body(request: Request) -> ClientImport:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from functools import lru_cache
 from typing import Annotated, Any
@@ -14,10 +15,12 @@ from email_validator.rfc_constants import (
     EMAIL_MAX_LENGTH,
     LOCAL_PART_MAX_LENGTH,
 )
+from phonenumbers import PhoneMetadata
 from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, StringConstraints
 
 from rassylka.config import get_settings
 from rassylka.errors import FieldError
+from rassylka.scheduling.zones import number_zone
 from rassylka.schemas import EntityId, Name, ReadModel, RequestModel, TimeZoneName, UpdateModel
 
 MAX_TAGS = 100
@@ -32,6 +35,62 @@ def normalize_phone(value: str) -> str:
     if not phonenumbers.is_valid_number(number):
         raise ValueError(f"Некорректный номер телефона «{value}»")
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def phone_and_zone(value: str) -> tuple[str, str | None]:
+    """``normalize_phone(value)`` and the ``phone_zone`` of that, from one parse and one
+    check of the number's type (an import's rows: the two parses were half its CPU)."""
+    number = _international(value) if _PLUS_DIGITS.fullmatch(value) else None
+    if number is None:
+        try:
+            number = phonenumbers.parse(value, get_settings().default_phone_region)
+        except phonenumbers.NumberParseException:
+            raise ValueError(f"Некорректный номер телефона «{value}»") from None
+    # is_valid_number(number) is exactly "its type is known": both look the type up in the
+    # metadata of the region region_code_for_number() names.
+    kind = phonenumbers.number_type(number)
+    if kind == phonenumbers.PhoneNumberType.UNKNOWN:
+        raise ValueError(f"Некорректный номер телефона «{value}»")
+    e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    return e164, number_zone(number, kind, e164)
+
+
+_PLUS_DIGITS = re.compile(r"\+[1-9][0-9]{3,16}")
+
+
+def _international(value: str) -> phonenumbers.PhoneNumber | None:
+    """What ``phonenumbers.parse`` makes of ``value``, a ``+`` and ASCII digits (the form a CRM
+    mostly sends), in a few steps instead of its general ones; None when that form needs them.
+
+    For such a string ``parse`` takes the leading digits that are a country code (1 to 3, the
+    first that is one), strips nothing else, and then only a national prefix that the
+    country's metadata matches at the start of the rest: those numbers go the general way. A
+    test compares the two on every example number of the metadata and on random digits.
+    """
+    digits = value[1:]
+    for size in (1, 2, 3):
+        country_code = int(digits[:size])
+        if country_code in phonenumbers.COUNTRY_CODE_TO_REGION_CODE:
+            break
+    else:
+        return None
+    national = digits[size:]
+    region = phonenumbers.region_code_for_country_code(country_code)
+    metadata = PhoneMetadata.metadata_for_region_or_calling_code(country_code, region)
+    if metadata is None or not 2 <= len(national) <= 17:
+        return None
+    prefix = metadata.national_prefix_for_parsing
+    if prefix and re.match(prefix, national):
+        return None
+    number = phonenumbers.PhoneNumber(country_code=country_code, national_number=int(national))
+    if len(national) > 1 and national[0] == "0":  # phonenumbers' "Italian leading zeros"
+        number.italian_leading_zero = True
+        zeros = 1
+        while zeros < len(national) - 1 and national[zeros] == "0":
+            zeros += 1
+        if zeros != 1:
+            number.number_of_leading_zeros = zeros
+    return number
 
 
 def normalize_email(value: str) -> str:
@@ -131,6 +190,15 @@ class ClientFields(RequestModel):
         description="Клиент отказался от рассылок: его сообщения пропускаются (skipped)",
         examples=[False],
     )
+
+
+class ImportFields(ClientFields):
+    """A row of an import as ``ClientFields`` checks it, but for the phone's normalisation,
+    which the import does itself with the number's zone from the same parse
+    (``phone_and_zone``); a row this passes and whose phone normalises passes ``ClientFields``
+    too, with that phone."""
+
+    phone: Annotated[str, StringConstraints(strip_whitespace=True, max_length=32)] | None = None
 
 
 class ClientCreate(ClientFields):

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from rassylka.clients import repository
-from rassylka.clients.importing import ValidRow
+from rassylka.clients.importing import ROW_GUID, ROW_OPTED_OUT, ValidRow, row_fields
 from rassylka.clients.models import Client
 from rassylka.clients.schemas import ClientCreate, ClientUpdate, contact_problems
 from rassylka.db import utcnow
@@ -131,9 +131,11 @@ async def upsert(
     latest: dict[str, ValidRow] = {}
     occurrences: dict[str, int] = {}
     for row in rows:
-        latest[row.fields["guid"]] = row
-        occurrences[row.fields["guid"]] = occurrences.get(row.fields["guid"], 0) + 1
+        guid = row.values[ROW_GUID]
+        latest[guid] = row
+        occurrences[guid] = occurrences.get(guid, 0) + 1
     updated = sum(occurrences.values())
+    del occurrences
     created = 0
     guids = list(latest)
     postgresql = session.get_bind().dialect.name == "postgresql"
@@ -141,26 +143,29 @@ async def upsert(
     for start in range(0, len(guids), chunk):
         # Rows that carry the same fields share one statement: an existing client keeps
         # whatever its row leaves out (a CSV without an email column wipes no emails).
-        batches: dict[frozenset[str], list[dict[str, Any]]] = defaultdict(list)
+        batches: dict[frozenset[str], list[tuple[Any, ...]]] = defaultdict(list)
         for guid in guids[start : start + chunk]:
-            batches[latest[guid].given].append(latest[guid].fields)
-        writes: list[tuple[frozenset[str], list[dict[str, Any]]]] = []
-        for given, batch in batches.items():
-            with_phone = "phone" in given  # the zone the number names goes with it
-            for fields in batch:
-                fields["phone_timezone"] = phone_zone(fields.get("phone")) if with_phone else None
-            writes.append((given | {"phone_timezone"} if with_phone else given, batch))
+            batches[latest[guid].given].append(latest[guid].values)
+        # The zone the number names goes with it (a row without a phone has no zone).
+        writes = [
+            (given | {"phone_timezone"} if "phone" in given else given, batch)
+            for given, batch in batches.items()
+        ]
+        del batches
         if postgresql:
             created += await repository.copy_upsert(session, project_id=project_id, batches=writes)
             continue
         for given, batch in writes:
             created += len(
                 await repository.upsert_many(
-                    session, project_id=project_id, rows=batch, update=given
+                    session,
+                    project_id=project_id,
+                    rows=[row_fields(values) for values in batch],
+                    update=given,
                 )
             )
     updated -= created
-    if any("opted_out" in row.given and row.fields.get("opted_out") for row in latest.values()):
+    if any("opted_out" in row.given and row.values[ROW_OPTED_OUT] for row in latest.values()):
         await queue.skip_queued(
             session, project_id=project_id, reason=OPTED_OUT, now=utcnow(), opted_out=True
         )
