@@ -396,7 +396,9 @@ async def finish_runs(
 ) -> list[int]:
     """Close running runs (all, or those of ``run_ids``) with nothing left queued or sending,
     and complete the active mailings that have no run left and no next one; the runs closed."""
+    # By mailing, run and status: ix_message_mailing_run_status (no index leads with run_id).
     pending = exists().where(
+        MESSAGE.c.mailing_id == RUN.c.mailing_id,
         MESSAGE.c.run_id == RUN.c.id,
         MESSAGE.c.status.in_([MessageStatus.QUEUED, MessageStatus.SENDING]),
     )

@@ -163,7 +163,10 @@ async def materialize(
         await session.execute(text("SET LOCAL enable_nestloop TO DEFAULT"))
     else:
         await queue.log_events(
-            session, where=[MESSAGE.c.run_id == run_id], old_status=None, now=now
+            session,
+            where=[MESSAGE.c.mailing_id == mailing_id, MESSAGE.c.run_id == run_id],
+            old_status=None,
+            now=now,
         )
 
 
@@ -421,7 +424,7 @@ async def runs_page(
     if runs:
         rows = await session.execute(
             select(MESSAGE.c.run_id, MESSAGE.c.status, func.count())
-            .where(MESSAGE.c.run_id.in_(list(counts)))
+            .where(MESSAGE.c.mailing_id == mailing_id, MESSAGE.c.run_id.in_(list(counts)))
             .group_by(MESSAGE.c.run_id, MESSAGE.c.status)
         )
         for run_id, status, count in rows:
