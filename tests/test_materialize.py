@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -15,7 +16,7 @@ from rassylka.clients.models import Client
 from rassylka.db import create_sessionmaker, utcnow
 from rassylka.engine.scheduler import Scheduler
 from rassylka.mailings.models import Mailing
-from rassylka.messages import repository
+from rassylka.messages import queue, repository
 from rassylka.messages.models import Message, MessageEvent, Run
 from rassylka.suppressions.models import Suppression
 
@@ -426,6 +427,47 @@ async def test_each_message_gets_one_creation_event_in_message_order(
     assert [tuple(row[:4]) for row in logged] == [tuple(row) for row in made]
     assert all(row.old_status is None and row.client_guid == row.guid for row in logged)
     assert {row.status for row in made} == {"queued", "skipped"}
+
+
+async def test_events_after_a_run_get_later_ids_and_runs_do_not_share_ids(
+    api: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    """On PostgreSQL a run's creation events take their ids from a block reserved in the
+    events' sequence (the message's id plus an offset): the next event written anywhere (a
+    claim's), and the next run's creation events, must come after all of them, with no id
+    used twice — what the live stream's cursor relies on."""
+    project_id = await make_project(api, code="010")
+    assert_ok(
+        await api.post("/client/import", json={"project": "010", "clients": SKIPPING_CLIENTS})
+    )
+    await make_mailing(api, project_id, channels=[1, 2])
+    [first] = await start(engine)
+    async with create_sessionmaker(engine)() as session, session.begin():
+        now = utcnow()
+        claimed = await queue.claim(
+            session, channel=1, limit=2, now=now, lease_until=now + timedelta(minutes=5)
+        )
+    assert len(claimed) == 2
+    await make_mailing(api, project_id, channels=[2, 1])
+    [second] = await start(engine)
+    async with engine.connect() as connection:
+        logged = (
+            await connection.execute(
+                select(MessageEvent.id, MessageEvent.run_id, MessageEvent.old_status).order_by(
+                    MessageEvent.id
+                )
+            )
+        ).all()
+        made = await connection.scalar(select(func.count()).select_from(Message))
+    ids = [row.id for row in logged]
+    assert len(set(ids)) == len(ids) == made + len(claimed)
+    # In id order: the first run's creation events, the claim's, the second run's.
+    kinds = [(row.run_id, row.old_status) for row in logged]
+    first_created = [kind for kind in kinds if kind == (first, None)]
+    claims = [kind for kind in kinds if kind == (first, "queued")]
+    second_created = [kind for kind in kinds if kind == (second, None)]
+    assert kinds == first_created + claims + second_created
+    assert len(first_created) == len(second_created) == made // 2
 
 
 @contextmanager

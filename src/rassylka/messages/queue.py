@@ -17,8 +17,10 @@ live stream, webhooks) resume from the last event id they saw, so ids must becom
 id order. SQLite has one writer, so they do. On PostgreSQL a sequence hands out ids before
 commit, and a later id can commit first; so a transaction takes one advisory lock right before
 it writes events and keeps it to its commit: event-writing transactions commit one at a time,
-in id order. The rule that keeps this free of deadlocks: **events are the last rows a
-transaction writes** (all its message updates come first; after the events only NOTIFY).
+in id order. So event ids are drawn only under that lock (materialising a run reserves a block
+of them at once: ``repository.materialize``). The rule that keeps this free of deadlocks:
+**events are the last rows a transaction writes** (all its message updates come first; after
+the events only NOTIFY).
 """
 
 from __future__ import annotations
@@ -393,7 +395,9 @@ async def finish_runs(
 ) -> list[int]:
     """Close running runs (all, or those of ``run_ids``) with nothing left queued or sending,
     and complete the active mailings that have no run left and no next one; the runs closed."""
+    # By mailing, run and status: ix_message_mailing_run_status (no index leads with run_id).
     pending = exists().where(
+        MESSAGE.c.mailing_id == RUN.c.mailing_id,
         MESSAGE.c.run_id == RUN.c.id,
         MESSAGE.c.status.in_([MessageStatus.QUEUED, MessageStatus.SENDING]),
     )

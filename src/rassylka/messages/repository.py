@@ -15,6 +15,7 @@ from sqlalchemy import (
     String,
     Table,
     and_,
+    bindparam,
     case,
     delete,
     distinct,
@@ -104,8 +105,9 @@ async def materialize(
     for copies (the run is new, its clients distinct), which is what makes it fast.
 
     On PostgreSQL one statement per channel writes the messages and their events together
-    (a materialised CTE of the recipients, each given its message id from the sequence; one
-    pass over the clients, no second read of the messages). Because it writes events, it takes
+    (a materialised CTE of the recipients, each given its message id from the sequence, its
+    event's id being that plus an offset; one pass over the clients, no second read of the
+    messages). Because it writes events, it takes
     the events lock first (see ``messages.queue``): other event writers wait for this
     transaction's commit, as they did for the events statement alone before. On SQLite the
     messages, then their events (``queue.log_events``).
@@ -146,10 +148,26 @@ async def materialize(
             with_ids=postgres,
         )
         if postgres:
+            # The events' ids are the messages' plus an offset, from a block of the events'
+            # sequence reserved here, instead of one nextval per event: the events lock is
+            # held (above), and every writer of events takes it before it draws an event id,
+            # so nobody draws one until this transaction ends, and the ids still grow in
+            # commit order (see messages.queue). Messages are only made here, under the same
+            # lock, so this statement's message ids are the ones after ``first_message``.
+            first_message, first_event = (await session.execute(_FIRST_IDS)).one()
+            offset = first_event - first_message
             statement = _messages_and_events(
-                recipients, channel=channel, run_id=run_id, mailing_id=mailing_id, now=now
+                recipients,
+                channel=channel,
+                run_id=run_id,
+                mailing_id=mailing_id,
+                now=now,
+                event_id_offset=offset,
             )
             await session.execute(statement)
+            # The events' sequence past the last id used (the statement's last message id
+            # plus the offset; the first event id itself if it made none).
+            await session.execute(_RESERVE_EVENT_IDS, {"offset": offset})
             continue
         rows = _message_rows(
             recipients.subquery("recipient"),
@@ -163,7 +181,10 @@ async def materialize(
         await session.execute(text("SET LOCAL enable_nestloop TO DEFAULT"))
     else:
         await queue.log_events(
-            session, where=[MESSAGE.c.run_id == run_id], old_status=None, now=now
+            session,
+            where=[MESSAGE.c.mailing_id == mailing_id, MESSAGE.c.run_id == run_id],
+            old_status=None,
+            now=now,
         )
 
 
@@ -257,8 +278,14 @@ async def _openings(
     return openings
 
 
-# The sequence PostgreSQL made for message.id (BIGSERIAL: table_column_seq).
+# The sequences PostgreSQL made for message.id and message_event.id (BIGSERIAL:
+# table_column_seq).
 MESSAGE_SEQUENCE = "message_id_seq"
+EVENT_SEQUENCE = "message_event_id_seq"
+_FIRST_IDS = text(f"SELECT nextval('{MESSAGE_SEQUENCE}'), nextval('{EVENT_SEQUENCE}')")
+_RESERVE_EVENT_IDS = text(
+    f"SELECT setval('{EVENT_SEQUENCE}', currval('{MESSAGE_SEQUENCE}') + :offset)"
+).bindparams(bindparam("offset", type_=BigInteger))
 
 
 def _status(sendable: ColumnElement[bool]) -> ColumnElement[Any]:
@@ -294,13 +321,20 @@ def _message_rows(
 
 
 def _messages_and_events(
-    recipients: Select[Any], *, channel: int, run_id: int, mailing_id: int, now: datetime
+    recipients: Select[Any],
+    *,
+    channel: int,
+    run_id: int,
+    mailing_id: int,
+    now: datetime,
+    event_id_offset: int,
 ) -> Any:
     """PostgreSQL: ``WITH recipient AS MATERIALIZED (…), made AS (INSERT INTO message …)
     INSERT INTO message_event …`` — the messages and their creation events in one statement.
 
-    The events are inserted in the order the recipients were numbered (a materialised CTE is
-    read back in the order it was written), so event ids follow message ids.
+    Each event's id is its message's plus ``event_id_offset`` (ids the caller reserved), so
+    event ids follow message ids; the events are inserted in that order too (a materialised
+    CTE is read back in the order it was written).
     """
     recipient = recipients.cte("recipient").prefix_with("MATERIALIZED")
     made = (
@@ -314,6 +348,7 @@ def _messages_and_events(
         .cte("made")
     )
     events = select(
+        recipient.c.id + literal(event_id_offset, BigInteger),
         recipient.c.id,
         literal(mailing_id, BigInteger),
         literal(run_id, BigInteger),
@@ -326,7 +361,7 @@ def _messages_and_events(
         null(),
         literal(now, UTCDateTime),
     )
-    return insert(EVENT).from_select(queue.EVENT_COLUMNS, events).add_cte(made)
+    return insert(EVENT).from_select(("id", *queue.EVENT_COLUMNS), events).add_cte(made)
 
 
 def audience_filter(dialect: str, audience: Mapping[str, Any] | None) -> list[ColumnElement[bool]]:
@@ -421,7 +456,7 @@ async def runs_page(
     if runs:
         rows = await session.execute(
             select(MESSAGE.c.run_id, MESSAGE.c.status, func.count())
-            .where(MESSAGE.c.run_id.in_(list(counts)))
+            .where(MESSAGE.c.mailing_id == mailing_id, MESSAGE.c.run_id.in_(list(counts)))
             .group_by(MESSAGE.c.run_id, MESSAGE.c.status)
         )
         for run_id, status, count in rows:
