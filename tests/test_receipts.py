@@ -16,6 +16,7 @@ from conftest import FAST_RETRY
 from rassylka.channels.base import DeliveryReport
 from rassylka.channels.smpp import SmppChannel, SmppConfig
 from rassylka.db import create_sessionmaker, utcnow
+from rassylka.engine import dispatcher
 from rassylka.engine.dispatcher import DispatchConfig
 from rassylka.engine.receipts import ReceiptInbox
 from rassylka.engine.scheduler import Scheduler
@@ -121,6 +122,43 @@ async def test_smpp_receipts_settle_each_message_by_its_parts(
     ]
     listed = (await api.get(f"/mailing/{mailing_id}/messages?status=delivered")).json()
     assert listed["data"]["total"] == 4
+
+
+async def test_receipts_do_not_wait_for_the_writers_interval(
+    api: httpx.AsyncClient, engine: AsyncEngine, smsc: Smsc, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The SMSC reports within milliseconds, before the writer has recorded what it sent: the
+    receipts held for their parts make the writer write at once (the outcomes in hand, and
+    those whose send was still finishing), so they settle although the writer's interval is
+    made a minute here and no batch fills."""
+    monkeypatch.setattr(dispatcher, "FLUSH_INTERVAL", 60.0)
+    phones = [f"+791612345{n:02d}" for n in range(90, 96)]  # plain: accepted, DELIVRD
+    await arrange(
+        api,
+        [client(n, None, phone=phone) for n, phone in enumerate(phones)],
+        channels=[2],
+        sms_text="Заказ готов",
+    )
+    inbox = ReceiptInbox(create_sessionmaker(engine))
+    channel = SmppChannel(
+        SmppConfig(
+            host="127.0.0.1",
+            port=smsc.port,
+            system_id=SYSTEM_ID,
+            password=PASSWORD,
+            source_addr="Rassylka",
+        ),
+        on_receipt=inbox.receive,
+    )
+    worker = Worker(engine, {2: channel}, DispatchConfig(poll_interval=0.05), receipts=inbox)
+    task = asyncio.create_task(run_until_stopped(worker))
+    try:
+        await until(lambda: settled(engine), seconds=15)
+    finally:
+        worker.stop()
+        await task
+    found = await statuses(engine)
+    assert {found[phone]["status"] for phone in phones} == {"delivered"}
 
 
 async def test_a_long_sms_is_delivered_when_every_part_is(

@@ -144,6 +144,12 @@ class Dispatcher:
         # Told the peer ids of SMS parts just recorded as sent: receipts that came before
         # them are waiting (the receipt inbox matches them).
         self.on_parts = on_parts
+        # Whether something waits for outcomes to be written (delivery receipts held for the
+        # parts they name): while it says so, each outcome is written as it comes, not at the
+        # writer's next interval. ``flush`` covers the outcomes already in hand; this, those
+        # whose send was still finishing when the receipt came (its submit_sm_resp and the
+        # receipt often arrive in one read).
+        self.outcomes_awaited: Callable[[], bool] | None = None
         # Fresh planner statistics for the queue's tables (see engine.upkeep); the worker's
         # scheduler shares it.
         self.statistics = Statistics(sessionmaker)
@@ -470,7 +476,10 @@ class _Lane:
                 self.dispatcher._done(item.claimed.mailing_id)
                 self.dispatcher._note(item.claimed.mailing_id, outcome)
                 self.results.append((item.claimed, outcome))
-            if len(self.results) >= self.dispatcher.config.batch_size:
+            awaited = self.dispatcher.outcomes_awaited
+            if len(self.results) >= self.dispatcher.config.batch_size or (
+                awaited is not None and awaited()
+            ):
                 self.results_ready.set()
 
     async def _send(self, messages: list[OutboundMessage]) -> list[Outcome]:

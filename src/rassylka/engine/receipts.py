@@ -105,6 +105,10 @@ class ReceiptInbox:
         self._ready.set()
         return future
 
+    def holding(self) -> bool:
+        """Whether receipts wait in memory for parts the writer has not recorded yet."""
+        return bool(self._held)
+
     def parts_recorded(self, peer_ids: Iterable[str]) -> None:
         """The writer recorded SMS parts with these peer ids: receipts may wait for them."""
         recent = self._recent
@@ -136,13 +140,15 @@ class ReceiptInbox:
                     until = min(until, self._held_since[0][0] + self._hold)
                 await wait_any(self._ready, stop, seconds=max(0.0, until - loop.time()))
             self._ready.clear()
-            if self._arrived or self._newly_held:
-                self._arrived = False
-                await asyncio.sleep(COLLECT)  # let a burst gather into one transaction
             if self._newly_held:
+                # At once, not after COLLECT: held receipts are written only once the writer
+                # has recorded their parts, so the sooner it is asked, the sooner they go.
                 self._newly_held = False
                 if self.on_waiting is not None:
                     self.on_waiting()
+            if self._arrived:
+                self._arrived = False
+                await asyncio.sleep(COLLECT)  # let a burst gather into one transaction
             self._release(loop.time() - self._hold)
             if self._incoming:
                 await self._apply()

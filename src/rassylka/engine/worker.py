@@ -56,6 +56,7 @@ class Worker:
         # Receipts that came before their message was recorded sent wait for the writer:
         # it writes at once instead of at its next interval.
         self.receipts.on_waiting = self.dispatcher.flush
+        self.dispatcher.outcomes_awaited = self.receipts.holding
         self.scheduler = (
             Scheduler(
                 sessionmaker,
