@@ -46,6 +46,36 @@ async def settled(engine: AsyncEngine) -> bool:
     return bool(total) and waiting == 0
 
 
+async def send_until_settled(
+    engine: AsyncEngine,
+    smsc: Smsc,
+    inbox: ReceiptInbox,
+    config: DispatchConfig | None = None,
+    *,
+    seconds: float = 20,
+) -> None:
+    """A worker sending SMS to ``smsc``, its receipts into ``inbox``, until every one settled."""
+    channel = SmppChannel(
+        SmppConfig(
+            host="127.0.0.1",
+            port=smsc.port,
+            system_id=SYSTEM_ID,
+            password=PASSWORD,
+            source_addr="Rassylka",
+        ),
+        on_receipt=inbox.receive,
+    )
+    worker = Worker(
+        engine, {2: channel}, config or DispatchConfig(poll_interval=0.05), receipts=inbox
+    )
+    task = asyncio.create_task(run_until_stopped(worker))
+    try:
+        await until(lambda: settled(engine), seconds=seconds)
+    finally:
+        worker.stop()
+        await task
+
+
 async def test_smpp_receipts_settle_each_message_by_its_parts(
     api: httpx.AsyncClient, engine: AsyncEngine, smsc: Smsc
 ) -> None:
@@ -65,28 +95,9 @@ async def test_smpp_receipts_settle_each_message_by_its_parts(
         sms_text="Заказ готов",
     )
     inbox = ReceiptInbox(create_sessionmaker(engine), sweep_interval=0.2)
-    channel = SmppChannel(
-        SmppConfig(
-            host="127.0.0.1",
-            port=smsc.port,
-            system_id=SYSTEM_ID,
-            password=PASSWORD,
-            source_addr="Rassylka",
-        ),
-        on_receipt=inbox.receive,
+    await send_until_settled(
+        engine, smsc, inbox, DispatchConfig(poll_interval=0.05, retry=FAST_RETRY)
     )
-    worker = Worker(
-        engine,
-        {2: channel},
-        DispatchConfig(poll_interval=0.05, retry=FAST_RETRY),
-        receipts=inbox,
-    )
-    task = asyncio.create_task(run_until_stopped(worker))
-    try:
-        await until(lambda: settled(engine))
-    finally:
-        worker.stop()
-        await task
 
     found = await statuses(engine)
     assert {phone: found[phone]["status"] for phone in phones} == phones
@@ -139,24 +150,7 @@ async def test_receipts_do_not_wait_for_the_writers_interval(
         channels=[2],
         sms_text="Заказ готов",
     )
-    inbox = ReceiptInbox(create_sessionmaker(engine))
-    channel = SmppChannel(
-        SmppConfig(
-            host="127.0.0.1",
-            port=smsc.port,
-            system_id=SYSTEM_ID,
-            password=PASSWORD,
-            source_addr="Rassylka",
-        ),
-        on_receipt=inbox.receive,
-    )
-    worker = Worker(engine, {2: channel}, DispatchConfig(poll_interval=0.05), receipts=inbox)
-    task = asyncio.create_task(run_until_stopped(worker))
-    try:
-        await until(lambda: settled(engine), seconds=15)
-    finally:
-        worker.stop()
-        await task
+    await send_until_settled(engine, smsc, ReceiptInbox(create_sessionmaker(engine)), seconds=15)
     found = await statuses(engine)
     assert {found[phone]["status"] for phone in phones} == {"delivered"}
 
@@ -170,18 +164,7 @@ async def test_a_long_sms_is_delivered_when_every_part_is(
         channels=[2],
         sms_text=LONG_TEXT,
     )
-    inbox = ReceiptInbox(create_sessionmaker(engine))
-    channel = SmppChannel(
-        SmppConfig(host="127.0.0.1", port=smsc.port, system_id=SYSTEM_ID, password=PASSWORD),
-        on_receipt=inbox.receive,
-    )
-    worker = Worker(engine, {2: channel}, DispatchConfig(poll_interval=0.05), receipts=inbox)
-    task = asyncio.create_task(run_until_stopped(worker))
-    try:
-        await until(lambda: settled(engine))
-    finally:
-        worker.stop()
-        await task
+    await send_until_settled(engine, smsc, ReceiptInbox(create_sessionmaker(engine)))
     found = await statuses(engine)
     assert found["+79161234500"]["status"] == "delivered"
     assert found["+79161234500"]["parts"] == 2
