@@ -44,6 +44,9 @@ POSTGRES_URL = os.environ.get(
 )
 REQUIRE_POSTGRES = bool(os.environ.get("RASSYLKA_TEST_REQUIRE_POSTGRES"))
 BACKENDS = ["sqlite", "postgresql"]
+# For a test of something only PostgreSQL has (its backends, the create's batching writer): the
+# ``backend`` fixture takes that one value, so no SQLite variant is made (and skipped).
+POSTGRESQL_ONLY = pytest.mark.parametrize("backend", ["postgresql"])
 
 
 def _dsn(url: str) -> str:

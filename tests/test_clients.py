@@ -10,7 +10,7 @@ import httpx
 import pytest
 from sqlalchemy.engine import make_url
 
-from conftest import StartServer
+from conftest import POSTGRESQL_ONLY, StartServer
 from helpers import assert_error, assert_ok, fields, make_project
 
 CLIENT: dict[str, Any] = {
@@ -135,13 +135,12 @@ async def test_the_same_guid_created_at_once_is_stored_once(
     assert assert_ok(await api.get("/client/list"), 200)["total"] == 1
 
 
+@POSTGRESQL_ONLY
 async def test_a_create_after_the_servers_connections_were_cut(
     api: httpx.AsyncClient, project_id: int, backend: str, database_url: str
 ) -> None:
     """The API's pooled connections closed by the server (a restart, a terminated backend):
     the next create opens new ones instead of failing."""
-    if backend != "postgresql":
-        pytest.skip("PostgreSQL's backends")
     assert_ok(await api.post("/client/create", json={**CLIENT, "email": "a@b.ru"}))
     connection = await asyncpg.connect(
         make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)

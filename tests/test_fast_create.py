@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from conftest import StartServer
+from conftest import POSTGRESQL_ONLY, StartServer
 from helpers import assert_error, assert_ok, fields, make_project
 from rassylka.clients import router
 from rassylka.clients.repository import PoolNewClients
@@ -226,14 +226,13 @@ def row_fields(guid: str, **changes: Any) -> dict[str, Any]:
     }
 
 
+@POSTGRESQL_ONLY
 async def test_creates_waiting_together_share_a_statement(
     api: httpx.AsyncClient, project_id: int, engine: AsyncEngine, backend: str
 ) -> None:
     """Each answer is its own request's: written, or None when the project is unknown or the
     guid taken (in the database, or earlier in the same batch); a row the database refuses
     fails only its own request."""
-    if backend != "postgresql":
-        pytest.skip("the batching writer is PostgreSQL's")
     other = await make_project(api, code="020")
     writer = await PoolNewClients.open(engine, writers=2)
     statements: list[int] = []
@@ -292,13 +291,12 @@ async def test_creates_waiting_together_share_a_statement(
         assert (number, attributes) == (row["id"], {"k": row["guid"]})  # type: ignore[index]
 
 
+@POSTGRESQL_ONLY
 async def test_no_create_is_left_waiting(
     api: httpx.AsyncClient, project_id: int, engine: AsyncEngine, backend: str
 ) -> None:
     """A create asked while the writer is finishing (its last answer given, its connection
     not yet released) still gets a writer: one after another, and many at once."""
-    if backend != "postgresql":
-        pytest.skip("the batching writer is PostgreSQL's")
     writer = await PoolNewClients.open(engine, writers=1)
 
     async def client(number: int, count: int) -> int:

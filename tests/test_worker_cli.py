@@ -10,10 +10,10 @@ import sys
 from pathlib import Path
 
 import httpx
-import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from conftest import POSTGRESQL_ONLY
 from rassylka.db import create_checked_engine, create_engine
 from smtp_peer import SmtpPeer
 from test_dispatcher import arrange, client, statuses, until
@@ -64,14 +64,13 @@ async def test_sigterm_finishes_sends_in_flight_and_releases_the_rest(
     assert "email → SmtpChannel" in log.read_text()
 
 
+@POSTGRESQL_ONLY
 async def test_the_workers_pool_replaces_connections_the_server_closed(
     backend: str, database_url: str
 ) -> None:
     """The worker's engine checks a pooled connection when it is taken, without a round trip
     on asyncpg: after the server terminated them (a restart), the next transaction opens a new
     connection instead of failing."""
-    if backend != "postgresql":
-        pytest.skip("PostgreSQL's backends")
     engine = create_checked_engine(database_url)
     try:
         async with engine.connect() as connection:
