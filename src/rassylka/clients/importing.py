@@ -18,6 +18,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from rassylka.clients.repository import UPSERT_COLUMNS
 from rassylka.clients.schemas import (
     ClientFields,
     ImportFields,
@@ -33,20 +34,9 @@ CSV_COLUMNS = frozenset(ClientFields.model_fields) - {"attributes"}
 ATTRIBUTE_PREFIX = "attributes."
 TAG_SEPARATORS = re.compile(r"[;,|]")
 MAX_REPORTED_ERRORS = 1000
-ROW_COLUMNS = (
-    "first_name",
-    "last_name",
-    "middle_name",
-    "email",
-    "phone",
-    "timezone",
-    "tags",
-    "attributes",
-    "opted_out",
-    "phone_timezone",
-    "guid",
-)
-"""The order of a checked row's values; ``tags`` and ``attributes`` are JSON text."""
+ROW_COLUMNS = (*UPSERT_COLUMNS, "guid")
+"""The order of a checked row's values, the order ``repository.copy_upsert`` takes them in;
+``tags`` and ``attributes`` are JSON text."""
 ROW_GUID = ROW_COLUMNS.index("guid")
 ROW_OPTED_OUT = ROW_COLUMNS.index("opted_out")
 _to_json = json.JSONEncoder(ensure_ascii=False).encode
