@@ -108,8 +108,12 @@ class Sink:
             time.sleep(0.005)
 
     def messages(self) -> int:
-        """Messages received so far (smtp-sink prints its counters at every ".")."""
-        found = COUNTERS.findall(self.counter_file.read_bytes()[-4096:])
+        """Messages received so far (smtp-sink prints its counters at every "."). Only the
+        file's tail is read: reading all of it (2 MB after 100,000 messages) 200 times a
+        second took a tenth of a CPU from the run being measured."""
+        with self.counter_file.open("rb") as counters:
+            counters.seek(max(0, counters.seek(0, os.SEEK_END) - 4096))
+            found = COUNTERS.findall(counters.read())
         return int(found[-1][2]) if found else 0
 
     def errors(self) -> str:
