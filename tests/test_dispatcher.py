@@ -306,11 +306,13 @@ async def test_the_rate_limit_spaces_sends(
     await until(lambda: all_final(engine))
     arrivals = smtp.arrivals
     assert len(arrivals) == 12
-    # 20/s: a send begins every 50 ms. Arrivals jitter with the machine's load, so the test
-    # allows a little bunching but no burst: at most 5 + 2 in any quarter of a second.
-    # The first send also opens the connection, so spacing is measured from the second.
+    # 20/s: a send begins every 50 ms (the slots themselves: tests/test_ratelimit.py). Load
+    # only delays arrivals, so the whole run cannot be shorter than the slots; a stalled event
+    # loop wakes the senders of the slots it missed together, so the test allows bunching but
+    # not the burst an unlimited lane makes (all 12 within a few ms): fewer than 8 in any
+    # 100 ms. The first send also opens the connection, so spacing is measured from the second.
     assert arrivals[-1] - arrivals[1] >= 10 * 0.05 * 0.8
-    assert max(sum(1 for t in arrivals if a <= t < a + 0.25) for a in arrivals) <= 7
+    assert max(sum(1 for t in arrivals if a <= t < a + 0.1) for a in arrivals) < 8
 
 
 class Counting:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 
 class RateLimiter:
@@ -13,18 +14,24 @@ class RateLimiter:
     so concurrent callers on one event loop never share a slot.
     """
 
-    def __init__(self, rate: float) -> None:
+    def __init__(self, rate: float, *, clock: Callable[[], float] = time.monotonic) -> None:
         if rate < 0:
             raise ValueError("rate must not be negative")
         self.rate = rate
         self._interval = 1.0 / rate if rate else 0.0
         self._next = 0.0
+        self._clock = clock
 
-    async def acquire(self) -> None:
+    def reserve(self) -> float:
+        """Take the next free slot: seconds from now until it (0 if it is now)."""
         if not self._interval:
-            return
-        now = time.monotonic()
+            return 0.0
+        now = self._clock()
         slot = max(now, self._next)
         self._next = slot + self._interval
-        if slot > now:
-            await asyncio.sleep(slot - now)
+        return slot - now
+
+    async def acquire(self) -> None:
+        delay = self.reserve()
+        if delay > 0:
+            await asyncio.sleep(delay)
