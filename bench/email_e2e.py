@@ -43,6 +43,8 @@ from peers import (
     TEXT,
     Sink,
     call,
+    cpu_by_process,
+    cpu_per_message,
     free_port,
     import_clients,
     project_with_template,
@@ -222,6 +224,7 @@ def main() -> None:
         if not os.access(tool, os.X_OK):
             sys.exit(f"{tool} is missing: install Debian's postfix (tests/peers/install.sh)")
     count = options.messages
+    cpu: list[dict[str, float]] = []
     with (
         tempfile.TemporaryDirectory(prefix="rassylka-bench-") as scratch,
         scratch_database(options.postgres_url) as database_url,
@@ -264,8 +267,17 @@ def main() -> None:
             )
             engine = []
             for _ in range(options.runs):
+                pids = {name: process.pid for name, process in processes.running}
+                pids |= {"smtp-sink": sink.process.pid, "benchmark": os.getpid()}
+                before = cpu_by_process(pids, database_url)
                 engine.append(engine_run(base, sink, project_id, template_id, count))
-                print(f"engine: {engine[-1]:,.0f} msg/s", file=sys.stderr)
+                cpu.append(cpu_per_message(before, cpu_by_process(pids, database_url), count))
+                print(
+                    f"engine: {engine[-1]:,.0f} msg/s; CPU µs/message: "
+                    + ", ".join(f"{name} {value:.0f}" for name, value in cpu[-1].items())
+                    + f"; all {sum(cpu[-1].values()):.0f}",
+                    file=sys.stderr,
+                )
             peaks = processes.peak_rss_mb()
         finally:
             processes.stop()
@@ -286,6 +298,13 @@ def main() -> None:
     print(
         f"{'rassylka: mailing create → all sent':<40}{engine_median:>14,.0f}"
         f"{', '.join(f'{r:,.0f}' for r in engine):>28}"
+    )
+    print(
+        "CPU µs per message, median of the runs (from the create request to all sent; "
+        "PostgreSQL: the database's backends): "
+        + ", ".join(
+            f"{name} {statistics.median(run.get(name, 0.0) for run in cpu):.0f}" for name in cpu[0]
+        )
     )
     print("\npeak RSS (VmHWM): " + ", ".join(f"{n} {mb:.0f} MB" for n, mb in peaks.items()))
     print("the sink counted exactly N more messages after every run: none lost, none twice")

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -193,3 +194,49 @@ def import_clients(
         clients = [client(i) for i in range(start, min(count, start + IMPORT_CHUNK))]
         result = call(base, "POST", "/client/import", {"project": code, "clients": clients})
         assert result["created"] == len(clients), result
+
+
+# -- CPU per message ---------------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of process ``pid`` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def database_backends(database_url: str) -> list[int]:
+    """The PostgreSQL server processes serving the database of ``database_url`` (on this
+    machine: their titles name it)."""
+    name = make_url(database_url).database
+    listing = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+    return [
+        int(pid)
+        for pid, _, title in (line.strip().partition(" ") for line in listing.splitlines())
+        if title.startswith("postgres: ") and f" {name} " in title
+    ]
+
+
+def cpu_by_process(pids: dict[str, int], database_url: str) -> dict[str, float]:
+    """CPU seconds so far of each of ``pids`` and of each backend of the database (named
+    ``postgres PID``: one that ended since the last look is missed, one new since counts from
+    its start)."""
+    seconds = {}
+    for name, pid in [
+        *pids.items(),
+        *((f"postgres {pid}", pid) for pid in database_backends(database_url)),
+    ]:
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            seconds[name] = cpu_seconds(pid)
+    return seconds
+
+
+def cpu_per_message(
+    before: dict[str, float], after: dict[str, float], count: int
+) -> dict[str, float]:
+    """µs of CPU per message of each process between two looks, the backends summed."""
+    spent: dict[str, float] = {}
+    for name, seconds in after.items():
+        key = "PostgreSQL" if name.startswith("postgres ") else name
+        spent[key] = spent.get(key, 0.0) + seconds - before.get(name, 0.0)
+    return {name: value / count * 1e6 for name, value in spent.items()}
