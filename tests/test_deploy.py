@@ -186,6 +186,15 @@ def _wait_for_health(url: str, process: subprocess.Popen[bytes], log: Path) -> N
     pytest.fail(f"the api service did not answer /health:\n{log.read_text(errors='replace')}")
 
 
+def _wait_for_line(log: Path, text: str, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while text not in log.read_text(errors="replace"):
+        assert process.poll() is None, log.read_text(errors="replace")
+        if time.monotonic() > deadline:
+            pytest.fail(f"{log.name} never said {text!r}:\n{log.read_text(errors='replace')}")
+        time.sleep(0.05)
+
+
 def test_the_compose_commands_deliver_a_mailing_on_postgresql(
     empty_database: str, smtp: SmtpPeer, tmp_path: Path
 ) -> None:
@@ -227,8 +236,15 @@ def test_the_compose_commands_deliver_a_mailing_on_postgresql(
     try:
         api = start("api", services["api"])
         _wait_for_health(url, api, logs["api"])
-        for number in range(services["worker"]["deploy"]["replicas"]):
+        workers = [
             start(f"worker{number + 1}", services["worker"])
+            for number in range(services["worker"]["deploy"]["replicas"])
+        ]
+        # Each worker is up (its signal handlers installed right after this line) before the
+        # mailing, so the SIGTERM at the end finds them all running: one still importing when
+        # a quick mailing ended was killed by the signal's default action (exit -15).
+        for number, worker in enumerate(workers, start=1):
+            _wait_for_line(logs[f"worker{number}"], "email → SmtpChannel", worker)
 
         # The api's health check, as Docker would run it (its port made this one).
         check = services["api"]["healthcheck"]["test"]
