@@ -9,16 +9,18 @@ needs. On SQLite the same statement runs under the database's single writer lock
 A claim whose lease runs out (its worker died) goes back to ``queued`` by ``recover``; its
 attempt stays counted, because the send may have happened.
 
-Every status change writes an event (``message_event``) in the same transaction, but for
-the claim's: a message is ``sending`` for the milliseconds a send takes, and the event that
-ends it says ``old_status = 'sending'`` (an event per claim cost a third of all event rows and
+Every status change writes an event (``message_event``) in the same transaction, but for a
+message's creation as ``queued`` (see ``repository.materialize``) and the claim: a message is
+``sending`` for the milliseconds a send takes, and the event that ends it says ``old_status =
+'sending'`` (an event per claim cost a third of all event rows and
 made claims wait for the events lock below). Readers (the
 live stream, webhooks) resume from the last event id they saw, so ids must become visible in
 id order. SQLite has one writer, so they do. On PostgreSQL a sequence hands out ids before
 commit, and a later id can commit first; so a transaction takes one advisory lock right before
 it writes events and keeps it to its commit: event-writing transactions commit one at a time,
-in id order. So event ids are drawn only under that lock (materialising a run reserves a block
-of them at once: ``repository.materialize``). The rule that keeps this free of deadlocks:
+in id order. So event ids are drawn only under that lock (materialising a run takes it only
+for its skipped messages' events, at its end: ``repository.materialize``). The rule that keeps
+this free of deadlocks:
 **events are the last rows a transaction writes** (all its message updates come first; after
 the events only NOTIFY).
 """
