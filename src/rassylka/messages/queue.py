@@ -142,6 +142,13 @@ def _is_postgresql(session: AsyncSession) -> bool:
     return session.get_bind().dialect.name == "postgresql"
 
 
+def status_is(status: str) -> ColumnElement[bool]:
+    """``message.status = '…'`` with the value in the SQL text, not bound: on PostgreSQL
+    ``ix_message_due`` holds only queued and sending messages, and the planner can use it only
+    when it sees which status is asked (a prepared statement's generic plan would not)."""
+    return MESSAGE.c.status == literal(status, String, literal_execute=True)
+
+
 def among(session: AsyncSession, column: Any, ids: Iterable[int]) -> ColumnElement[bool]:
     """``column IN ids``. On PostgreSQL ``column = ANY(:ids)``: one array parameter, so the
     statement compiles, caches and binds the same whatever the count (an expanded ``IN`` of a
@@ -168,7 +175,7 @@ async def claim(
         select(MESSAGE.c.id)
         .where(
             MESSAGE.c.channel == channel,
-            MESSAGE.c.status == MessageStatus.QUEUED,
+            status_is(MessageStatus.QUEUED),
             MESSAGE.c.next_attempt_at <= now,
             active,
         )
@@ -382,7 +389,7 @@ async def recover(session: AsyncSession, *, channel: int, now: datetime) -> int:
         update(MESSAGE)
         .where(
             MESSAGE.c.channel == channel,
-            MESSAGE.c.status == MessageStatus.SENDING,
+            status_is(MessageStatus.SENDING),
             MESSAGE.c.leased_until < now,
         )
         .values(status=MessageStatus.QUEUED, leased_until=None, next_attempt_at=now, updated_at=now)
