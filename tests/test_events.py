@@ -242,7 +242,7 @@ async def test_a_deleted_clients_messages_stay_in_the_history(
 async def test_a_stored_creation_event_of_an_older_message_is_shown_once(
     api: httpx.AsyncClient, engine: AsyncEngine
 ) -> None:
-    """Messages made before 2026-11-28 have their ``None → queued`` stored: their history shows
+    """Messages made by earlier versions have their ``None → queued`` stored: their history shows
     that one, with its id, not a second one read from the row."""
     mailing_id = await arrange(api, [client(1, "old@example.ru"), client(2, "new@example.ru")])
     await Scheduler(create_sessionmaker(engine)).tick()

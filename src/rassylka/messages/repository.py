@@ -394,7 +394,7 @@ def history(message: Message, events: Sequence[MessageEvent]) -> list[MessageEve
     """A message's status changes, oldest first, from its creation: its stored ``events``
     (oldest first), after a ``None`` → ``queued`` read from the row when none of them is a
     creation (the message was made ``queued`` by a run that stores no such event; one made
-    ``skipped``, or made before 2026-11-28, has its creation stored)."""
+    ``skipped``, or made by earlier versions, has its creation stored)."""
     if events and events[0].old_status is None:
         return list(events)
     return [Created(created_at=message.created_at), *events]
