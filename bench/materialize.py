@@ -12,10 +12,10 @@ What it does, on PostgreSQL (a scratch database of its own, created and dropped)
 3. per size, ``--runs`` times: creates an email mailing to all of that project's clients
    through the API (active, its moment past), then, in a fresh process, one
    ``Scheduler.tick()`` — the real code path a worker runs: lock the due mailing, create the
-   run, ``INSERT … SELECT`` its messages, write their creation events, hold them for a send
-   window, expire and finish what is due. It times the tick and, per statement kind, the time
-   the database took (``message`` rows, their events, the rest; on PostgreSQL the messages and
-   their events are one statement, counted as messages) and the CPU time the tick's PostgreSQL
+   run, ``INSERT … SELECT`` its messages, write the skipped ones' creation events (a message
+   made queued has none), hold them for a send window, expire and finish what is due. It times
+   the tick and, per statement kind, the time the database took (``message`` rows, events, the
+   rest) and the CPU time the tick's PostgreSQL
    backends used (steadier than wall time on a shared machine); after each run it checks
    that the run has one message per client, then empties ``message``, ``message_event`` and
    ``run`` (``TRUNCATE``) and runs a ``CHECKPOINT``, so that every run starts from the same
@@ -176,7 +176,7 @@ async def tick(database_url: str) -> dict[str, Any]:
 
     def kind(statement: str) -> str:
         flat = " ".join(statement.split()).lower()
-        if "insert into message (" in flat:  # with their events, in one statement or not
+        if "insert into message (" in flat:
             return "messages"
         if flat.startswith("insert into message_event"):
             return "events"

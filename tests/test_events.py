@@ -9,9 +9,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from conftest import StartWorker
 from helpers import assert_error, assert_ok
-from rassylka.db import create_sessionmaker
+from rassylka.db import create_sessionmaker, utcnow
 from rassylka.engine.scheduler import Scheduler
-from rassylka.messages.models import MessageEvent
+from rassylka.messages import queue
+from rassylka.messages.models import Message, MessageEvent
 from smtp_peer import SmtpPeer
 from test_dispatcher import all_final, arrange, client, until
 
@@ -40,6 +41,12 @@ async def test_each_message_carries_its_whole_history(
     # The claim (queued → sending) has no event of its own: the send's outcome says "sending".
     assert path(ok["history"]) == [(None, "queued"), ("sending", "sent")]
     assert ok["history"][-1]["peer_message_id"] == ok["peer_message_id"]
+    # The creation as queued is not stored: read from the message, it has no event id.
+    created = ok["history"][0]
+    assert created["id"] is None
+    assert (created["reason"], created["peer_message_id"]) == (None, None)
+    assert created["created_at"] == ok["created_at"]
+    assert isinstance(ok["history"][1]["id"], int)
     later = by_address["later@example.ru"]
     assert path(later["history"]) == [
         (None, "queued"),
@@ -51,9 +58,12 @@ async def test_each_message_carries_its_whole_history(
     skipped = by_address[None]
     assert path(skipped["history"]) == [(None, "skipped")]
     assert skipped["history"][0]["reason"] == "У клиента нет email"
+    assert isinstance(skipped["history"][0]["id"], int), "a skip's creation is stored"
     async with engine.connect() as connection:
         events = (await connection.execute(select(MessageEvent).order_by(MessageEvent.id))).all()
-    assert len(events) == 2 + 4 + 1
+    # Stored: the sends' outcomes (1 + 3) and the skip; not the creations as queued.
+    assert len(events) == 1 + 3 + 1
+    assert all(event.old_status is not None for event in events if event.status == "queued")
     assert {event.client_guid for event in events} == {"c1", "c2", "c3"}
     times = [event.created_at for event in events]
     assert times == sorted(times), "ids grow with time"
@@ -169,7 +179,16 @@ async def test_deleting_a_mailing_or_a_project_deletes_their_events(
 ) -> None:
     """Events carry no foreign keys (a check per event costs too much at a million messages):
     the deletes remove them explicitly, and nothing else's."""
-    first = await arrange(api, [client(1, "a@example.ru"), client(2, "b@example.ru")])
+    # The client without an email gets a skipped message, with its stored creation event, in
+    # each mailing (a message made queued has none).
+    first = await arrange(
+        api,
+        [
+            client(1, "a@example.ru"),
+            client(2, "b@example.ru"),
+            client(3, None, phone="+79161234567"),
+        ],
+    )
     project_id = assert_ok(await api.get(f"/mailing/{first}"), 200)["project_id"]
     template = assert_ok(await api.get(f"/mailing/{first}"), 200)["template_id"]
     second = assert_ok(
@@ -196,11 +215,11 @@ async def test_deleting_a_mailing_or_a_project_deletes_their_events(
                 or 0
             )
 
-    assert await events_of(first) == 2
-    assert await events_of(second) == 2
+    assert await events_of(first) == 1
+    assert await events_of(second) == 1
     assert_ok(await api.delete(f"/mailing/{first}"), 200)
     assert await events_of(first) == 0
-    assert await events_of(second) == 2
+    assert await events_of(second) == 1
     assert_ok(await api.delete(f"/project/{project_id}"), 200)
     assert await events_of(second) == 0
 
@@ -218,3 +237,26 @@ async def test_a_deleted_clients_messages_stay_in_the_history(
     assert by_address["a@example.ru"]["client_id"] is None
     assert by_address["b@example.ru"]["client_id"] is not None
     assert len(by_address["a@example.ru"]["history"]) == 1
+
+
+async def test_a_stored_creation_event_of_an_older_message_is_shown_once(
+    api: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    """Messages made by earlier versions have their ``None → queued`` stored: their history shows
+    that one, with its id, not a second one read from the row."""
+    mailing_id = await arrange(api, [client(1, "old@example.ru"), client(2, "new@example.ru")])
+    await Scheduler(create_sessionmaker(engine)).tick()
+    async with create_sessionmaker(engine)() as session, session.begin():
+        old = await session.scalar(select(Message.id).where(Message.address == "old@example.ru"))
+        assert old is not None
+        # What materialising wrote for every message until then.
+        await queue.log_events(session, ids=[old], old_status=None, now=utcnow())
+    assert_ok(await api.post(f"/mailing/{mailing_id}/cancel"), 200)
+    listed = assert_ok(await api.get(f"/mailing/{mailing_id}/messages"), 200)["items"]
+    by_address = {item["address"]: item for item in listed}
+    for address in ("old@example.ru", "new@example.ru"):
+        history = by_address[address]["history"]
+        assert path(history) == [(None, "queued"), ("queued", "expired")], address
+        assert isinstance(history[1]["id"], int)
+    assert isinstance(by_address["old@example.ru"]["history"][0]["id"], int)
+    assert by_address["new@example.ru"]["history"][0]["id"] is None

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
 import httpx
-from sqlalchemy import event, func, insert, select, update
+from sqlalchemy import event, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from conftest import POSTGRESQL_ONLY
 from helpers import assert_ok, make_project, make_template
 from rassylka.clients.models import Client
 from rassylka.db import create_sessionmaker, utcnow
@@ -19,6 +21,7 @@ from rassylka.mailings.models import Mailing
 from rassylka.messages import queue, repository
 from rassylka.messages.models import Message, MessageEvent, Run
 from rassylka.suppressions.models import Suppression
+from test_dispatcher import until
 
 CLIENTS: list[dict[str, Any]] = [
     {
@@ -384,13 +387,13 @@ async def materialize(
         )
 
 
-async def test_each_message_gets_one_creation_event_in_message_order(
+async def test_only_skipped_messages_get_a_stored_creation_event_in_message_order(
     api: httpx.AsyncClient, engine: AsyncEngine
 ) -> None:
-    """Messages and their events are written together (one statement on PostgreSQL): one
-    event per message, old status none, its status and reason, event ids in message order.
-    (Materialising twice is not guarded against any more: ``start`` makes a run once, see
-    ``test_starting_twice_makes_nothing_twice``.)"""
+    """A message made ``queued`` has no stored creation event (its history reads it from the
+    row); each ``skipped`` one has one: old status none, its status and reason, the client's
+    guid, event ids in message order. (Materialising twice is not guarded against any more:
+    ``start`` makes a run once, see ``test_starting_twice_makes_nothing_twice``.)"""
     project_id = await make_project(api, code="010")
     assert_ok(
         await api.post("/client/import", json={"project": "010", "clients": SKIPPING_CLIENTS})
@@ -424,19 +427,19 @@ async def test_each_message_gets_one_creation_event_in_message_order(
             )
         ).all()
     assert len(made) == 2 * len(SKIPPING_CLIENTS)
-    assert [tuple(row[:4]) for row in logged] == [tuple(row) for row in made]
-    assert all(row.old_status is None and row.client_guid == row.guid for row in logged)
     assert {row.status for row in made} == {"queued", "skipped"}
+    skipped = [tuple(row) for row in made if row.status == "skipped"]
+    assert [tuple(row[:4]) for row in logged] == skipped
+    assert all(row.old_status is None and row.client_guid == row.guid for row in logged)
 
 
-async def test_events_after_a_run_get_later_ids_and_runs_do_not_share_ids(
+async def test_event_ids_stay_unique_and_increasing_across_runs_and_outcomes(
     api: httpx.AsyncClient, engine: AsyncEngine
 ) -> None:
-    """On PostgreSQL a run's creation events take their ids from a block reserved in the
-    events' sequence (the message's id plus an offset): the next event written anywhere (a
-    claim's), and the next run's creation events, must come after all of them, with no id
-    used twice — what the live stream's cursor relies on. (The event in between is a send's
-    outcome: a claim itself writes none.)"""
+    """A run's skipped messages' events, a claim's outcomes (a temporary failure, which is a
+    ``queued`` event again, and a send) and the next run's skipped events: ids unique and in
+    the order written — what the live stream's cursor relies on. (A claim itself writes no
+    event; neither does a message made queued.)"""
     project_id = await make_project(api, code="010")
     assert_ok(
         await api.post("/client/import", json={"project": "010", "clients": SKIPPING_CLIENTS})
@@ -448,34 +451,86 @@ async def test_events_after_a_run_get_later_ids_and_runs_do_not_share_ids(
         claimed = await queue.claim(
             session, channel=1, limit=2, now=now, lease_until=now + timedelta(minutes=5)
         )
+        assert len(claimed) == 2
         await queue.record(
             session,
-            sent=[queue.SentResult(message.id, None, "250 Ok", 1) for message in claimed],
-            retries=[],
+            sent=[queue.SentResult(claimed[0].id, None, "250 Ok", 1)],
+            retries=[queue.RetryResult(claimed[1].id, "451 Later", now + timedelta(minutes=1))],
             failed=[],
             now=now,
         )
-    assert len(claimed) == 2
     await make_mailing(api, project_id, channels=[2, 1])
     [second] = await start(engine)
     async with engine.connect() as connection:
         logged = (
             await connection.execute(
-                select(MessageEvent.id, MessageEvent.run_id, MessageEvent.old_status).order_by(
-                    MessageEvent.id
-                )
+                select(
+                    MessageEvent.id,
+                    MessageEvent.run_id,
+                    MessageEvent.old_status,
+                    MessageEvent.status,
+                ).order_by(MessageEvent.id)
             )
         ).all()
-        made = await connection.scalar(select(func.count()).select_from(Message))
+        skipped = await connection.scalar(
+            select(func.count()).select_from(Message).where(Message.status == "skipped")
+        )
     ids = [row.id for row in logged]
-    assert len(set(ids)) == len(ids) == made + len(claimed)
-    # In id order: the first run's creation events, the sends', the second run's.
-    kinds = [(row.run_id, row.old_status) for row in logged]
-    first_created = [kind for kind in kinds if kind == (first, None)]
-    claims = [kind for kind in kinds if kind == (first, "sending")]
-    second_created = [kind for kind in kinds if kind == (second, None)]
-    assert kinds == first_created + claims + second_created
-    assert len(first_created) == len(second_created) == made // 2
+    assert len(set(ids)) == len(ids) == skipped + len(claimed)
+    # In id order: the first run's skipped creations, the outcomes, the second run's.
+    kinds = [(row.run_id, row.old_status, row.status) for row in logged]
+    first_created = [kind for kind in kinds if kind == (first, None, "skipped")]
+    outcomes = [kind for kind in kinds if kind[:2] == (first, "sending")]
+    second_created = [kind for kind in kinds if kind == (second, None, "skipped")]
+    assert kinds == first_created + outcomes + second_created
+    assert sorted(outcomes) == [(first, "sending", "queued"), (first, "sending", "sent")]
+    assert len(first_created) == len(second_created) == skipped // 2 > 0
+    if engine.dialect.name == "postgresql":
+        # The events' sequence was not moved by hand: the next id drawn follows the last one.
+        async with engine.connect() as connection:
+            following = await connection.scalar(text("SELECT nextval('message_event_id_seq')"))
+        assert following == ids[-1] + 1
+
+
+@POSTGRESQL_ONLY
+async def test_a_run_takes_the_events_lock_only_for_its_skipped_messages_events(
+    api: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    """While another transaction holds the events lock (a worker writing outcomes), a run's
+    messages are all made; only the statement of its skipped messages' events waits for it."""
+    project_id = await make_project(api, code="010")
+    assert_ok(
+        await api.post("/client/import", json={"project": "010", "clients": SKIPPING_CLIENTS})
+    )
+    mailing_id = await make_mailing(api, project_id, channels=[1, 2])
+    async with engine.connect() as holder:
+        await holder.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": queue.EVENTS_LOCK})
+        with counting_statements(engine) as statements:
+            started = asyncio.create_task(start(engine))
+            waiting = "SELECT pg_advisory_xact_lock"
+
+            async def waits_for_the_lock() -> bool:
+                return any(sql.startswith(waiting) for sql in statements)
+
+            await until(waits_for_the_lock)
+            await asyncio.sleep(0.2)
+            assert not started.done(), "the run waits for the events lock"
+            made = [sql for sql in statements if sql.startswith("INSERT INTO message (")]
+            assert len(made) == 2, "both channels' messages were made before it"
+            first_wait = next(i for i, sql in enumerate(statements) if sql.startswith(waiting))
+            assert not any("message_event" in sql for sql in statements[:first_wait])
+            await holder.rollback()
+            [run_id] = await started
+    async with engine.connect() as connection:
+        logged = await connection.scalar(
+            select(func.count()).select_from(MessageEvent).where(MessageEvent.run_id == run_id)
+        )
+        mine = await connection.scalar(
+            select(func.count()).select_from(Message).where(Message.mailing_id == mailing_id)
+        )
+    assert mine == 2 * len(SKIPPING_CLIENTS)
+    assert logged
+    assert logged < mine
 
 
 @contextmanager

@@ -36,6 +36,10 @@ MODEL_TABLES = {
 }
 
 
+# Revisions that change only PostgreSQL's schema (0010: ix_message_due partial).
+POSTGRESQL_ONLY_REVISIONS = {"0010"}
+
+
 def _script() -> ScriptDirectory:
     return ScriptDirectory.from_config(migrate.alembic_config())
 
@@ -60,7 +64,12 @@ def _schema_of(connection: Connection) -> dict[str, Any]:
                 for column in inspector.get_columns(table)
             ),
             "indexes": sorted(
-                (index["name"] or "", tuple(index["column_names"]))
+                (
+                    index["name"] or "",
+                    tuple(index["column_names"]),
+                    # A partial index's condition (PostgreSQL), e.g. ix_message_due's.
+                    str(index.get("dialect_options", {}).get("postgresql_where") or ""),
+                )
                 for index in inspector.get_indexes(table)
             ),
             "unique": sorted(
@@ -149,7 +158,8 @@ async def test_migrations_are_reversible_step_by_step(engine: AsyncEngine) -> No
         await migrate.upgrade(engine, revision)
         above = await _schema(engine)
         assert await _current_revision(engine) == revision
-        assert above != below, f"{revision} changes nothing"
+        if revision not in POSTGRESQL_ONLY_REVISIONS or engine.dialect.name == "postgresql":
+            assert above != below, f"{revision} changes nothing"
 
         await migrate.downgrade(engine, "-1")
         assert await _current_revision(engine) == previous

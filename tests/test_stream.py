@@ -181,15 +181,59 @@ async def test_a_mailings_events_arrive_live_and_resume_exactly_after_a_reconnec
     assert await database_events(engine, other_id), "the other mailing had events, not streamed"
 
 
+async def test_the_stream_hears_a_runs_skipped_messages_not_its_queued_ones(
+    api: httpx.AsyncClient, engine: AsyncEngine, live_server: LiveServer
+) -> None:
+    """A run's messages made ``queued`` push no event (a million of them would reach every
+    reader before the first send); the ``skipped`` ones do. A later change of a queued
+    message (its expiry here) arrives as usual."""
+    mailing_id = await arrange(
+        api,
+        [
+            client(1, "ok@example.ru"),
+            client(2, "out@example.ru", opted_out=True),
+            client(3, "ok3@example.ru"),
+        ],
+    )
+    async with open_stream(api, f"/mailing/{mailing_id}/events") as live:
+        assert await Scheduler(create_sessionmaker(engine)).tick()
+        skipped = await live.next_status()
+        assert (skipped["client_guid"], skipped["old_status"], skipped["status"]) == (
+            "c2",
+            None,
+            "skipped",
+        )
+        assert skipped["reason"] == "Клиент отказался от рассылок"
+        assert_ok(await api.post(f"/mailing/{mailing_id}/cancel"), 200)
+        expired = [await live.next_status() for _ in range(2)]
+    # Nothing between the skip and the expiries: no creation event of c1's or c3's.
+    assert [(event["client_guid"], event["old_status"], event["status"]) for event in expired] == [
+        ("c1", "queued", "expired"),
+        ("c3", "queued", "expired"),
+    ]
+    assert expired[0]["id"] > skipped["id"]
+    assert [brief(event) for event in [skipped, *expired]] == [
+        brief(event) for event in await database_events(engine, mailing_id)
+    ]
+
+
 async def _two_projects(api: httpx.AsyncClient, engine: AsyncEngine) -> tuple[int, int, int, int]:
-    """Project A with a mailing to two clients, project B with one to one client; both started
-    (their ``queued`` events written). Returns (project A, mailing A, project B, mailing B)."""
+    """Project A with a mailing to three clients, two of them opted out, project B with one to
+    two clients, one opted out; both started (a message made ``queued`` has no event; the
+    ``skipped`` ones of the opted out have theirs). Returns (project A, mailing A, project B,
+    mailing B)."""
     found: list[int] = []
-    for code, guids in (("A", ["a1", "a2"]), ("B", ["b1"])):
+    for code, guids in (("A", ["a1", "a2", "a3"]), ("B", ["b1", "b2"])):
         project_id = await make_project(api, code=code, name=f"Проект {code}")
         template_id = await make_template(api, project_id)
         people = [
-            {"guid": guid, "first_name": guid, "last_name": code, "email": f"{guid}@example.ru"}
+            {
+                "guid": guid,
+                "first_name": guid,
+                "last_name": code,
+                "email": f"{guid}@example.ru",
+                "opted_out": guid[1:] != "1",
+            }
             for guid in guids
         ]
         imported = assert_ok(
@@ -216,8 +260,9 @@ async def test_the_project_stream_filters_and_a_stream_starts_now_unless_asked(
 ) -> None:
     project_a, mailing_a, project_b, mailing_b = await _two_projects(api, engine)
     history = [(event["mailing_id"], event["status"]) for event in await _all_events(engine)]
+    # The skipped messages' creation events; the queued ones have none (see docs/stream.md).
     assert sorted(history) == sorted(
-        [(mailing_a, "queued"), (mailing_a, "queued"), (mailing_b, "queued")]
+        [(mailing_a, "skipped"), (mailing_a, "skipped"), (mailing_b, "skipped")]
     )
 
     async with (
@@ -229,12 +274,13 @@ async def test_the_project_stream_filters_and_a_stream_starts_now_unless_asked(
         replayed = [await everything.next_status() for _ in range(3)]
         assert [(event["mailing_id"], event["status"]) for event in replayed] == history
         assert {event["project_id"] for event in replayed} == {project_a, project_b}
-        queued_a = [await only_a.next_status() for _ in range(2)]
-        assert {(event["project_id"], event["status"]) for event in queued_a} == {
-            (project_a, "queued")
+        skipped_a = [await only_a.next_status() for _ in range(2)]
+        assert {(event["project_id"], event["status"]) for event in skipped_a} == {
+            (project_a, "skipped")
         }
 
-        # B's expiry is written before A's: a stream that did not filter would show it first.
+        # B's expiry (of b1, its one queued message) is written before A's: a stream that did
+        # not filter would show it first.
         assert_ok(await api.post(f"/mailing/{mailing_b}/cancel"), 200)
         assert_ok(await api.post(f"/mailing/{mailing_a}/cancel"), 200)
         expired_b = await everything.next_status()
@@ -249,9 +295,9 @@ async def test_the_project_stream_filters_and_a_stream_starts_now_unless_asked(
             assert event["id"] > expired_b["id"]
 
     # The query parameter resumes like the header, for clients that cannot set one.
-    url = f"/events?project_id={project_a}&last_event_id={queued_a[0]['id']}"
+    url = f"/events?project_id={project_a}&last_event_id={skipped_a[0]['id']}"
     async with open_stream(api, url) as resumed:
-        assert await resumed.next_status() == queued_a[1]
+        assert await resumed.next_status() == skipped_a[1]
 
 
 async def _all_events(engine: AsyncEngine) -> list[dict[str, Any]]:
@@ -409,7 +455,8 @@ async def test_more_events_than_a_batch_stream_whole_and_in_order(
     api: httpx.AsyncClient, engine: AsyncEngine
 ) -> None:
     count = 1200  # over two batches of 500, for the hub's shared reads and a replay's own
-    people = [client(n, f"user{n}@example.ru") for n in range(1, count + 1)]
+    # Opted out: each message is made skipped, with its event (a queued one would have none).
+    people = [client(n, f"user{n}@example.ru", opted_out=True) for n in range(1, count + 1)]
     async with open_stream(api, "/events") as live:
         mailing_id = await arrange(api, people)
         assert await Scheduler(create_sessionmaker(engine)).tick()

@@ -239,7 +239,12 @@ class SchedulePreview(BaseModel):
 class EventRead(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
-    id: int = Field(description="Номер события; растёт с каждым событием")
+    id: int | None = Field(
+        description=(
+            "Номер события; растёт с каждым событием. null у создания в статусе queued: "
+            "оно не хранится и не приходит в поток событий и вебхуки, а читается из сообщения"
+        )
+    )
     old_status: str | None
     status: str
     reason: str | None

@@ -9,16 +9,18 @@ needs. On SQLite the same statement runs under the database's single writer lock
 A claim whose lease runs out (its worker died) goes back to ``queued`` by ``recover``; its
 attempt stays counted, because the send may have happened.
 
-Every status change writes an event (``message_event``) in the same transaction, but for
-the claim's: a message is ``sending`` for the milliseconds a send takes, and the event that
-ends it says ``old_status = 'sending'`` (an event per claim cost a third of all event rows and
+Every status change writes an event (``message_event``) in the same transaction, but for a
+message's creation as ``queued`` (see ``repository.materialize``) and the claim: a message is
+``sending`` for the milliseconds a send takes, and the event that ends it says ``old_status =
+'sending'`` (an event per claim cost a third of all event rows and
 made claims wait for the events lock below). Readers (the
 live stream, webhooks) resume from the last event id they saw, so ids must become visible in
 id order. SQLite has one writer, so they do. On PostgreSQL a sequence hands out ids before
 commit, and a later id can commit first; so a transaction takes one advisory lock right before
 it writes events and keeps it to its commit: event-writing transactions commit one at a time,
-in id order. So event ids are drawn only under that lock (materialising a run reserves a block
-of them at once: ``repository.materialize``). The rule that keeps this free of deadlocks:
+in id order. So event ids are drawn only under that lock (materialising a run takes it only
+for its skipped messages' events, at its end: ``repository.materialize``). The rule that keeps
+this free of deadlocks:
 **events are the last rows a transaction writes** (all its message updates come first; after
 the events only NOTIFY).
 """
@@ -140,6 +142,13 @@ def _is_postgresql(session: AsyncSession) -> bool:
     return session.get_bind().dialect.name == "postgresql"
 
 
+def status_is(status: str) -> ColumnElement[bool]:
+    """``message.status = '…'`` with the value in the SQL text, not bound: on PostgreSQL
+    ``ix_message_due`` holds only queued and sending messages, and the planner can use it only
+    when it sees which status is asked (a prepared statement's generic plan would not)."""
+    return MESSAGE.c.status == literal(status, String, literal_execute=True)
+
+
 def among(session: AsyncSession, column: Any, ids: Iterable[int]) -> ColumnElement[bool]:
     """``column IN ids``. On PostgreSQL ``column = ANY(:ids)``: one array parameter, so the
     statement compiles, caches and binds the same whatever the count (an expanded ``IN`` of a
@@ -166,7 +175,7 @@ async def claim(
         select(MESSAGE.c.id)
         .where(
             MESSAGE.c.channel == channel,
-            MESSAGE.c.status == MessageStatus.QUEUED,
+            status_is(MessageStatus.QUEUED),
             MESSAGE.c.next_attempt_at <= now,
             active,
         )
@@ -380,7 +389,7 @@ async def recover(session: AsyncSession, *, channel: int, now: datetime) -> int:
         update(MESSAGE)
         .where(
             MESSAGE.c.channel == channel,
-            MESSAGE.c.status == MessageStatus.SENDING,
+            status_is(MessageStatus.SENDING),
             MESSAGE.c.leased_until < now,
         )
         .values(status=MessageStatus.QUEUED, leased_until=None, next_attempt_at=now, updated_at=now)
