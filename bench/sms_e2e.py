@@ -390,8 +390,21 @@ async def database_check(database_url: str, mailing_id: int, count: int) -> None
             mailing_id,
         )
         waiting = await connection.fetchval("SELECT count(*) FROM receipt")
+        # Receipts written with the sent of their message, in one transaction: both events
+        # of the message stamped by the one write.
+        together = await connection.fetchval(
+            "SELECT count(*) FROM message_event s JOIN message_event d"
+            " ON d.message_id = s.message_id AND d.old_status = 'sent'"
+            " AND d.created_at = s.created_at"
+            " WHERE s.mailing_id = $1 AND s.status = 'sent' AND s.old_status = 'sending'",
+            mailing_id,
+        )
     finally:
         await connection.close()
+    print(
+        f"receipts written with the sent of their message: {together:,} of {count:,}",
+        file=sys.stderr,
+    )
     if delivered != count or waiting:
         raise RuntimeError(
             f"the database has {delivered} parts DELIVRD (expected {count}) and {waiting}"

@@ -64,7 +64,7 @@ class Smsc:
             await self._collector
 
 
-async def start_smsc() -> Smsc:
+async def start_smsc(*, receipt_delay_ms: int = 10) -> Smsc:
     node = shutil.which("node")
     if node is None:
         missing_peer("node is not installed, so the test SMSC cannot run")
@@ -78,9 +78,9 @@ async def start_smsc() -> Smsc:
         PASSWORD,
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
-        # Every PDU logged, receipts 10 ms after their answer, whatever the environment says
-        # (the benchmarks' quiet mode is for bench/sms_e2e.py).
-        env={**os.environ, "SMSC_LOG": "all", "SMSC_RECEIPT_DELAY_MS": "10"},
+        # Every PDU logged, receipts 10 ms (``receipt_delay_ms``) after their answer, whatever
+        # the environment says (the benchmarks' quiet mode is for bench/sms_e2e.py).
+        env={**os.environ, "SMSC_LOG": "all", "SMSC_RECEIPT_DELAY_MS": str(receipt_delay_ms)},
     )
     assert process.stdout is not None
     try:

@@ -9,7 +9,7 @@ from datetime import timedelta
 
 import httpx
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, literal_column, null, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from conftest import FAST_RETRY
@@ -25,6 +25,7 @@ from rassylka.messages import queue, receipts
 from rassylka.messages.models import Message, MessageEvent, MessagePart, Receipt
 from smsc_peer import PASSWORD, SYSTEM_ID, Smsc, start_smsc
 from test_dispatcher import arrange, client, statuses, until
+from test_stream import open_stream
 
 LONG_TEXT = "Уважаемый клиент! " + "Ваш заказ готов к выдаче. " * 4  # two UCS-2 parts
 
@@ -182,8 +183,8 @@ async def test_a_long_sms_is_delivered_when_every_part_is(
     assert {state for _, state in parts} == {"DELIVRD", "UNDELIV"}
 
 
-async def _sent_sms(api: httpx.AsyncClient, engine: AsyncEngine, *, parts: tuple[str, ...]) -> int:
-    """One SMS message claimed and recorded as sent with these part ids; its id."""
+async def _claimed_sms(api: httpx.AsyncClient, engine: AsyncEngine) -> queue.Claimed:
+    """One SMS message, claimed (``sending``)."""
     await arrange(api, [client(1, None, phone="+79161234500")], channels=[2], sms_text="Привет")
     sessionmaker = create_sessionmaker(engine)
     await Scheduler(sessionmaker).tick()
@@ -192,6 +193,13 @@ async def _sent_sms(api: httpx.AsyncClient, engine: AsyncEngine, *, parts: tuple
         [claimed] = await queue.claim(
             session, channel=2, limit=10, now=now, lease_until=now + timedelta(minutes=5)
         )
+    return claimed
+
+
+async def _sent_sms(api: httpx.AsyncClient, engine: AsyncEngine, *, parts: tuple[str, ...]) -> int:
+    """One SMS message claimed and recorded as sent with these part ids; its id."""
+    claimed = await _claimed_sms(api, engine)
+    sessionmaker = create_sessionmaker(engine)
     async with sessionmaker() as session, session.begin():
         await queue.record(
             session,
@@ -409,3 +417,188 @@ async def _waiting_rows(engine: AsyncEngine) -> list[str]:
     async with engine.connect() as connection:
         rows = await connection.execute(select(Receipt.peer_message_id).order_by(Receipt.id))
         return list(rows.scalars())
+
+
+# -- receipts in hand when the writer records the sent ------------------------------------------
+
+
+async def _history(engine: AsyncEngine, address: str) -> list[tuple[object, ...]]:
+    """A message's events: (old status, status, reason, created at, the transaction's id on
+    PostgreSQL — ``xmin``, the same for rows one transaction wrote — else None)."""
+    is_postgresql = engine.dialect.name == "postgresql"
+    transaction = literal_column("message_event.xmin::text") if is_postgresql else null()
+    async with engine.connect() as connection:
+        rows = await connection.execute(
+            select(
+                MessageEvent.old_status,
+                MessageEvent.status,
+                MessageEvent.reason,
+                MessageEvent.created_at,
+                transaction,
+            )
+            .join(Message, Message.id == MessageEvent.message_id)
+            .where(Message.address == address)
+            .order_by(MessageEvent.id)
+        )
+        return [tuple(row) for row in rows]
+
+
+async def _streamed(api: httpx.AsyncClient, mailing_id: int, count: int) -> list[tuple[str, str]]:
+    """The first ``count`` status events of the mailing on its live stream, from the start."""
+    async with open_stream(api, f"/mailing/{mailing_id}/events?since=0") as stream:
+        return [
+            (event["old_status"], event["status"])
+            for event in [await stream.next_status() for _ in range(count)]
+        ]
+
+
+async def test_a_receipt_in_hand_is_recorded_with_the_sent_in_one_transaction(
+    api: httpx.AsyncClient, engine: AsyncEngine, smsc: Smsc, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The SMSC reports 10 ms after its submit_sm_resp, before the writer (its interval made a
+    minute here) has recorded the message; the held receipt has the writer write at once, and
+    it writes ``sent`` and ``delivered`` in one transaction: one row write, both events in
+    order, the part with its state; the receipt is acknowledged after that commit."""
+    monkeypatch.setattr(dispatcher, "FLUSH_INTERVAL", 60.0)
+    mailing_id = await arrange(
+        api, [client(1, None, phone="+79161234590")], channels=[2], sms_text="Заказ готов"
+    )
+    inbox = ReceiptInbox(create_sessionmaker(engine))
+    await send_until_settled(engine, smsc, inbox, seconds=15)
+
+    found = await statuses(engine)
+    assert found["+79161234590"]["status"] == "delivered"
+    assert found["+79161234590"]["reason"] == "DELIVRD err:000"
+    assert inbox.counts["with_sent"] == 1, "written with the sent, not after it"
+    assert (inbox.counts["received"], inbox.counts["matched"], inbox.counts["settled"]) == (1, 1, 1)
+    history = await _history(engine, "+79161234590")
+    assert [row[:3] for row in history] == [
+        ("sending", "sent", None),
+        ("sent", "delivered", "DELIVRD err:000"),
+    ]
+    (_, _, _, sent_at, sent_in), (_, _, _, delivered_at, delivered_in) = history
+    assert sent_at == delivered_at, "stamped by one write"
+    assert sent_in == delivered_in, "one transaction (PostgreSQL: the same xmin)"
+    async with engine.connect() as connection:
+        message = (
+            await connection.execute(select(Message.sent_at, Message.updated_at, Message.id))
+        ).one()
+        part = (await connection.execute(select(MessagePart.state, MessagePart.receipt_at))).one()
+    assert message.sent_at == message.updated_at == sent_at
+    assert tuple(part) == ("DELIVRD", message.sent_at)
+    assert await _waiting_rows(engine) == []
+    assert [answer["status"] for answer in smsc.of("deliver_sm_resp")] == [0]
+    assert await _streamed(api, mailing_id, 2) == [
+        ("sending", "sent"),
+        ("sent", "delivered"),
+    ]
+
+
+async def test_a_receipt_that_comes_after_the_sent_is_recorded_still_settles(
+    api: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    """The SMSC reports a second after its submit_sm_resp: the writer has recorded the message
+    ``sent`` by then (every 0.2 s), and the receipt is written in a transaction of its own."""
+    smsc = await start_smsc(receipt_delay_ms=1000)
+    try:
+        mailing_id = await arrange(
+            api, [client(1, None, phone="+79161234513")], channels=[2], sms_text="Заказ готов"
+        )
+        inbox = ReceiptInbox(create_sessionmaker(engine))
+        await send_until_settled(engine, smsc, inbox, seconds=15)
+        answers = [answer["status"] for answer in smsc.of("deliver_sm_resp")]
+    finally:
+        await smsc.stop()
+    found = await statuses(engine)
+    assert found["+79161234513"]["status"] == "undelivered"
+    assert found["+79161234513"]["reason"] == "UNDELIV err:001"
+    assert inbox.counts["with_sent"] == 0
+    assert (inbox.counts["received"], inbox.counts["matched"], inbox.counts["settled"]) == (1, 1, 1)
+    history = await _history(engine, "+79161234513")
+    assert [row[:3] for row in history] == [
+        ("sending", "sent", None),
+        ("sent", "undelivered", "UNDELIV err:001"),
+    ]
+    assert history[0][3] < history[1][3], "two writes"
+    assert answers == [0]
+    assert await _streamed(api, mailing_id, 2) == [
+        ("sending", "sent"),
+        ("sent", "undelivered"),
+    ]
+
+
+async def test_receipts_in_hand_follow_the_rules_of_parts(
+    api: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    """``queue.record`` with the receipts in hand for some parts of a long SMS: the message
+    stays ``sent`` until every part is delivered (the later receipt settles it the usual way);
+    a final state is not undone by a later intermediate report in the same hand."""
+    claimed = await _claimed_sms(api, engine)
+    parts = ("L1", "L2")
+    states, settled = receipts.in_hand(
+        parts,
+        {"L1": [DeliveryReport("L1", "delivrd", "000"), DeliveryReport("L1", "ENROUTE")]},
+    )
+    assert states == (("DELIVRD", "000"), (None, None))
+    assert settled is None, "part 2 is not reported yet"
+    sessionmaker = create_sessionmaker(engine)
+    async with sessionmaker() as session, session.begin():
+        written = await queue.record(
+            session,
+            sent=[queue.SentResult(claimed.id, "L1", "OK", 2, parts, states, settled)],
+            retries=[],
+            failed=[],
+            now=utcnow(),
+        )
+    assert written == {claimed.id}
+    found = await statuses(engine)
+    assert found["+79161234500"]["status"] == "sent"
+    async with engine.connect() as connection:
+        recorded = (
+            await connection.execute(
+                select(MessagePart.peer_message_id, MessagePart.state).order_by(MessagePart.part)
+            )
+        ).all()
+    assert [tuple(row) for row in recorded] == [("L1", "DELIVRD"), ("L2", None)]
+    async with sessionmaker() as session, session.begin():
+        later = await receipts.apply(
+            session, reports=[DeliveryReport("L2", "DELIVRD", "000")], now=utcnow()
+        )
+    assert later.settled == [claimed.id]
+    assert [row[:2] for row in await _history(engine, "+79161234500")] == [
+        ("sending", "sent"),
+        ("sent", "delivered"),
+    ]
+    # Any part undelivered settles the message at once, the others unreported.
+    assert receipts.in_hand(parts, {"L2": [DeliveryReport("L2", "UNDELIV", "001")]})[1] == (
+        "undelivered",
+        "UNDELIV err:001",
+    )
+
+
+async def test_receipts_in_hand_for_a_message_no_longer_sending_are_not_written(
+    api: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    """A claim that another worker has taken over is that worker's to record: ``record``
+    leaves the row, reports the receipts unwritten (the inbox gives them back to its usual
+    path) and writes the parts without their states."""
+    claimed = await _claimed_sms(api, engine)
+    sessionmaker = create_sessionmaker(engine)
+    async with sessionmaker() as session, session.begin():
+        await queue.release(session, ids=[claimed.id], now=utcnow())
+    states, settled = receipts.in_hand(("N1",), {"N1": [DeliveryReport("N1", "DELIVRD")]})
+    async with sessionmaker() as session, session.begin():
+        written = await queue.record(
+            session,
+            sent=[queue.SentResult(claimed.id, "N1", "OK", 1, ("N1",), states, settled)],
+            retries=[],
+            failed=[],
+            now=utcnow(),
+        )
+    assert written == set()
+    found = await statuses(engine)
+    assert found["+79161234500"]["status"] == "queued"
+    async with engine.connect() as connection:
+        state = await connection.scalar(select(MessagePart.state))
+    assert state is None
+    assert await _history(engine, "+79161234500") == [], "no event: nothing changed"

@@ -26,7 +26,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -35,6 +35,7 @@ from rassylka.channels.base import (
     Accepted,
     Channel,
     ChannelKind,
+    DeliveryReport,
     OutboundMessage,
     Outcome,
     PermanentChannelError,
@@ -50,7 +51,7 @@ from rassylka.engine.waiting import wait_any
 from rassylka.mailings.models import Channel as MailingChannel
 from rassylka.mailings.models import Mailing
 from rassylka.mailings.timing import window_of
-from rassylka.messages import queue
+from rassylka.messages import queue, receipts
 from rassylka.projects.models import Project
 from rassylka.scheduling import (
     SendWindow,
@@ -125,6 +126,22 @@ class _RenderFailure:
 _Result = tuple[queue.Claimed, Outcome | _RenderFailure]
 
 
+class ReceiptsInHand(Protocol):
+    """Delivery receipts already come for SMS parts that the writer is about to record sent
+    (the receipt inbox holds them, unanswered): written in the same transaction."""
+
+    @property
+    def reports(self) -> Mapping[str, Sequence[DeliveryReport]]:
+        """By the peer's id of the part, in the order they came."""
+
+    def committed(self, written: Iterable[str], *, settled: int) -> None:
+        """The receipts of the parts ``written`` are committed (``settled`` messages settled
+        by them); the others were not written."""
+
+    def cancel(self) -> None:
+        """None will be written (the writer is cancelled)."""
+
+
 class Dispatcher:
     """Sends due messages through ``channels`` (keyed by the mailing channel: 1 email, 2 SMS)
     until ``stop`` is set; ``wake()`` tells it new work is queued."""
@@ -150,6 +167,9 @@ class Dispatcher:
         # whose send was still finishing when the receipt came (its submit_sm_resp and the
         # receipt often arrive in one read).
         self.outcomes_awaited: Callable[[], bool] | None = None
+        # Takes the receipts in hand for the SMS parts (peer ids) about to be recorded sent,
+        # to write them in the same transaction (the receipt inbox's ``take``).
+        self.take_receipts: Callable[[list[str]], ReceiptsInHand | None] | None = None
         # Fresh planner statistics for the queue's tables (see engine.upkeep); the worker's
         # scheduler shares it.
         self.statistics = Statistics(sessionmaker)
@@ -515,7 +535,9 @@ class _Lane:
     async def _record(
         self, results: list[_Result], unsent: list[int], deferrals: list[queue.Deferral]
     ) -> None:
-        """Write outcomes until the database takes them: they exist nowhere else."""
+        """Write outcomes until the database takes them: they exist nowhere else. Delivery
+        receipts already in hand for the SMS parts recorded sent are written with them."""
+        in_hand = self._take_receipts(results)
         while True:
             now = self.dispatcher.clock()
             pauses = dict(self.dispatcher._pauses_to_write)
@@ -523,18 +545,34 @@ class _Lane:
                 async with self._sessionmaker() as session, session.begin():
                     # The mailings' rows before the messages' events (see messages.queue).
                     await self.dispatcher._write_pauses(session, pauses, now)
-                    part_ids = await self._write(session, results, unsent, deferrals, now)
+                    written = await self._write(session, results, unsent, deferrals, now, in_hand)
                 self.dispatcher._pauses_written(pauses)
-                if part_ids and self.dispatcher.on_parts is not None:
-                    self.dispatcher.on_parts(part_ids)
+                if in_hand is not None:
+                    in_hand.committed(written.receipts_written, settled=written.settled)
+                if written.part_ids and self.dispatcher.on_parts is not None:
+                    self.dispatcher.on_parts(written.part_ids)
                 if results:
                     await self._finish({claimed.run_id for claimed, _ in results})
                 return
             except asyncio.CancelledError:
+                if in_hand is not None:
+                    in_hand.cancel()
                 raise
             except Exception:
                 logger.exception("recording %s outcomes failed; trying again", len(results))
                 await asyncio.sleep(DB_RETRY_DELAY)
+
+    def _take_receipts(self, results: list[_Result]) -> ReceiptsInHand | None:
+        take = self.dispatcher.take_receipts
+        if take is None or self.channel is not MailingChannel.SMS:
+            return None
+        peer_ids = [
+            peer_id
+            for _, outcome in results
+            if isinstance(outcome, Accepted)
+            for peer_id in self._part_ids(outcome)
+        ]
+        return take(peer_ids) if peer_ids else None
 
     async def _finish(self, run_ids: set[int]) -> None:
         """Close the runs whose last message this batch settled (and maybe their mailing).
@@ -557,21 +595,30 @@ class _Lane:
         unsent: list[int],
         deferrals: list[queue.Deferral],
         now: datetime,
-    ) -> list[str]:
-        """Record a batch; the peer ids of the SMS parts it marked sent."""
+        in_hand: ReceiptsInHand | None = None,
+    ) -> _Written:
+        """Record a batch, with the receipts ``in_hand`` for its SMS parts."""
         retry = self.dispatcher.config.retry
+        reports = in_hand.reports if in_hand is not None else {}
         sent: list[queue.SentResult] = []
         retries: list[queue.RetryResult] = []
         failed: list[queue.FailedResult] = []
         for claimed, outcome in results:
             if isinstance(outcome, Accepted):
+                part_ids = self._part_ids(outcome)
+                part_states: tuple[tuple[str | None, str | None], ...] = ()
+                settled = None
+                if reports and any(peer_id in reports for peer_id in part_ids):
+                    part_states, settled = receipts.in_hand(part_ids, reports)
                 sent.append(
                     queue.SentResult(
                         claimed.id,
                         outcome.peer_message_id,
                         outcome.reply,
                         outcome.parts,
-                        self._part_ids(outcome),
+                        part_ids,
+                        part_states,
+                        settled,
                     )
                 )
             elif isinstance(outcome, _RenderFailure):
@@ -587,7 +634,7 @@ class _Lane:
                     failed.append(queue.FailedResult(claimed.id, reason, outcome.reply))
                 else:
                     retries.append(queue.RetryResult(claimed.id, outcome.reply, moment))
-        await queue.record(
+        with_receipts = await queue.record(
             session,
             sent=sent,
             retries=retries,
@@ -596,7 +643,21 @@ class _Lane:
             deferrals=deferrals,
             now=now,
         )
-        return [peer_id for result in sent for peer_id in result.part_ids]
+        return _Written(
+            part_ids=[
+                peer_id
+                for result in sent
+                if result.id not in with_receipts
+                for peer_id in result.part_ids
+            ],
+            receipts_written=[
+                peer_id
+                for result in sent
+                if result.id in with_receipts
+                for peer_id in result.part_ids
+            ],
+            settled=sum(1 for result in sent if result.settled and result.id in with_receipts),
+        )
 
     def _part_ids(self, accepted: Accepted) -> tuple[str, ...]:
         """Receipts come for SMS only, per part; a peer that numbers no parts numbers the
@@ -606,6 +667,17 @@ class _Lane:
         if accepted.part_ids:
             return accepted.part_ids
         return (accepted.peer_message_id,) if accepted.peer_message_id else ()
+
+
+@dataclass(frozen=True)
+class _Written:
+    part_ids: list[str]
+    """The peer ids of the SMS parts the batch recorded sent, but for those below (receipts
+    stored earlier may wait for them: ``Dispatcher.on_parts``)."""
+    receipts_written: list[str]
+    """The peer ids of the parts of messages recorded with their receipts in hand."""
+    settled: int
+    """Messages settled by those receipts."""
 
 
 @dataclass(frozen=True)

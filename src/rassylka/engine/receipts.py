@@ -109,6 +109,19 @@ class ReceiptInbox:
         """Whether receipts wait in memory for parts the writer has not recorded yet."""
         return bool(self._held)
 
+    def take(self, peer_ids: Iterable[str]) -> InHand | None:
+        """The receipts held for these parts, which the writer is about to record sent: it
+        writes them in the same transaction (``InHand``), and answers them once it commits."""
+        held = self._held
+        if not held:
+            return None
+        taken = {}
+        for peer_id in peer_ids:
+            waiting = held.pop(peer_id, None)
+            if waiting is not None:
+                taken[peer_id] = waiting
+        return InHand(self, taken) if taken else None
+
     def parts_recorded(self, peer_ids: Iterable[str]) -> None:
         """The writer recorded SMS parts with these peer ids: receipts may wait for them."""
         recent = self._recent
@@ -234,3 +247,49 @@ class ReceiptInbox:
         self.counts["received"] += received
         self.counts["matched"] += matched.receipts
         self.counts["settled"] += len(matched.settled)
+
+
+class InHand:
+    """Receipts taken from the inbox by the dispatcher's writer, to be written with the
+    ``sent`` of the parts they name, in one transaction. Still unanswered: ``committed``
+    answers those written and gives the others back to the inbox (their message was not
+    recorded by that batch: they go the usual way); ``cancel`` drops them unanswered (the
+    SMSC delivers them again)."""
+
+    def __init__(self, inbox: ReceiptInbox, taken: dict[str, list[_Pending]]) -> None:
+        self._inbox = inbox
+        self._taken = taken
+        self.reports: dict[str, list[DeliveryReport]] = {
+            peer_id: [report for report, _ in waiting] for peer_id, waiting in taken.items()
+        }
+
+    def committed(self, written: Iterable[str], *, settled: int) -> None:
+        """The receipts of the parts ``written`` are committed (with ``settled`` messages
+        settled by them): answer them; give the rest back to the inbox."""
+        inbox = self._inbox
+        answered = 0
+        recent = inbox._recent
+        for peer_id in written:
+            recent[peer_id] = None  # a copy of the receipt that comes later goes at once
+            recent.move_to_end(peer_id)
+            for _, future in self._taken.pop(peer_id, ()):
+                answered += 1
+                if not future.done():
+                    future.set_result(None)
+        inbox.counts["received"] += answered
+        inbox.counts["matched"] += answered
+        inbox.counts["settled"] += settled
+        inbox.counts["with_sent"] += answered
+        while len(recent) > RECENT:
+            recent.popitem(last=False)
+        if self._taken:
+            for waiting in self._taken.values():
+                inbox._incoming.extend(waiting)
+            inbox._ready.set()
+            self._taken = {}
+
+    def cancel(self) -> None:
+        for waiting in self._taken.values():
+            for _, future in waiting:
+                future.cancel()
+        self._taken = {}

@@ -57,6 +57,8 @@ class Worker:
         # it writes at once instead of at its next interval.
         self.receipts.on_waiting = self.dispatcher.flush
         self.dispatcher.outcomes_awaited = self.receipts.holding
+        # Receipts in hand are written with the ``sent`` of their parts, in one transaction.
+        self.dispatcher.take_receipts = self.receipts.take
         self.scheduler = (
             Scheduler(
                 sessionmaker,

@@ -41,6 +41,7 @@ from sqlalchemy import (
     Text,
     any_,
     bindparam,
+    case,
     delete,
     exists,
     func,
@@ -85,6 +86,8 @@ EVENTS_CHANNEL = "rassylka_events"
 # "rassylka" in ASCII).
 EVENTS_LOCK = 0x7261737379_6C6B61
 PEER_ID_LENGTH = 255
+# The statuses a delivery receipt settles a sent SMS in.
+SETTLED_BY_RECEIPT = (MessageStatus.DELIVERED, MessageStatus.UNDELIVERED, MessageStatus.EXPIRED)
 # What an event row is made of, in the order every INSERT … SELECT of events selects it.
 EVENT_COLUMNS = (
     "message_id",
@@ -122,6 +125,12 @@ class SentResult:
     parts: int
     # The peer's id of each part, for the delivery receipts that name them (SMS).
     part_ids: tuple[str, ...] = ()
+    # Delivery receipts already in hand for the parts (SMS; the SMSC reports within
+    # milliseconds): each part's (state, error), (None, None) where none came yet, and the
+    # status and reason they give the message if final. Recorded with the ``sent`` itself:
+    # one write of the row, both events (see ``record``).
+    part_states: tuple[tuple[str | None, str | None], ...] = ()
+    settled: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -235,24 +244,34 @@ async def record(
     now: datetime,
     unsent: Sequence[int] = (),
     deferrals: Sequence[Deferral] = (),
-) -> None:
-    """Write a batch of outcomes, one executemany per kind, then their events.
+) -> set[int]:
+    """Write a batch of outcomes, one executemany per kind, then their events; of the sent
+    results that carry receipts (``SentResult.part_states``), the ids whose rows this batch
+    recorded — their receipts are written; the others' are not, and go the usual way.
 
     Only rows still ``sending`` change: a claim whose lease ran out and that another worker
     took is that worker's to record. ``unsent`` are released (see ``release``), ``deferrals``
     deferred (see ``defer``), in the same transaction.
+
+    A sent result whose receipts settle it (``SentResult.settled``) is written once, in its
+    final status (``delivered``, ``undelivered``, ``expired``) with ``sent_at`` and the
+    receipts' reason, and gets both events, ``sending → sent`` then ``sent → delivered``:
+    what the stream and webhooks would have shown after two transactions, in one.
     """
+    with_receipts: set[int] = set()
     if sent and _is_postgresql(session):
-        await _record_sent_unnest(session, sent, now)
+        changed = await _record_sent_unnest(session, sent, now)
+        with_receipts = {r.id for r in sent if r.part_states and r.id in changed}
     elif sent:
         await session.execute(
             update(MESSAGE)
             .where(_by_id())
             .values(
-                status=MessageStatus.SENT,
+                status=bindparam("status"),
                 peer_message_id=bindparam("peer_message_id"),
                 reply=bindparam("reply"),
                 parts=bindparam("parts"),
+                reason=func.coalesce(bindparam("reason", type_=Text), MESSAGE.c.reason),
                 sent_at=now,
                 leased_until=None,
                 updated_at=now,
@@ -260,13 +279,24 @@ async def record(
             [
                 {
                     "message_id": result.id,
+                    "status": result.settled[0] if result.settled else MessageStatus.SENT,
                     "peer_message_id": storable(result.peer_message_id, PEER_ID_LENGTH),
                     "reply": storable(result.reply),
                     "parts": result.parts,
+                    "reason": storable(result.settled[1]) if result.settled else None,
                 }
                 for result in sent
             ],
         )
+        asked = [r.id for r in sent if r.part_states]
+        if asked:
+            with_receipts = set(
+                await session.scalars(
+                    select(MESSAGE.c.id).where(
+                        among(session, MESSAGE.c.id, asked), MESSAGE.c.updated_at == now
+                    )
+                )
+            )
     if retries:
         await session.execute(
             update(MESSAGE)
@@ -310,53 +340,92 @@ async def record(
         )
     await _release(session, unsent, now)
     await _defer(session, deferrals, now)
-    await _add_parts(session, sent)
+    await _add_parts(session, sent, with_receipts, now)
     # Events last (see the module's docstring).
-    await _log_changed(session, [r.id for r in sent], MessageStatus.SENT, now)
+    settled = sorted(r.id for r in sent if r.settled and r.id in with_receipts)
+    if settled:
+        # Sent and settled at once: ``sending → sent`` for all, then ``sent → <final>`` for
+        # the settled, so every message's two events come in that order.
+        await log_events(
+            session,
+            ids=[r.id for r in sent],
+            old_status=MessageStatus.SENDING,
+            as_status=MessageStatus.SENT,
+            where=[
+                MESSAGE.c.status.in_([MessageStatus.SENT, *SETTLED_BY_RECEIPT]),
+                MESSAGE.c.updated_at == now,
+            ],
+            now=now,
+        )
+        await log_events(session, ids=settled, old_status=MessageStatus.SENT, now=now)
+    else:
+        await _log_changed(session, [r.id for r in sent], MessageStatus.SENT, now)
     await _log_changed(session, [r.id for r in retries], MessageStatus.QUEUED, now)
     await _log_changed(session, [r.id for r in failed], MessageStatus.FAILED, now)
+    return with_receipts
 
 
 async def _record_sent_unnest(
     session: AsyncSession, sent: Sequence[SentResult], now: datetime
-) -> None:
-    """PostgreSQL: a batch marked sent by one ``UPDATE … FROM unnest(arrays)``, one statement
-    with four array parameters, rather than one execution per message."""
+) -> set[int]:
+    """PostgreSQL: a batch marked sent (or settled, see ``record``) by one ``UPDATE … FROM
+    unnest(arrays)``, one statement with array parameters rather than one execution per
+    message; the ids it changed when any result carries receipts."""
     values = (
         func.unnest(
             _array([result.id for result in sent], BigInteger),
             _array([storable(r.peer_message_id, PEER_ID_LENGTH) for r in sent], String),
             _array([storable(result.reply) for result in sent], Text),
             _array([result.parts for result in sent], Integer),
+            _array([r.settled[0] if r.settled else MessageStatus.SENT for r in sent], String),
+            _array([storable(r.settled[1]) if r.settled else None for r in sent], Text),
         )
-        .table_valued("id", "peer_message_id", "reply", "parts")
+        .table_valued("id", "peer_message_id", "reply", "parts", "status", "reason")
         .render_derived(name="sent")
     )
-    await session.execute(
+    statement = (
         update(MESSAGE)
         .where(MESSAGE.c.id == values.c.id, MESSAGE.c.status == MessageStatus.SENDING)
         .values(
-            status=MessageStatus.SENT,
+            status=values.c.status,
             peer_message_id=values.c.peer_message_id,
             reply=values.c.reply,
             parts=values.c.parts,
+            reason=func.coalesce(values.c.reason, MESSAGE.c.reason),
             sent_at=now,
             leased_until=None,
             updated_at=now,
         )
     )
+    if not any(result.part_states for result in sent):
+        await session.execute(statement)
+        return set()
+    return set(await session.scalars(statement.returning(MESSAGE.c.id)))
 
 
-async def _add_parts(session: AsyncSession, sent: Sequence[SentResult]) -> None:
-    """The peer ids of the sent SMS parts, which delivery receipts will name. A message the
-    same batch could not mark sent (another worker's now) has its parts kept all the same: a
-    receipt for them is still about that message."""
-    rows = [
-        {"message_id": result.id, "part": number, "peer_message_id": stored}
-        for result in sent
-        for number, peer_id in enumerate(result.part_ids, start=1)
-        if (stored := storable(peer_id, PEER_ID_LENGTH))
-    ]
+async def _add_parts(
+    session: AsyncSession, sent: Sequence[SentResult], with_receipts: set[int], now: datetime
+) -> None:
+    """The peer ids of the sent SMS parts, which delivery receipts will name, and the states
+    of the receipts in hand for the messages of ``with_receipts``. A message the same batch
+    could not mark sent (another worker's now) has its parts kept all the same: a receipt
+    for them is still about that message (and is written the usual way)."""
+    rows = []
+    for result in sent:
+        states = result.part_states if result.id in with_receipts else ()
+        for number, peer_id in enumerate(result.part_ids, start=1):
+            if stored := storable(peer_id, PEER_ID_LENGTH):
+                state, error = states[number - 1] if states else (None, None)
+                rows.append(
+                    {
+                        "message_id": result.id,
+                        "part": number,
+                        "peer_message_id": stored,
+                        "state": state,
+                        "error": error,
+                        "receipt_at": now if state is not None else None,
+                    }
+                )
     if rows:
         await session.execute(delete(PART).where(PART.c.message_id.in_({r.id for r in sent})))
         await session.execute(insert(PART), rows)
@@ -579,9 +648,12 @@ async def log_events(
     old_status: str | None,
     ids: Sequence[int] | None = None,
     where: Sequence[ColumnElement[bool]] = (),
+    as_status: str | None = None,
 ) -> None:
-    """One event per message picked (by ``ids`` and/or ``where``), carrying its status now,
-    in the caller's transaction: INSERT … SELECT, in message order."""
+    """One event per message picked (by ``ids`` and/or ``where``), carrying its status now
+    (or ``as_status``, a step it went through in this transaction: then the reason only if
+    it still has that status), in the caller's transaction: INSERT … SELECT, in message
+    order."""
     if ids is not None:
         for start in range(0, len(ids), EVENT_CHUNK):
             chunk = list(ids[start : start + EVENT_CHUNK])
@@ -589,10 +661,11 @@ async def log_events(
                 session,
                 [*where, among(session, MESSAGE.c.id, chunk)],
                 old_status=old_status,
+                as_status=as_status,
                 now=now,
             )
         return
-    await _insert_events(session, where, old_status=old_status, now=now)
+    await _insert_events(session, where, old_status=old_status, as_status=as_status, now=now)
 
 
 async def _log_changed(
@@ -616,7 +689,13 @@ async def _insert_events(
     *,
     old_status: str | None,
     now: datetime,
+    as_status: str | None = None,
 ) -> None:
+    status: ColumnElement[Any] = MESSAGE.c.status
+    reason: ColumnElement[Any] = MESSAGE.c.reason
+    if as_status is not None:
+        status = literal(as_status, String)
+        reason = case((MESSAGE.c.status == as_status, MESSAGE.c.reason), else_=None)
     rows = (
         select(
             MESSAGE.c.id,
@@ -628,8 +707,8 @@ async def _insert_events(
             select(CLIENT.c.guid).where(CLIENT.c.id == MESSAGE.c.client_id).scalar_subquery(),
             MESSAGE.c.channel,
             literal(old_status, String),
-            MESSAGE.c.status,
-            MESSAGE.c.reason,
+            status,
+            reason,
             MESSAGE.c.peer_message_id,
             literal(now, UTCDateTime),
         )

@@ -16,7 +16,7 @@ peer's error code are the message's reason (``UNDELIV err:005``).
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
@@ -83,6 +83,30 @@ def _received(reports: Sequence[DeliveryReport]) -> list[tuple[str, str, str | N
         for report in reports
         if (peer_id := queue.storable(report.peer_message_id.strip(), queue.PEER_ID_LENGTH))
     ]
+
+
+PartState = tuple[str | None, str | None]
+"""A part's receipt state as SMPP spells it and the peer's error code; (None, None) unreported."""
+
+
+def in_hand(
+    part_ids: Sequence[str], reports: Mapping[str, Sequence[DeliveryReport]]
+) -> tuple[tuple[PartState, ...], tuple[str, str] | None]:
+    """What receipts already in hand say of a message about to be recorded ``sent``: the
+    state of each of its parts (in ``part_ids``' order, a part without a receipt unreported)
+    and the status and reason its parts give it, if final — the same rules as ``apply``
+    (a final state is not undone by a later intermediate one; the message settles by all its
+    parts), so the writer can record ``sent`` and the outcome in one transaction."""
+    states: list[PartState] = []
+    for peer_id in part_ids:
+        state: str | None = None
+        error: str | None = None
+        for _, new_state, new_error in _received(reports.get(peer_id, ())):
+            if state in FINAL_STATES:
+                break  # a duplicate, or a late intermediate report
+            state, error = new_state, new_error
+        states.append((state, error))
+    return tuple(states), verdict_of(states)
 
 
 async def store(session: AsyncSession, *, reports: Sequence[DeliveryReport], now: datetime) -> None:
