@@ -990,6 +990,16 @@ def test_receipts_prefer_the_tlvs_to_the_text() -> None:
     )
     assert from_tlvs is not None
     assert (from_tlvs.peer_message_id, from_tlvs.state) == ("4D", "REJECTD")
+    assert from_tlvs.error == "000", "the text's err: with the TLVs' id and state"
+    free_text_only = parse_receipt(
+        deliver_sm(
+            b"id:5 stat:DELIVRD Text:err:9",
+            (Tlv.RECEIPTED_MESSAGE_ID, b"5"),
+            (Tlv.MESSAGE_STATE, b"\x02"),
+        )
+    )
+    assert free_text_only is not None
+    assert (free_text_only.state, free_text_only.error) == ("DELIVRD", None)
     assert payload_only is not None
     assert (payload_only.peer_message_id, payload_only.state) == ("X1", "UNDELIV")
     assert network_error is not None

@@ -698,6 +698,8 @@ MESSAGE_STATES = {
 
 _RECEIPT_FIELD = re.compile(r"(?i)\b(id|sub|dlvrd|submit date|done date|stat|err):(\S*)")
 _RECEIPT_TEXT = re.compile(r"(?i)\btext:")
+# The ``err:`` field, or the free ``text:`` field that ends the ones to read, whichever first.
+_RECEIPT_ERROR = re.compile(r"(?i)\b(?:err:(\S*)|text:)")
 
 
 @dataclass(frozen=True)
@@ -747,14 +749,20 @@ def parse_receipt(pdu: Pdu, sent_here: Container[str] = ()) -> DeliveryReceipt |
         text = raw.decode("utf-16-be", errors="replace")
     else:
         text = raw.decode("latin-1")
-    fields = parse_receipt_text(text)
     receipted = pdu.tlv(Tlv.RECEIPTED_MESSAGE_ID)
+    state_tlv = pdu.tlv(Tlv.MESSAGE_STATE)
+    if receipted and state_tlv is not None and len(state_tlv) == 1:
+        # Both TLVs: of the text only ``err:`` is wanted, found by one search (parsing every
+        # field took three times as long, ~12 µs per receipt).
+        found = _RECEIPT_ERROR.search(text)
+        fields = {} if found is None or found.group(1) is None else {"err": found.group(1)}
+    else:
+        fields = parse_receipt_text(text)
     peer_message_id = (
         receipted.rstrip(b"\0").decode("latin-1") if receipted else fields.get("id", "")
     )
     if not peer_message_id:
         return None
-    state_tlv = pdu.tlv(Tlv.MESSAGE_STATE)
     if state_tlv is not None and len(state_tlv) == 1:
         state = MESSAGE_STATES.get(state_tlv[0], f"STATE{state_tlv[0]}")
     else:
@@ -844,6 +852,11 @@ class _Waiter:
     future: asyncio.Future[Pdu]
 
 
+def _time_out(future: asyncio.Future[Pdu]) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError())
+
+
 class _Session:
     """One TCP connection: its reader task, the requests awaiting responses, enquire_link."""
 
@@ -915,13 +928,19 @@ class _Session:
         if body is None:
             body = encode_body(command, params or {})
         data = pack_pdu(command, body, sequence=sequence)
-        waiter = _Waiter(command, asyncio.get_running_loop().create_future())
+        loop = asyncio.get_running_loop()
+        waiter = _Waiter(command, loop.create_future())
         self._waiters[sequence] = waiter
+        # A timer that fails the waiter, not ``asyncio.timeout``: that cost ~10 µs per
+        # submit_sm (its context, rescheduling, uncancelling), a tenth of the transport's time.
+        timer = loop.call_later(within, _time_out, waiter.future)
         try:
-            async with asyncio.timeout(within):
-                self._write(data)
-                await self._writer.drain()  # waits only while the socket's buffer is full
-                return await waiter.future
+            self._write(data)
+            transport = self._writer.transport
+            if transport.get_write_buffer_size() >= transport.get_write_buffer_limits()[1]:
+                async with asyncio.timeout(within):
+                    await self._writer.drain()  # the socket's buffer is full
+            return await waiter.future
         except TimeoutError:
             raise TransientChannelError(
                 f"no {command.response.label} within {within:g} s"
@@ -929,6 +948,7 @@ class _Session:
         except ConnectionError as error:
             raise self._lost_error(command, f"connection lost: {_describe(error)}") from None
         finally:
+            timer.cancel()
             self._waiters.pop(sequence, None)
 
     def abort(self, reason: str) -> None:
