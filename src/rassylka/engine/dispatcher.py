@@ -325,6 +325,11 @@ class _Lane:
         self.unsent: list[int] = []
         self.deferrals: list[queue.Deferral] = []
         self.results_ready = asyncio.Event()
+        # The run of each message claimed and not recorded yet, and how many each run has: a
+        # run with messages here is not finished (they are ``sending``), so it is not looked
+        # at after every batch (see ``_record``).
+        self.run_of: dict[int, int] = {}
+        self.unrecorded: Counter[int] = Counter()
         self.stopping = False
         self.senders_done = False
 
@@ -403,6 +408,9 @@ class _Lane:
             if not claimed:
                 return 0
             contexts = await _load_contexts(session, claimed)
+        for message in claimed:
+            self.run_of[message.id] = message.run_id
+            self.unrecorded[message.run_id] += 1
         self.dispatcher._resumed({message.mailing_id for message in claimed}, claimed_at=claimed_at)
         failures: list[_Result] = []
         deferrals: list[queue.Deferral] = []
@@ -551,8 +559,9 @@ class _Lane:
                     in_hand.committed(written.receipts_written, settled=written.settled)
                 if written.part_ids and self.dispatcher.on_parts is not None:
                     self.dispatcher.on_parts(written.part_ids)
-                if results:
-                    await self._finish({claimed.run_id for claimed, _ in results})
+                finishable = self._recorded(results, unsent, deferrals)
+                if finishable:
+                    await self._finish(finishable)
                 return
             except asyncio.CancelledError:
                 if in_hand is not None:
@@ -561,6 +570,23 @@ class _Lane:
             except Exception:
                 logger.exception("recording %s outcomes failed; trying again", len(results))
                 await asyncio.sleep(DB_RETRY_DELAY)
+
+    def _recorded(
+        self, results: list[_Result], unsent: list[int], deferrals: list[queue.Deferral]
+    ) -> set[int]:
+        """Forget the messages just recorded; the runs of ``results`` that may have ended:
+        those with no message claimed here and not recorded yet."""
+        ids = [claimed.id for claimed, _ in results]
+        ids += unsent
+        ids += [deferral.id for deferral in deferrals]
+        unrecorded = self.unrecorded
+        for message_id in ids:
+            run_id = self.run_of.pop(message_id, None)
+            if run_id is not None:
+                unrecorded[run_id] -= 1
+                if unrecorded[run_id] <= 0:
+                    del unrecorded[run_id]
+        return {claimed.run_id for claimed, _ in results if claimed.run_id not in unrecorded}
 
     def _take_receipts(self, results: list[_Result]) -> ReceiptsInHand | None:
         take = self.dispatcher.take_receipts
