@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 from collections.abc import Mapping
@@ -130,6 +131,10 @@ async def run_worker(settings: Settings) -> None:
     """The ``rassylka worker`` process: until SIGTERM or SIGINT, then a graceful stop."""
     engine = create_checked_engine(settings.database_url)
     worker = Worker.open(engine, settings)
+    # What the process holds once started moves out of the collector's sight, as in the API
+    # processes (``app._freeze_heap``): full collections then walk only what came since.
+    gc.collect()
+    gc.freeze()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, worker.stop)
