@@ -78,6 +78,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Container, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
+from functools import lru_cache
 from typing import TYPE_CHECKING, Literal
 
 from rassylka.channels.base import (
@@ -665,7 +666,18 @@ def submit_sm_body(
 
 def _address_octets(address: Address, name: str) -> bytes:
     """An address's TON, NPI and C-octet string, checked as ``encode_body`` checks it."""
+    if name == "source_addr":
+        return _source_octets(address)
     cstring = _encode_cstring(Command.SUBMIT_SM.label, _ADDRESS_FIELD[name], address.address)
+    return bytes((address.ton, address.npi)) + cstring
+
+
+@lru_cache(maxsize=16)
+def _source_octets(address: Address) -> bytes:
+    """The same few senders for every message: encoded once each."""
+    cstring = _encode_cstring(
+        Command.SUBMIT_SM.label, _ADDRESS_FIELD["source_addr"], address.address
+    )
     return bytes((address.ton, address.npi)) + cstring
 
 
