@@ -6,9 +6,12 @@ then lost (if the write fails, the SMSC is told to try again).
 
 Most receipts name a part that this process has just submitted and that the dispatcher's
 writer has not recorded yet (the SMSC reports within milliseconds; the writer writes in
-batches). Such a receipt (``DeliveryReceipt.sent_here``) waits in memory, unanswered, until the
-writer reports the part recorded (``parts_recorded``), and is then applied to it directly
-(``receipts.apply``: no ``receipt`` row written and deleted). It waits ``hold`` seconds at most;
+batches). Such a receipt (``DeliveryReceipt.sent_here``) waits in memory, unanswered, for the
+writer: when it records the part it takes the receipt (``take``) and writes it in the same
+transaction (``InHand``: answered after that commit). If the writer recorded the part without
+it (the receipt came while its batch was being written), it is applied once the writer reports
+the part recorded (``parts_recorded``; ``receipts.apply``: no ``receipt`` row written and
+deleted). It waits ``hold`` seconds at most;
 then, like every other receipt, it is applied at once, and one whose part is not recorded is
 stored in ``receipt`` to wait for it: it is matched again when the writer records the parts it
 names, and by a periodic sweep. Receipts that match nothing for ``keep`` seconds are dropped,
