@@ -602,3 +602,53 @@ async def test_receipts_in_hand_for_a_message_no_longer_sending_are_not_written(
         state = await connection.scalar(select(MessagePart.state))
     assert state is None
     assert await _history(engine, "+79161234500") == [], "no event: nothing changed"
+
+
+async def test_receipts_taken_but_not_written_go_back_to_the_inbox(
+    api: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    """The writer took a held receipt, but its batch could not record the message (no longer
+    ``sending``): ``committed`` gives it back, and the inbox writes it to its part the usual
+    way and answers it. One the writer drops (cancelled) is left unanswered for the SMSC."""
+    claimed = await _claimed_sms(api, engine)
+    sessionmaker = create_sessionmaker(engine)
+    async with sessionmaker() as session, session.begin():
+        await queue.release(session, ids=[claimed.id], now=utcnow())
+    inbox = ReceiptInbox(sessionmaker, hold=60)
+    stop = asyncio.Event()
+    task = asyncio.create_task(inbox.run(stop))
+    try:
+        answer = inbox.receive(_Receipt("G1", sent_here=True))  # type: ignore[arg-type]
+        dropped = inbox.receive(_Receipt("G2", sent_here=True))  # type: ignore[arg-type]
+        assert inbox.take(["G9"]) is None, "nothing held for it"
+        in_hand = inbox.take(["G1"])
+        assert in_hand is not None
+        assert [report.state for report in in_hand.reports["G1"]] == ["DELIVRD"]
+        assert inbox.take(["G1"]) is None, "taken once"
+        states, settled = receipts.in_hand(("G1",), in_hand.reports)
+        async with sessionmaker() as session, session.begin():
+            written = await queue.record(
+                session,
+                sent=[queue.SentResult(claimed.id, "G1", "OK", 1, ("G1",), states, settled)],
+                retries=[],
+                failed=[],
+                now=utcnow(),
+            )
+        assert written == set()
+        in_hand.committed([], settled=0)
+        await asyncio.wait_for(answer, 5)
+        assert answer.exception() is None
+        other = inbox.take(["G2"])
+        assert other is not None
+        other.cancel()
+        assert dropped.cancelled()
+    finally:
+        stop.set()
+        await task
+    async with engine.connect() as connection:
+        state = await connection.scalar(select(MessagePart.state))
+    assert state == "DELIVRD", "written by the inbox"
+    assert inbox.counts["with_sent"] == 0
+    assert (inbox.counts["received"], inbox.counts["matched"]) == (1, 1)
+    found = await statuses(engine)
+    assert found["+79161234500"]["status"] == "queued", "only a sent message settles"
