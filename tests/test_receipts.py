@@ -652,3 +652,32 @@ async def test_receipts_taken_but_not_written_go_back_to_the_inbox(
     assert (inbox.counts["received"], inbox.counts["matched"]) == (1, 1)
     found = await statuses(engine)
     assert found["+79161234500"]["status"] == "queued", "only a sent message settles"
+
+
+async def test_a_receipt_that_comes_while_its_part_is_written_is_not_held_back(
+    api: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    """The writer took the receipt held for a part; another receipt for that part (or for
+    another part of the message) comes while the batch is being written and is held too.
+    Once the batch commits it goes at once, not after ``hold``."""
+    message_id = await _sent_sms(api, engine, parts=("H1",))  # recorded, the inbox not told
+    sessionmaker = create_sessionmaker(engine)
+    inbox = ReceiptInbox(sessionmaker, hold=60)
+    stop = asyncio.Event()
+    task = asyncio.create_task(inbox.run(stop))
+    try:
+        first = inbox.receive(_Receipt("H1", sent_here=True))  # type: ignore[arg-type]
+        in_hand = inbox.take(["H1"])
+        assert in_hand is not None
+        copy = inbox.receive(_Receipt("H1", sent_here=True))  # type: ignore[arg-type]
+        in_hand.committed(["H1"], settled=0)  # as if written with the sent
+        assert first.done()
+        await asyncio.wait_for(copy, 5)
+        assert copy.exception() is None
+    finally:
+        stop.set()
+        await task
+    assert inbox.counts["with_sent"] == 1
+    found = await statuses(engine)
+    assert found["+79161234500"]["status"] == "delivered", "the copy settled it"
+    assert message_id

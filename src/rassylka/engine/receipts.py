@@ -273,12 +273,18 @@ class InHand:
         answered = 0
         recent = inbox._recent
         for peer_id in written:
-            recent[peer_id] = None  # a copy of the receipt that comes later goes at once
+            recent[peer_id] = None  # a receipt that names it from now on goes at once
             recent.move_to_end(peer_id)
             for _, future in self._taken.pop(peer_id, ()):
                 answered += 1
                 if not future.done():
                     future.set_result(None)
+            # Receipts that came while the batch was written (another part's, a copy) were
+            # held: the part is recorded now, so they go as ``parts_recorded`` sends them.
+            later = inbox._held.pop(peer_id, None)
+            if later is not None:
+                inbox._incoming.extend(later)
+                inbox._ready.set()
         inbox.counts["received"] += answered
         inbox.counts["matched"] += answered
         inbox.counts["settled"] += settled
