@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import shutil
@@ -59,9 +58,17 @@ from typing import Any
 import asyncpg
 import httpx
 from email_e2e import RASSYLKA, Processes, wait_for_api
-from sqlalchemy.engine import make_url
 
-from peers import call, dsn, free_port, import_clients, project_with_template, scratch_database
+from peers import (
+    call,
+    cpu_by_process,
+    cpu_per_message,
+    dsn,
+    free_port,
+    import_clients,
+    project_with_template,
+    scratch_database,
+)
 from rassylka.channels.base import Accepted, ChannelKind, OutboundMessage
 from rassylka.channels.smpp import (
     Command,
@@ -567,45 +574,10 @@ async def transactions(database_url: str) -> int:
         await connection.close()
 
 
-def cpu_seconds(pid: int) -> float:
-    """User and system CPU time of process ``pid`` so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def backends(database_url: str) -> list[int]:
-    """The PostgreSQL server processes serving the database of ``database_url`` (on this
-    machine: their titles name it)."""
-    name = make_url(database_url).database
-    listing = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
-    return [
-        int(pid)
-        for pid, _, title in (line.strip().partition(" ") for line in listing.splitlines())
-        if title.startswith("postgres: ") and f" {name} " in title
-    ]
-
-
 def cpu_of(processes: Processes, smsc: Smsc, database_url: str) -> dict[str, float]:
-    """CPU seconds so far of each process; ``PostgreSQL`` sums the database's backends (one
-    that ended since the last look is missed; one new since counts from its start)."""
+    """CPU seconds so far of the service's processes, the SMSC and the database's backends."""
     pids = {name: process.pid for name, process in processes.running if process.poll() is None}
-    pids["SMSC"] = smsc.process.pid
-    seconds = {name: cpu_seconds(pid) for name, pid in pids.items()}
-    for pid in backends(database_url):
-        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
-            seconds[f"postgres {pid}"] = cpu_seconds(pid)
-    return seconds
-
-
-def cpu_per_message(
-    before: dict[str, float], after: dict[str, float], count: int
-) -> dict[str, float]:
-    """µs of CPU per message of each process between two looks, the backends summed."""
-    spent: dict[str, float] = {}
-    for name, seconds in after.items():
-        key = "PostgreSQL" if name.startswith("postgres ") else name
-        spent[key] = spent.get(key, 0.0) + seconds - before.get(name, 0.0)
-    return {name: value / count * 1e6 for name, value in spent.items()}
+    return cpu_by_process({**pids, "SMSC": smsc.process.pid}, database_url)
 
 
 def percentile(ordered: list[float], share: float) -> float:
