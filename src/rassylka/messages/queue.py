@@ -705,12 +705,7 @@ async def _log_sent_and_settled(session: AsyncSession, ids: Sequence[int], now: 
         chunk = list(ids[start : start + EVENT_CHUNK])
         rows = (
             select(
-                MESSAGE.c.id,
-                MESSAGE.c.mailing_id,
-                MESSAGE.c.run_id,
-                MESSAGE.c.client_id,
-                select(CLIENT.c.guid).where(CLIENT.c.id == MESSAGE.c.client_id).scalar_subquery(),
-                MESSAGE.c.channel,
+                *_event_of_message(),
                 case((first, literal(MessageStatus.SENDING, String)), else_=MessageStatus.SENT),
                 case((first, literal(MessageStatus.SENT, String)), else_=MESSAGE.c.status),
                 case(
@@ -740,6 +735,20 @@ async def _lock_events(session: AsyncSession) -> None:
         await session.execute(text("SELECT pg_notify(:channel, '')"), {"channel": EVENTS_CHANNEL})
 
 
+def _event_of_message() -> list[ColumnElement[Any]]:
+    """An event's first columns (``EVENT_COLUMNS``' order), read from its message row."""
+    return [
+        MESSAGE.c.id,
+        MESSAGE.c.mailing_id,
+        MESSAGE.c.run_id,
+        MESSAGE.c.client_id,
+        # A lookup by key per event, not a join: a join lets the planner hash the whole
+        # client table when its statistics are stale (right after an import).
+        select(CLIENT.c.guid).where(CLIENT.c.id == MESSAGE.c.client_id).scalar_subquery(),
+        MESSAGE.c.channel,
+    ]
+
+
 async def _insert_events(
     session: AsyncSession,
     where: Sequence[ColumnElement[bool]],
@@ -749,14 +758,7 @@ async def _insert_events(
 ) -> None:
     rows = (
         select(
-            MESSAGE.c.id,
-            MESSAGE.c.mailing_id,
-            MESSAGE.c.run_id,
-            MESSAGE.c.client_id,
-            # A lookup by key per event, not a join: a join lets the planner hash the whole
-            # client table when its statistics are stale (right after an import).
-            select(CLIENT.c.guid).where(CLIENT.c.id == MESSAGE.c.client_id).scalar_subquery(),
-            MESSAGE.c.channel,
+            *_event_of_message(),
             literal(old_status, String),
             MESSAGE.c.status,
             MESSAGE.c.reason,
