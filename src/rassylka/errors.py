@@ -10,18 +10,25 @@
 
 Envelope: ``{"code": N, "error": {"message": "...", "status": N, "details": [...]}}``;
 ``details`` (a list of ``{"field", "message"}``) is present only when there is something to say.
+
+A database that cannot be reached (down, restarting, every pooled connection busy) is 503
+«Сервис недоступен» with ``Retry-After``, whatever the endpoint (``database_unavailable``).
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import socket
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import asyncpg  # type: ignore[import-untyped]
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from sqlalchemy import exc as sqlalchemy_errors
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 logger = logging.getLogger(__name__)
@@ -234,9 +241,67 @@ def _body_detail(detail: str) -> str:
 
 
 async def _unhandled(_request: Request, exc: Exception) -> JSONResponse:
+    if database_unavailable(exc):
+        # Not a fault of the request nor of the code: the CRM retries, the operator sees one
+        # line per request (not a traceback) while the database is down or restarting.
+        logger.warning("database unavailable: %s", _first_line(exc))
+        return error_response(503, headers={"Retry-After": "1"})
     # Logged with its traceback for the operator; the client sees only the envelope.
     logger.error("unhandled error", exc_info=exc)
     return error_response(500)
+
+
+# Network errors of a connection to the database server (refused while it is down, reset when
+# it restarts, no route): the server is away, not the request wrong.
+_NETWORK_ERRNOS = frozenset(
+    {
+        errno.ECONNREFUSED,
+        errno.ECONNRESET,
+        errno.ECONNABORTED,
+        errno.EPIPE,
+        errno.EHOSTUNREACH,
+        errno.ENETUNREACH,
+        errno.ETIMEDOUT,
+    }
+)
+_SERVER_AWAY = (
+    ConnectionError,
+    TimeoutError,
+    socket.gaierror,
+    sqlalchemy_errors.TimeoutError,  # every pooled connection busy for pool_timeout
+    asyncpg.PostgresConnectionError,  # SQLSTATE class 08: connection failure, lost
+    asyncpg.CannotConnectNowError,  # starting up or shutting down
+    asyncpg.AdminShutdownError,  # stopped or restarted under us
+    asyncpg.CrashShutdownError,
+    asyncpg.TooManyConnectionsError,
+)
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what it wraps) says the database server cannot be reached now: 503,
+    try again, rather than 500."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, _SERVER_AWAY):
+            return True
+        if isinstance(current, OSError) and current.errno in _NETWORK_ERRNOS:
+            return True
+        if isinstance(current, sqlalchemy_errors.DBAPIError) and current.connection_invalidated:
+            return True
+        wrapped = getattr(current, "orig", None)
+        current = (
+            wrapped
+            if isinstance(wrapped, BaseException)
+            else (current.__cause__ or current.__context__)
+        )
+    return False
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
 
 
 def install_handlers(app: FastAPI) -> None:

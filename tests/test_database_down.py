@@ -1,0 +1,98 @@
+"""The API when its database cannot be reached: 503 in the manual's envelope, at once, never
+a 500 or a hang. The server is real (uvicorn on 127.0.0.1); the database is a PostgreSQL
+address where nothing listens (a port bound and closed by the test), as a stopped cluster
+looks. A restart of a real cluster under a running API is the chaos suite's (issue 7)."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import socket
+from collections.abc import AsyncIterator
+
+import asyncpg
+import httpx
+import pytest
+from sqlalchemy import exc as sqlalchemy_errors
+
+from conftest import LiveServer, serve
+from helpers import assert_error
+from rassylka.config import Settings
+from rassylka.errors import database_unavailable
+
+
+@pytest.fixture
+async def nowhere() -> AsyncIterator[LiveServer]:
+    """The API served with a PostgreSQL URL whose port has no listener."""
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    server = await serve(Settings(database_url=f"postgresql+asyncpg://postgres@127.0.0.1:{port}/x"))
+    yield server
+    await server.stop()
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("GET", "/project/list", None),
+        ("POST", "/project/create", {"name": "OCM", "code": "010"}),
+        # served by FastCreate and its own asyncpg pool, not the routers
+        (
+            "POST",
+            "/client/create",
+            {
+                "project": "010",
+                "guid": "g",
+                "first_name": "И",
+                "last_name": "И",
+                "phone": "+79161234567",
+            },
+        ),
+        ("GET", "/mailing/1/stats", None),
+        ("GET", "/health", None),
+    ],
+)
+async def test_every_request_is_503_in_the_envelope_at_once(
+    nowhere: LiveServer, method: str, path: str, body: object
+) -> None:
+    async with httpx.AsyncClient(base_url=nowhere.url, timeout=10) as api:
+        async with asyncio.timeout(5):  # not a hang
+            response = await api.request(method, path, json=body)
+    assert_error(response, 503, "Сервис недоступен")
+    if path != "/health":
+        assert response.headers["retry-after"] == "1"
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused"),
+        OSError(errno.EHOSTUNREACH, "No route to host"),
+        asyncpg.CannotConnectNowError("the database system is starting up"),
+        asyncpg.AdminShutdownError("terminating connection due to administrator command"),
+        sqlalchemy_errors.TimeoutError("QueuePool limit of size 5 overflow 10 reached"),
+        sqlalchemy_errors.DBAPIError(
+            "SELECT 1", None, Exception("closed"), connection_invalidated=True
+        ),
+    ],
+)
+def test_what_says_the_server_is_away(error: Exception) -> None:
+    assert database_unavailable(error)
+    wrapper = RuntimeError("while listing projects")  # and wrapped, as raised ``from`` it
+    wrapper.__cause__ = error
+    assert database_unavailable(wrapper)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ValueError("a bug"),
+        FileNotFoundError(errno.ENOENT, "No such file or directory"),
+        sqlalchemy_errors.DBAPIError("SELECT nope", None, Exception("syntax error")),
+        asyncpg.QueryCanceledError("canceling statement due to statement timeout"),
+    ],
+)
+def test_what_does_not(error: Exception) -> None:
+    assert not database_unavailable(error)
