@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from sqlalchemy import BigInteger, DateTime, Integer, MetaData, event
-from sqlalchemy.engine import Dialect, make_url
+from sqlalchemy.engine import URL, Dialect, make_url
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -64,7 +64,22 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+CONNECT_TIMEOUT = 5.0
+"""Seconds for a new PostgreSQL connection to be made (TCP, TLS, startup), unless the URL says
+``?timeout=N``: a server that accepts and never answers (overloaded, half restarted) costs a
+request this long and then a 503, instead of asyncpg's default of a minute."""
+
+
+def connect_timeout(url: str | URL) -> float:
+    """The connect timeout for ``url``: its ``timeout`` query parameter, else the default."""
+    given = make_url(url).query.get("timeout")
+    return float(given if isinstance(given, str) else CONNECT_TIMEOUT)
+
+
 def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
+    if make_url(url).get_driver_name() == "asyncpg":
+        # Passed as a number: from the URL's query asyncpg would get the string.
+        kwargs["connect_args"] = {"timeout": connect_timeout(url), **kwargs.get("connect_args", {})}
     engine = create_async_engine(url, **kwargs)
     if engine.dialect.name == "sqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_on_connect)

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.sql.dml import Insert
 
 from rassylka.clients.models import Client
-from rassylka.db import utcnow
+from rassylka.db import connect_timeout, utcnow
 from rassylka.projects.models import Project
 
 CLIENT_TABLE = cast(Table, Client.__table__)
@@ -202,6 +202,7 @@ class PoolNewClients:
         _, options = engine.dialect.create_connect_args(engine.url)
         for sqlalchemy_only in ("prepared_statement_cache_size", "prepared_statement_name_func"):
             options.pop(sqlalchemy_only, None)
+        options["timeout"] = connect_timeout(engine.url)
         pool = await asyncpg.create_pool(
             min_size=0,
             max_size=writers,
