@@ -65,7 +65,7 @@ async def nowhere() -> AsyncIterator[LiveServer]:
     ],
 )
 async def test_every_request_is_503_in_the_envelope_at_once(
-    nowhere: LiveServer, method: str, path: str, body: object
+    nowhere: LiveServer, method: str, path: str, body: object, caplog: pytest.LogCaptureFixture
 ) -> None:
     async with httpx.AsyncClient(base_url=nowhere.url, timeout=10) as api:
         async with asyncio.timeout(5):  # not a hang
@@ -73,6 +73,10 @@ async def test_every_request_is_503_in_the_envelope_at_once(
     assert_error(response, 503, "Сервис недоступен")
     if path != "/health":
         assert response.headers["retry-after"] == "1"
+        # one line for the operator, no traceback (the server's "Exception in ASGI application")
+        said = [(record.levelname, record.getMessage()) for record in caplog.records]
+        assert any(message.startswith("database unavailable: ") for _, message in said), said
+        assert not [record for record in caplog.records if record.exc_info], said
 
 
 async def test_a_server_that_never_answers_costs_the_connect_timeout_then_503() -> None:

@@ -241,6 +241,11 @@ def _body_detail(detail: str) -> str:
 
 
 async def _unhandled(_request: Request, exc: Exception) -> JSONResponse:
+    return unexpected(exc)
+
+
+def unexpected(exc: BaseException) -> JSONResponse:
+    """The answer to an error no handler knows: 503 if the database is away, else 500."""
     if database_unavailable(exc):
         # Not a fault of the request nor of the code: the CRM retries, the operator sees one
         # line per request (not a traceback) while the database is down or restarting.
@@ -277,6 +282,14 @@ _SERVER_AWAY = (
 )
 
 
+_DATABASE_ERRORS: tuple[type[Exception], ...] = (
+    OSError,
+    sqlalchemy_errors.SQLAlchemyError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+)
+
+
 def database_unavailable(exc: BaseException) -> bool:
     """Whether ``exc`` (or what it wraps) says the database server cannot be reached now: 503,
     try again, rather than 500."""
@@ -308,6 +321,12 @@ def install_handlers(app: FastAPI) -> None:
     app.add_exception_handler(AppError, _app_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    # The errors of a database that went away, by class, so that they are answered inside the
+    # app: Starlette answers the catch-all (Exception) in its outermost middleware and then
+    # raises the error again, and the server logs its traceback — for every request while
+    # the database is down. (Other errors of these classes are a 500, logged once.)
+    for database_error in _DATABASE_ERRORS:
+        app.add_exception_handler(database_error, _unhandled)
     app.add_exception_handler(Exception, _unhandled)
 
 

@@ -12,7 +12,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from rassylka.clients import service
 from rassylka.clients.router import CREATE_PATH, created
 from rassylka.clients.schemas import ClientCreate
-from rassylka.errors import AppError, error_response
+from rassylka.errors import AppError, error_response, unexpected
 from rassylka.http import key_accepted
 
 
@@ -63,6 +63,9 @@ class FastCreate:
         except AppError as error:
             answer = error_response(error.status_code, error.details, message=error.message)
             await answer(scope, receive, send)
+            return
+        except Exception as error:  # answered here, as the app's handlers would (503 or 500)
+            await unexpected(error)(scope, receive, send)
             return
         content = created(row)
         await send(
