@@ -256,3 +256,11 @@ async def start_worker(engine: AsyncEngine, smtp: SmtpPeer) -> AsyncIterator[Sta
         worker.stop()
     for _, task in running:
         await task
+
+
+@pytest.fixture
+async def keyed_api(start_server: StartServer) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of a server that takes the API keys ``first-key`` and ``second-key``."""
+    server = await start_server(api_keys=["first-key", "second-key"])
+    async with httpx.AsyncClient(base_url=server.url) as client:
+        yield client

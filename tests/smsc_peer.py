@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from helpers import missing_peer
+from rassylka.channels.smpp import SmppConfig
 
 PEERS = Path(__file__).resolve().parent / "peers"
 SYSTEM_ID, PASSWORD = "rassylka", "s3cret"
@@ -51,6 +52,19 @@ class Smsc:
         while not condition():
             assert time.monotonic() < deadline, f"not seen within {within} s: {self.events[-5:]}"
             await asyncio.sleep(0.01)
+
+    def config(self, **options: Any) -> SmppConfig:
+        """How the service binds to this SMSC (sender "Rassylka"), with ``options`` over it."""
+        return SmppConfig(
+            **{
+                "host": "127.0.0.1",
+                "port": self.port,
+                "system_id": SYSTEM_ID,
+                "password": PASSWORD,
+                "source_addr": "Rassylka",
+                **options,
+            }
+        )
 
     def signal(self, number: int) -> None:
         self.process.send_signal(number)

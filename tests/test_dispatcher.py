@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from conftest import FAST_RETRY, StartWorker
 from helpers import assert_ok, make_project, make_template
 from rassylka.channels.base import Accepted, Channel, OutboundMessage, Outcome
-from rassylka.channels.smpp import SmppChannel, SmppConfig
+from rassylka.channels.smpp import SmppChannel
 from rassylka.channels.smtp import SmtpChannel, SmtpConfig
 from rassylka.db import create_engine, create_sessionmaker, utcnow
 from rassylka.engine.dispatcher import DispatchConfig
@@ -27,7 +27,7 @@ from rassylka.engine.scheduler import Scheduler
 from rassylka.engine.worker import Worker, run_until_stopped
 from rassylka.mailings.models import Mailing
 from rassylka.messages.models import Message, Run
-from smsc_peer import PASSWORD, SYSTEM_ID, Smsc, start_smsc
+from smsc_peer import Smsc, start_smsc
 from smtp_peer import SmtpPeer
 
 
@@ -407,15 +407,7 @@ async def test_email_and_sms_end_to_end_through_smtp_and_smpp(
     )
     channels: dict[int, Channel] = {
         1: SmtpChannel(SmtpConfig(host="127.0.0.1", port=smtp.port)),
-        2: SmppChannel(
-            SmppConfig(
-                host="127.0.0.1",
-                port=smsc.port,
-                system_id=SYSTEM_ID,
-                password=PASSWORD,
-                source_addr="Rassylka",
-            )
-        ),
+        2: SmppChannel(smsc.config()),
     }
     worker = Worker(engine, channels, DispatchConfig(poll_interval=0.05, retry=FAST_RETRY))
     task = asyncio.create_task(run_until_stopped(worker))

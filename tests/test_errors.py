@@ -95,13 +95,6 @@ async def test_bad_query_parameters_are_400(api: httpx.AsyncClient) -> None:
 # -- 403 ---------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-async def keyed_api(start_server: StartServer) -> AsyncIterator[httpx.AsyncClient]:
-    server = await start_server(api_keys=["first-key", "second-key"])
-    async with httpx.AsyncClient(base_url=server.url) as client:
-        yield client
-
-
 async def test_api_key_missing_or_wrong_is_403(keyed_api: httpx.AsyncClient) -> None:
     body = {"name": "OCM", "code": "010"}
     response = await keyed_api.post("/project/create", json=body)

@@ -169,13 +169,6 @@ async def test_domain_errors_get_the_envelope_of_the_apps_handler(
     assert endpoint_calls == []  # FastAPI's endpoint answered none: they raised before
 
 
-@pytest.fixture
-async def keyed_api(start_server: StartServer) -> AsyncIterator[httpx.AsyncClient]:
-    server = await start_server(api_keys=["first-key", "second-key"])
-    async with httpx.AsyncClient(base_url=server.url) as client:
-        yield client
-
-
 async def test_the_api_key_is_checked(keyed_api: httpx.AsyncClient) -> None:
     key = {"X-API-Key": "first-key"}
     assert_ok(

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from conftest import FAST_RETRY
 from rassylka.channels.base import DeliveryReport
-from rassylka.channels.smpp import SmppChannel, SmppConfig
+from rassylka.channels.smpp import SmppChannel
 from rassylka.db import create_sessionmaker, utcnow
 from rassylka.engine import dispatcher
 from rassylka.engine.dispatcher import DispatchConfig
@@ -23,7 +23,7 @@ from rassylka.engine.scheduler import Scheduler
 from rassylka.engine.worker import Worker, run_until_stopped
 from rassylka.messages import queue, receipts
 from rassylka.messages.models import Message, MessageEvent, MessagePart, Receipt
-from smsc_peer import PASSWORD, SYSTEM_ID, Smsc, start_smsc
+from smsc_peer import Smsc, start_smsc
 from test_dispatcher import arrange, client, statuses, until
 from test_stream import open_stream
 
@@ -56,16 +56,7 @@ async def send_until_settled(
     seconds: float = 20,
 ) -> None:
     """A worker sending SMS to ``smsc``, its receipts into ``inbox``, until every one settled."""
-    channel = SmppChannel(
-        SmppConfig(
-            host="127.0.0.1",
-            port=smsc.port,
-            system_id=SYSTEM_ID,
-            password=PASSWORD,
-            source_addr="Rassylka",
-        ),
-        on_receipt=inbox.receive,
-    )
+    channel = SmppChannel(smsc.config(), on_receipt=inbox.receive)
     worker = Worker(
         engine, {2: channel}, config or DispatchConfig(poll_interval=0.05), receipts=inbox
     )

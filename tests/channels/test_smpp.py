@@ -53,6 +53,7 @@ from rassylka.channels.smpp import (
     status_error,
     status_reply,
     submit_sm_body,
+    submit_sm_fields,
 )
 from rassylka.channels.sms_text import MAX_PARTS, decode_payload
 from rassylka.config import Settings
@@ -1059,29 +1060,13 @@ def test_a_submit_sm_is_built_as_the_codec_builds_it(
     sender: str, to: str, esm_class: int, data_coding: int, short_message: bytes
 ) -> None:
     source, destination = source_address(sender), destination_address(to)
-    general = encode_body(
-        Command.SUBMIT_SM,
-        {
-            "source_addr_ton": source.ton,
-            "source_addr_npi": source.npi,
-            "source_addr": source.address,
-            "dest_addr_ton": destination.ton,
-            "dest_addr_npi": destination.npi,
-            "destination_addr": destination.address,
-            "esm_class": esm_class,
-            "registered_delivery": 1,
-            "data_coding": data_coding,
-            "short_message": short_message,
-        },
-    )
-    built = submit_sm_body(
-        source,
-        destination,
-        esm_class=esm_class,
-        data_coding=data_coding,
-        short_message=short_message,
-    )
-    assert built == general
+    parameters = {
+        "esm_class": esm_class,
+        "data_coding": data_coding,
+        "short_message": short_message,
+    }
+    general = encode_body(Command.SUBMIT_SM, submit_sm_fields(source, destination, **parameters))
+    assert submit_sm_body(source, destination, **parameters) == general
     with pytest.raises(SmppCodecError, match="short_message"):
         submit_sm_body(source, destination, esm_class=0, data_coding=0, short_message=b"x" * 255)
     with pytest.raises(SmppCodecError, match="not ASCII"):

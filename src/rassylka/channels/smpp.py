@@ -79,7 +79,7 @@ from collections.abc import Awaitable, Callable, Container, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 from functools import lru_cache
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from rassylka.channels.base import (
     Accepted,
@@ -617,6 +617,30 @@ def source_address(sender: str) -> Address:
     )
 
 
+def submit_sm_fields(
+    source: Address,
+    destination: Address,
+    *,
+    esm_class: int,
+    data_coding: int,
+    short_message: bytes,
+    registered_delivery: int = 1,
+) -> dict[str, Any]:
+    """A submit_sm's parameters as ``encode_body`` takes them (the rest empty)."""
+    return {
+        "source_addr_ton": source.ton,
+        "source_addr_npi": source.npi,
+        "source_addr": source.address,
+        "dest_addr_ton": destination.ton,
+        "dest_addr_npi": destination.npi,
+        "destination_addr": destination.address,
+        "esm_class": esm_class,
+        "registered_delivery": registered_delivery,
+        "data_coding": data_coding,
+        "short_message": short_message,
+    }
+
+
 def submit_sm_body(
     source: Address,
     destination: Address,
@@ -626,8 +650,8 @@ def submit_sm_body(
     short_message: bytes,
     registered_delivery: int = 1,
 ) -> bytes:
-    """The body of a submit_sm, the bytes ``encode_body`` makes of these parameters (the rest
-    empty), written directly: the one PDU built per SMS part. SmppCodecError as it would."""
+    """The body of a submit_sm, the bytes ``encode_body`` makes of ``submit_sm_fields``,
+    written directly: the one PDU built per SMS part. SmppCodecError as it would."""
     if (
         len(short_message) > 254
         or not 0 <= esm_class <= 0xFF
@@ -637,18 +661,14 @@ def submit_sm_body(
         # Let the general encoder say what is wrong.
         return encode_body(
             Command.SUBMIT_SM,
-            {
-                "source_addr_ton": source.ton,
-                "source_addr_npi": source.npi,
-                "source_addr": source.address,
-                "dest_addr_ton": destination.ton,
-                "dest_addr_npi": destination.npi,
-                "destination_addr": destination.address,
-                "esm_class": esm_class,
-                "registered_delivery": registered_delivery,
-                "data_coding": data_coding,
-                "short_message": short_message,
-            },
+            submit_sm_fields(
+                source,
+                destination,
+                esm_class=esm_class,
+                data_coding=data_coding,
+                short_message=short_message,
+                registered_delivery=registered_delivery,
+            ),
         )
     # esm_class, protocol_id, priority_flag, schedule_delivery_time, validity_period,
     # registered_delivery, replace_if_present_flag, data_coding, sm_default_msg_id, sm_length.
@@ -657,7 +677,7 @@ def submit_sm_body(
     )
     return (
         b"\0"  # service_type
-        + _address_octets(source, "source_addr")
+        + _source_octets(source)
         + _address_octets(destination, "destination_addr")
         + fields
         + short_message
@@ -666,8 +686,6 @@ def submit_sm_body(
 
 def _address_octets(address: Address, name: str) -> bytes:
     """An address's TON, NPI and C-octet string, checked as ``encode_body`` checks it."""
-    if name == "source_addr":
-        return _source_octets(address)
     cstring = _encode_cstring(Command.SUBMIT_SM.label, _ADDRESS_FIELD[name], address.address)
     return bytes((address.ton, address.npi)) + cstring
 
@@ -675,10 +693,7 @@ def _address_octets(address: Address, name: str) -> bytes:
 @lru_cache(maxsize=16)
 def _source_octets(address: Address) -> bytes:
     """The same few senders for every message: encoded once each."""
-    cstring = _encode_cstring(
-        Command.SUBMIT_SM.label, _ADDRESS_FIELD["source_addr"], address.address
-    )
-    return bytes((address.ton, address.npi)) + cstring
+    return _address_octets(address, "source_addr")
 
 
 _ADDRESS_FIELD = {spec.name: spec for spec in _SHORT_MESSAGE_FIELDS}

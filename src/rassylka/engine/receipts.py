@@ -127,17 +127,28 @@ class ReceiptInbox:
 
     def parts_recorded(self, peer_ids: Iterable[str]) -> None:
         """The writer recorded SMS parts with these peer ids: receipts may wait for them."""
-        recent = self._recent
+        self._recorded.extend(self._mark_recorded(peer_ids))
+        self._ready.set()
+
+    def _mark_recorded(self, peer_ids: Iterable[str]) -> list[str]:
+        """Remember these parts as recorded (a receipt that names one from now on goes at
+        once) and send on the receipts held for them; the ids none was held for."""
+        recent, none_held = self._recent, []
         for peer_id in peer_ids:
             recent[peer_id] = None
             recent.move_to_end(peer_id)
             waiting = self._held.pop(peer_id, None)
             if waiting is None:
-                self._recorded.append(peer_id)
+                none_held.append(peer_id)
             else:
-                self._incoming.extend(waiting)
+                self._give_back(waiting)
         while len(recent) > RECENT:
             recent.popitem(last=False)
+        return none_held
+
+    def _give_back(self, waiting: list[_Pending]) -> None:
+        """Receipts to write the usual way (``_apply``)."""
+        self._incoming.extend(waiting)
         self._ready.set()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -270,32 +281,23 @@ class InHand:
         """The receipts of the parts ``written`` are committed (with ``settled`` messages
         settled by them): answer them; give the rest back to the inbox."""
         inbox = self._inbox
+        written = list(written)
         answered = 0
-        recent = inbox._recent
         for peer_id in written:
-            recent[peer_id] = None  # a receipt that names it from now on goes at once
-            recent.move_to_end(peer_id)
             for _, future in self._taken.pop(peer_id, ()):
                 answered += 1
                 if not future.done():
                     future.set_result(None)
-            # Receipts that came while the batch was written (another part's, a copy) were
-            # held: the part is recorded now, so they go as ``parts_recorded`` sends them.
-            later = inbox._held.pop(peer_id, None)
-            if later is not None:
-                inbox._incoming.extend(later)
-                inbox._ready.set()
+        # Receipts that came while the batch was written (another part's, a copy) were held:
+        # the parts are recorded now, so they go as ``parts_recorded`` sends them.
+        inbox._mark_recorded(written)
         inbox.counts["received"] += answered
         inbox.counts["matched"] += answered
         inbox.counts["settled"] += settled
         inbox.counts["with_sent"] += answered
-        while len(recent) > RECENT:
-            recent.popitem(last=False)
-        if self._taken:
-            for waiting in self._taken.values():
-                inbox._incoming.extend(waiting)
-            inbox._ready.set()
-            self._taken = {}
+        for waiting in self._taken.values():
+            inbox._give_back(waiting)
+        self._taken = {}
 
     def cancel(self) -> None:
         for waiting in self._taken.values():

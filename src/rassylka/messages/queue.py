@@ -425,19 +425,20 @@ async def _add_parts(
     await session.execute(
         delete(PART).where(among(session, PART.c.message_id, {r.id for r in sent}))
     )
+    types = {
+        "message_id": BigInteger,
+        "part": Integer,
+        "peer_message_id": String,
+        "state": String,
+        "error": String,
+        "receipt_at": UTCDateTime,
+    }
     values = (
-        func.unnest(
-            _array([row["message_id"] for row in rows], BigInteger),
-            _array([row["part"] for row in rows], Integer),
-            _array([row["peer_message_id"] for row in rows], String),
-            _array([row["state"] for row in rows], String),
-            _array([row["error"] for row in rows], String),
-            _array([row["receipt_at"] for row in rows], UTCDateTime),
-        )
-        .table_valued("message_id", "part", "peer_message_id", "state", "error", "receipt_at")
+        func.unnest(*(_array([row[name] for row in rows], type_) for name, type_ in types.items()))
+        .table_valued(*types)
         .render_derived(name="part")
     )
-    columns = ("message_id", "part", "peer_message_id", "state", "error", "receipt_at")
+    columns = tuple(types)
     await session.execute(
         insert(PART).from_select(columns, select(*(values.c[name] for name in columns)))
     )
