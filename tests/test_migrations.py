@@ -33,6 +33,8 @@ MODEL_TABLES = {
     "receipt",
     "webhook",
     "webhook_delivery",
+    "api_key",
+    "idempotency_key",
 }
 
 

@@ -1,6 +1,8 @@
 """Every table's model in one import, so the metadata knows them all (migrations, tests)."""
 
+from rassylka.access.models import ApiKey
 from rassylka.clients.models import Client
+from rassylka.idempotency.models import IdempotencyRecord
 from rassylka.mailings.models import Mailing
 from rassylka.messages.models import Message, MessageEvent, MessagePart, Receipt, Run
 from rassylka.projects.models import Project
@@ -9,7 +11,9 @@ from rassylka.templates.models import Template
 from rassylka.webhooks.models import Webhook, WebhookDelivery
 
 __all__ = [
+    "ApiKey",
     "Client",
+    "IdempotencyRecord",
     "Mailing",
     "Message",
     "MessageEvent",
