@@ -32,6 +32,8 @@
 // session's submit_sm were unanswered when it arrived, itself included (the client's window).
 //
 // SIGUSR2 closes every connection at once.
+// A line "throttle on" on stdin makes every submit_sm get ESME_RTHROTTLED until "throttle off"
+// (an SMSC over its limit for a while: the chaos suite).
 //
 // For benchmarks (the tests set none of these, and get the behaviour above):
 //   SMSC_LOG             all (the default): every line above; receipts: only "listening" and
@@ -96,7 +98,10 @@ function smppDate(date) {
   );
 }
 
+let throttling = false;
+
 function verdictFor(pdu) {
+  if (throttling) return { name: 'throttled', status: smpp.ESME_RTHROTTLED };
   const suffix = String(pdu.destination_addr).slice(-2);
   const udh = (pdu.esm_class & 0x40) && pdu.short_message.length >= 6 ? pdu.short_message : null;
   switch (suffix) {
@@ -302,6 +307,9 @@ process.stdin.on('data', (chunk) => {
       log('stats', Object.assign({ destinations: destinations.size }, counts));
     } else if (line === 'reset') {
       resetCounts();
+    } else if (line === 'throttle on' || line === 'throttle off') {
+      throttling = line === 'throttle on';
+      log('throttle', { on: throttling });
     } else if (line.startsWith('log ')) {
       setLog(line.slice(4).trim());
     }

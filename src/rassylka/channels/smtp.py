@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
@@ -102,11 +103,7 @@ class SmtpChannel:
             tls_context=tls_context,
         )
         self._clients = [SmtpClient(client_config) for _ in range(config.pool_size)]
-        # LIFO: the connection just used is the next one taken, so a trickle of messages keeps
-        # reusing one open connection instead of opening all ``pool_size`` of them.
-        self._idle: asyncio.LifoQueue[SmtpClient] = asyncio.LifoQueue()
-        for client in self._clients:
-            self._idle.put_nowait(client)
+        self._idle = _FairPool(self._clients)
 
     async def send(self, messages: Sequence[OutboundMessage]) -> list[Outcome]:
         """Each message's outcome. One message is one transaction on a pooled connection; a
@@ -141,7 +138,7 @@ class SmtpChannel:
             envelope = self._composed(message)
         except ChannelError as error:
             return error
-        client = await self._idle.get()
+        client = await self._idle.take()
         finished = False
         try:
             outcome = await self._deliver(client, envelope)
@@ -152,7 +149,7 @@ class SmtpChannel:
                 # Cancelled mid-transaction: the server's view of this connection is unknown,
                 # so it must not carry the next message.
                 client.close()
-            self._idle.put_nowait(client)
+            self._idle.give(client)
 
     def _composed(self, message: OutboundMessage) -> ComposedEmail:
         envelope = compose(message, sender=self._from_header)
@@ -174,7 +171,7 @@ class SmtpChannel:
                 continue
             todo.append((index, envelope))
         if todo:
-            client = await self._idle.get()
+            client = await self._idle.take()
             finished = False
             try:
                 await self._deliver_run(client, todo, outcomes)
@@ -182,7 +179,7 @@ class SmtpChannel:
             finally:
                 if not finished:
                     client.close()  # cancelled mid-run: see _send_one
-                self._idle.put_nowait(client)
+                self._idle.give(client)
         return [
             outcome
             if outcome is not None
@@ -323,3 +320,38 @@ def _failure(error: Exception) -> ChannelError:
     # STARTTLS or AUTH not offered, an address that cannot be sent: retrying the same message
     # against the same server cannot change the answer.
     return PermanentChannelError(str(error) or type(error).__name__)
+
+
+class _FairPool:
+    """The idle connections, handed to the senders waiting for one in the order they came.
+
+    LIFO: the connection just used is the next one taken, so a trickle of messages keeps
+    reusing one open connection instead of opening all of them. Fair: a connection given back
+    goes straight to the longest waiter. (``asyncio.Queue`` lets a sender that gives a
+    connection back take it again at once, ahead of the waiters, which then wait for ever: with
+    more senders than connections — the default, 16 and 4 — some senders' messages stayed
+    claimed until their lease ran out, and were then sent twice.)"""
+
+    def __init__(self, clients: Sequence[SmtpClient]) -> None:
+        self._idle = list(reversed(clients))
+        self._waiters: deque[asyncio.Future[SmtpClient]] = deque()
+
+    async def take(self) -> SmtpClient:
+        if self._idle and not self._waiters:
+            return self._idle.pop()
+        waiter: asyncio.Future[SmtpClient] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.give(waiter.result())  # handed over as the taker was cancelled
+            raise
+
+    def give(self, client: SmtpClient) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(client)
+                return
+        self._idle.append(client)

@@ -44,10 +44,12 @@ from rassylka.channels.base import (
 from rassylka.clients.models import Client
 from rassylka.config import Settings
 from rassylka.db import utcnow
+from rassylka.engine.outage import Backoff, is_away
 from rassylka.engine.ratelimit import RateLimiter
 from rassylka.engine.retry import RetryPolicy
 from rassylka.engine.upkeep import Statistics
 from rassylka.engine.waiting import wait_any
+from rassylka.errors import database_unavailable
 from rassylka.mailings.models import Channel as MailingChannel
 from rassylka.mailings.models import Mailing
 from rassylka.mailings.timing import window_of
@@ -252,8 +254,10 @@ class Dispatcher:
                     )
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                logger.warning("checking the mailings in memory failed; checking again")
+            except Exception as error:
+                # A database that went away is said once, by the loops that need it.
+                if not (is_away() or database_unavailable(error)):
+                    logger.warning("checking the mailings in memory failed; checking again")
                 continue
             self._held = held
 
@@ -362,6 +366,7 @@ class _Lane:
         config = self.dispatcher.config
         loop = asyncio.get_running_loop()
         next_recover = 0.0
+        backoff = Backoff(DB_RETRY_DELAY)
         while not stop.is_set():
             try:
                 if loop.time() >= next_recover:
@@ -378,10 +383,13 @@ class _Lane:
                 claimed = await self._claim(room)
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                logger.exception("claiming %s messages failed; trying again", self.kind)
-                await wait_any(stop, seconds=DB_RETRY_DELAY)
+            except Exception as error:
+                delay = backoff.failed(
+                    error, logger, "claiming %s messages failed; trying again", self.kind
+                )
+                await wait_any(stop, seconds=delay)
                 continue
+            backoff.succeeded()
             if not claimed:
                 await wait_any(stop, self.wake, seconds=config.poll_interval)
 
@@ -546,6 +554,7 @@ class _Lane:
         """Write outcomes until the database takes them: they exist nowhere else. Delivery
         receipts already in hand for the SMS parts recorded sent are written with them."""
         in_hand = self._take_receipts(results)
+        backoff = Backoff(DB_RETRY_DELAY)
         while True:
             now = self.dispatcher.clock()
             pauses = dict(self.dispatcher._pauses_to_write)
@@ -559,6 +568,7 @@ class _Lane:
                     in_hand.committed(written.receipts_written, settled=written.settled)
                 if written.part_ids and self.dispatcher.on_parts is not None:
                     self.dispatcher.on_parts(written.part_ids)
+                backoff.succeeded()
                 finishable = self._recorded(results, unsent, deferrals)
                 if finishable:
                     await self._finish(finishable)
@@ -567,9 +577,11 @@ class _Lane:
                 if in_hand is not None:
                     in_hand.cancel()
                 raise
-            except Exception:
-                logger.exception("recording %s outcomes failed; trying again", len(results))
-                await asyncio.sleep(DB_RETRY_DELAY)
+            except Exception as error:
+                delay = backoff.failed(
+                    error, logger, "recording %s outcomes failed; trying again", len(results)
+                )
+                await asyncio.sleep(delay)
 
     def _recorded(
         self, results: list[_Result], unsent: list[int], deferrals: list[queue.Deferral]
@@ -611,8 +623,9 @@ class _Lane:
                 await queue.finish_runs(session, now=self.dispatcher.clock(), run_ids=run_ids)
         except asyncio.CancelledError:
             raise
-        except Exception:
-            logger.warning("closing runs %s failed; the scheduler closes them later", run_ids)
+        except Exception as error:
+            if not (is_away() or database_unavailable(error)):
+                logger.warning("closing runs %s failed; the scheduler closes them later", run_ids)
 
     async def _write(
         self,

@@ -14,6 +14,8 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from rassylka.errors import database_unavailable
+
 logger = logging.getLogger(__name__)
 # How often a listening connection is checked for having closed.
 LISTEN_CHECK_INTERVAL = 5.0
@@ -56,8 +58,10 @@ async def listen(
                             await driver.remove_listener(channel, callback)
         except asyncio.CancelledError:
             raise
-        except Exception:
-            logger.warning("LISTEN %s failed; polling until it is back", ", ".join(listeners))
+        except Exception as error:
+            # A database that went away is said once (engine.outage), not every few seconds.
+            if not database_unavailable(error):
+                logger.warning("LISTEN %s failed; polling until it is back", ", ".join(listeners))
         if not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(LISTEN_CHECK_INTERVAL):

@@ -31,6 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from rassylka.channels.base import DeliveryReport
 from rassylka.channels.smpp import DeliveryReceipt
 from rassylka.db import utcnow
+from rassylka.engine import outage
 from rassylka.engine.waiting import wait_any
 from rassylka.messages import receipts
 
@@ -206,8 +207,11 @@ class ReceiptInbox:
                 future.cancel()
             raise
         except Exception as error:
-            logger.exception(
-                "storing %s delivery receipts failed; the SMSC will resend", len(batch)
+            outage.failed(
+                error,
+                logger,
+                "storing %s delivery receipts failed; the SMSC will resend",
+                len(batch),
             )
             for _, future in batch:
                 if not future.done():
@@ -232,9 +236,10 @@ class ReceiptInbox:
                 matched = await receipts.match(session, now=self._clock(), peer_ids=peer_ids)
         except asyncio.CancelledError:
             raise
-        except Exception:
-            logger.exception("matching delivery receipts failed; the sweep tries again")
+        except Exception as error:
+            outage.failed(error, logger, "matching delivery receipts failed; the sweep tries again")
             return
+        outage.database_back()
         self._count(0, matched)
 
     async def _sweep(self) -> None:
@@ -245,8 +250,8 @@ class ReceiptInbox:
                 dropped = await receipts.drop_unmatched(session, before=before)
         except asyncio.CancelledError:
             raise
-        except Exception:
-            logger.exception("dropping stale delivery receipts failed")
+        except Exception as error:
+            outage.failed(error, logger, "dropping stale delivery receipts failed")
             return
         if dropped:
             self.counts["unknown"] += len(dropped)

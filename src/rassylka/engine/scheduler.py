@@ -21,8 +21,10 @@ from datetime import datetime
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from rassylka.db import utcnow
+from rassylka.engine.outage import Backoff
 from rassylka.engine.upkeep import Statistics
 from rassylka.engine.waiting import wait_any
+from rassylka.errors import database_unavailable
 from rassylka.mailings import repository as mailings
 from rassylka.messages import queue
 from rassylka.messages.service import advance
@@ -69,7 +71,9 @@ class Scheduler:
                 run_id = await self._advance(mailing_id, now)
             except asyncio.CancelledError:
                 raise
-            except Exception:
+            except Exception as error:
+                if database_unavailable(error):
+                    raise  # the tick fails: the loop waits for the database
                 logger.exception("starting mailing %s failed; it is tried again", mailing_id)
                 continue
             if run_id is not None:
@@ -115,15 +119,16 @@ class Scheduler:
         return max(0.0, min((due - now).total_seconds(), self._max_sleep))
 
     async def run(self, stop: asyncio.Event) -> None:
+        backoff = Backoff(1.0)
         while not stop.is_set():
             self._wake.clear()
             delay = self._max_sleep
             try:
                 await self.tick()
                 delay = await self.seconds_to_next()
+                backoff.succeeded()
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                logger.exception("the scheduler's tick failed; trying again")
-                delay = 1.0
+            except Exception as error:
+                delay = backoff.failed(error, logger, "the scheduler's tick failed; trying again")
             await wait_any(stop, self._wake, seconds=delay)

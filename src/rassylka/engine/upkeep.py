@@ -19,6 +19,8 @@ import time
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from rassylka.errors import database_unavailable
+
 logger = logging.getLogger(__name__)
 
 TABLES = ("message", "message_event", "message_part", "receipt", "client")
@@ -65,8 +67,10 @@ class Statistics:
                 for table in stale:
                     await session.execute(text(f'ANALYZE (SKIP_LOCKED) "{table}"'))
                     await session.commit()
-        except Exception:
-            logger.warning("refreshing the planner's statistics failed", exc_info=True)
+        except Exception as error:
+            # A database that went away is said once, by the loops that need it.
+            if not database_unavailable(error):
+                logger.warning("refreshing the planner's statistics failed", exc_info=True)
             return []
         if stale:
             logger.info("analyzed %s (statistics were stale)", ", ".join(stale))

@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from rassylka import __version__
 from rassylka.db import utcnow
+from rassylka.engine.outage import Backoff
 from rassylka.engine.retry import RetryPolicy
 from rassylka.engine.waiting import wait_any
 from rassylka.webhooks import repository
@@ -131,6 +132,7 @@ class WebhookSender:
         config = self.config
         next_fill = 0.0
         active = 0
+        backoff = Backoff(DB_RETRY_DELAY)
         while not stop.is_set():
             try:
                 await self._write_outcomes()
@@ -147,10 +149,13 @@ class WebhookSender:
                         self._start(client, delivery)
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                logger.exception("webhook deliveries: a database step failed; trying again")
-                await wait_any(stop, seconds=DB_RETRY_DELAY)
+            except Exception as error:
+                delay = backoff.failed(
+                    error, logger, "webhook deliveries: a database step failed; trying again"
+                )
+                await wait_any(stop, seconds=delay)
                 continue
+            backoff.succeeded()
             self._finished.clear()
             if self._outcomes:
                 continue
