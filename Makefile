@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint format bench clean
+.PHONY: run test chaos lint format bench clean
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -27,6 +27,12 @@ run: $(VENV)/.installed
 test: $(VENV)/.installed-dev
 	tests/peers/install.sh
 	$(BIN)/pytest
+
+# The fault suite (tests/chaos, docs/reliability.md): workers killed, the database restarted,
+# peers in trouble; each test prints what it measured. ~3 min; PostgreSQL and Node needed.
+chaos: $(VENV)/.installed-dev
+	tests/peers/install.sh
+	$(BIN)/pytest -m chaos tests/chaos
 
 # Every benchmark with its defaults (minutes; PostgreSQL and Postfix's tools needed).
 bench: $(VENV)/.installed-dev

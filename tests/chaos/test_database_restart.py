@@ -161,10 +161,10 @@ async def test_a_database_restart_mid_mailing_is_ridden_out_by_the_api_and_the_w
             await worker.start()
             await worker.ready()
             await until(lambda: asyncio.sleep(0, sink.count() >= 1000), seconds=60, what="sends")
+            quiet_from = len(worker.text())  # what the worker says from the stop on
             await asyncio.to_thread(private_postgres.stop)
             down_at = time.monotonic()
             sent_at_stop = sink.count()
-            quiet_from = len(worker.text())
             requests = [
                 ("GET", f"/mailing/{mailing_id}/stats", None),
                 (

@@ -122,6 +122,61 @@ async def test_smtp_refusing_for_a_while_then_recovering_delivers_everything(
     assert all(sink.received[email_address(n)] == 1 for n in range(total))
 
 
+async def test_smtp_refusing_everything_spends_the_budget_pauses_and_resumes_without_repeats(
+    backend: str,
+    api: httpx.AsyncClient,
+    engine: AsyncEngine,
+    database_url: str,
+    workers: list[Service],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """With the default error budget (50 sends, half failing) a peer that refuses everything
+    pauses the mailing, with its reply as the reason; resumed once the peer is back, it is all
+    delivered, nothing twice."""
+    total = 200
+    sink = CountingSink(refusal="421 4.3.2 Service shutting down").start()
+    try:
+        mailing_id = await make_mailing(api, total)
+        await start_worker(
+            workers,
+            database_url,
+            tmp_path,
+            smtp_host="127.0.0.1",
+            smtp_port=sink.port,
+            error_rate_window=50,
+        )
+
+        async def mailing() -> dict[str, object]:
+            return dict((await api.get(f"/mailing/{mailing_id}")).json()["data"])
+
+        async def paused() -> bool:
+            return (await mailing())["status"] == 2
+
+        await until(paused, seconds=30, what="the mailing paused")
+        reason = str((await mailing())["status_reason"])
+        sink.refusal = None
+        response = await api.post(f"/mailing/{mailing_id}/resume")
+        assert response.status_code == 200, response.text
+        resumed = time.monotonic()
+        await until(lambda: all_final(engine, total), seconds=60, what="every message final")
+        took = time.monotonic() - resumed
+    finally:
+        sink.stop()
+    report(
+        capsys,
+        "SMTP 421 with the error budget",
+        messages=total,
+        refused=sink.refused,
+        delivered_after_resume_s=round(took, 1),
+        duplicates=sink.duplicates(),
+    )
+    assert reason.startswith("Приостановлена автоматически: 50 из 50")
+    assert "421 4.3.2 Service shutting down" in reason
+    assert {row.status for row in await rows(engine)} == {"sent"}
+    assert all(sink.received[email_address(n)] == 1 for n in range(total))
+
+
 async def test_smtp_550_fails_the_message_with_the_peers_reply(
     backend: str,
     api: httpx.AsyncClient,
