@@ -75,8 +75,8 @@ async def test_workers_killed_ten_times_lose_nothing_and_repeat_only_what_was_in
     seed = random.randrange(1 << 30)
     chance = random.Random(seed)
     await make_mailing(api, TOTAL)
-    # A rate limit per worker stretches the mailing over the kills (~15 s at full speed).
-    env = worker_env(database_url, sink, email_rate_limit=700)
+    # A rate limit per worker stretches the mailing over the kills (20 s at least).
+    env = worker_env(database_url, sink, email_rate_limit=500)
     workers = [Service(("worker",), env, tmp_path / f"worker{n}.log") for n in range(2)]
     started = time.monotonic()
     try:
@@ -86,8 +86,12 @@ async def test_workers_killed_ten_times_lose_nothing_and_repeat_only_what_was_in
         windows: list[int] = []
         exposed: set[int] = set()
         sent_at_kill: list[int] = []
-        for _ in range(KILLS):
-            await asyncio.sleep(chance.uniform(0.2, 1.0))
+        for kill in range(KILLS):
+            # A random moment in each eleventh of the mailing, so the kills span all of it.
+            moment = int(chance.uniform(kill, kill + 1) / (KILLS + 1) * TOTAL)
+            await until(
+                lambda n=moment: asyncio.sleep(0, sink.count() >= n), seconds=120, what="sends"
+            )
             victim = chance.choice(workers)
             await victim.kill()
             # The dead worker's claims stay 'sending' until their lease ends: all are counted
