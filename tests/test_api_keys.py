@@ -389,6 +389,14 @@ def test_the_walk_covers_every_route() -> None:
     assert declared == {(method, path) for method, path, *_ in WALK}
 
 
+def test_the_schema_declares_the_key_where_it_is_taken() -> None:
+    schema = create_app(Settings(database_url="sqlite+aiosqlite:///:memory:")).openapi()
+    assert schema["components"]["securitySchemes"]["APIKey"]["scheme"] == "bearer"
+    assert schema["paths"]["/client/create"]["post"]["security"] == [{"APIKey": []}, {}]
+    assert "security" not in schema["paths"]["/health"]["get"]
+    assert "security" not in schema["paths"]["/webhook/sms/status"]["post"]
+
+
 async def test_a_project_key_sees_and_changes_only_its_project(two: Two) -> None:
     for method, route, id_of, request, expected in WALK:
         object_id = two.b if id_of == "project" else two.ids.get(id_of or "", 0)

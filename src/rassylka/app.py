@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from rassylka import __version__
 from rassylka.access import redaction
 from rassylka.access.keyring import KeyRing
-from rassylka.access.middleware import AuthMiddleware, RateLimitMiddleware
+from rassylka.access.middleware import OPEN_PATHS, AuthMiddleware, RateLimitMiddleware
 from rassylka.bounces.listener import BounceListener
 from rassylka.bounces.router import router as bounce_router
 from rassylka.clients.fast_create import FastCreate
@@ -199,7 +199,8 @@ def _freeze_heap() -> None:
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:
-    """FastAPI's schema without its 422 responses: validation errors here are 400 envelopes."""
+    """FastAPI's schema without its 422 responses (validation errors here are 400 envelopes),
+    with the API key as a Bearer security scheme on every operation that takes it."""
     if app.openapi_schema is None:
         schema = get_openapi(
             title=app.title,
@@ -208,9 +209,20 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
             routes=app.routes,
             tags=app.openapi_tags,
         )
-        for path in schema.get("paths", {}).values():
+        for route, path in schema.get("paths", {}).items():
             for operation in path.values():
                 operation.get("responses", {}).pop("422", None)
+                if route not in OPEN_PATHS:
+                    # /docs gets its "Authorize" button; optional ({}): no key is needed
+                    # until one exists (docs/security.md).
+                    operation["security"] = [{"APIKey": []}, {}]
+        schema.setdefault("components", {})["securitySchemes"] = {
+            "APIKey": {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "Ключ API (rassylka apikey create); нужен, когда ключи есть",
+            }
+        }
         components = schema.get("components", {}).get("schemas", {})
         components.pop("HTTPValidationError", None)
         components.pop("ValidationError", None)
