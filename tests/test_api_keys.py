@@ -4,7 +4,9 @@ scoped to a project, limited per caller, and kept out of logs and error answers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import json
 import re
 import socket
 import subprocess
@@ -23,13 +25,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from conftest import LiveServer, StartServer, StartWorker
 from helpers import assert_error, assert_ok
 from rassylka.access import service as key_service
-from rassylka.access.keyring import TTL
+from rassylka.access.keyring import TTL, Caller, KeyRing
 from rassylka.access.middleware import OPEN_PATHS, TokenBuckets
 from rassylka.access.models import ApiKey
 from rassylka.access.redaction import redact
 from rassylka.app import create_app
 from rassylka.config import Settings
-from rassylka.db import create_sessionmaker
+from rassylka.db import create_engine, create_sessionmaker
 from test_cli import _env, _run
 from test_dispatcher import until
 
@@ -161,6 +163,31 @@ async def test_stored_keys_turn_authorisation_on_and_revoking_turns_a_key_off(
             await connection.execute(text("UPDATE api_key SET revoked_at = CURRENT_TIMESTAMP"))
         server.app.state.keyring.expire()
         assert_ok(await client.get("/project/list"), 200)
+
+
+async def test_the_keyring_reads_the_table_once_per_ttl(engine: AsyncEngine) -> None:
+    """Between two reads no request queries the table: a key made meanwhile is unknown until
+    the snapshot ages out, and then known; an unreadable table keeps the last snapshot."""
+    now = [0.0]
+    ring = KeyRing(["env-key"], clock=lambda: now[0])
+    ring.engine = engine
+    first = await ring.current()
+    assert first.required
+    assert first.find("env-key") == Caller("env:1")
+    secret = await stored_key(engine)
+    now[0] = TTL - 0.1
+    assert await ring.current() is first
+    assert first.find(secret) is None
+    now[0] = TTL + 0.1
+    found = (await ring.current()).find(secret)
+    assert found is not None
+    assert found.caller_id.startswith("key:")
+    assert found.project_id is None
+    await engine.dispose()
+    ring.engine = create_engine("sqlite+aiosqlite:////nonexistent-dir/r.db")
+    now[0] = 3 * TTL
+    assert (await ring.current()).find(secret) == found, "the last snapshot stays in use"
+    await ring.engine.dispose()
 
 
 async def test_an_event_stream_takes_the_key_in_the_query(
@@ -438,6 +465,24 @@ async def test_a_project_key_sees_and_changes_only_its_project(two: Two) -> None
     assert_ok(await two.admin.get(f"/project/{two.b}"), 200)
 
 
+async def replayed(client: httpx.AsyncClient, seconds: float = 3.0) -> list[dict[str, Any]]:
+    """The events ``GET /events?since=0`` replays within ``seconds`` (the history comes at
+    once; the time only bounds the read of a stream that does not end)."""
+    events: list[dict[str, Any]] = []
+
+    async def read() -> None:
+        async with client.stream("GET", "/events", params={"since": 0}) as stream:
+            assert stream.status_code == 200
+            async for line in stream.aiter_lines():
+                if line.startswith("data:") and '"message_id"' in line:
+                    events.append(json.loads(line[5:]))
+
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await read()
+    return events
+
+
 async def test_a_project_key_works_in_its_own_project(two: Two) -> None:
     for path in (
         "/client/list",
@@ -456,6 +501,13 @@ async def test_a_project_key_works_in_its_own_project(two: Two) -> None:
     assert_ok(await two.scoped.get(f"/mailing/{two.ids['mailing_AAA']}/stats"), 200)
     renamed = await two.scoped.put(f"/project/{two.a}/update", json={"name": "A2"})
     assert assert_ok(renamed)["name"] == "A2"
+    # The stream of every project is, for this key, its project's.
+    everyone = await replayed(two.admin)
+    assert {event["project_id"] for event in everyone} == {two.a, two.b}
+    own = await replayed(two.scoped)
+    assert [event["id"] for event in own] == [
+        event["id"] for event in everyone if event["project_id"] == two.a
+    ]
     # An unknown project is refused like another's: nothing tells the two apart.
     unknown = {**NAMES, "project": "ZZZ", "guid": "g4", "email": "w@aaa.ru"}
     assert_error(await two.scoped.post("/client/create", json=unknown), 403, FORBIDDEN)
