@@ -19,7 +19,10 @@ the machine's CPUs with the server and PostgreSQL.
 
     .venv/bin/python bench/api_load.py [--seconds S] [--concurrency C] [--rate R]
                                        [--api-workers N] [--generator wrk|python]
-                                       [--postgres-url URL] [--tiny]
+                                       [--postgres-url URL] [--tiny] [--api-key]
+
+``--api-key``: the API runs with a key and every request carries it (``Authorization:
+Bearer``), the cost of ``AuthMiddleware`` included.
 """
 
 from __future__ import annotations
@@ -68,6 +71,7 @@ end
 function init(args)
   project, prefix, sent, failed, first_failure = args[1], args[2], 0, 0, ""
   headers = {["Content-Type"] = "application/json"}
+  if args[3] then headers["Authorization"] = "Bearer " .. args[3] end
 end
 function request()
   sent = sent + 1
@@ -119,7 +123,12 @@ class Figures:
 
 
 def wrk_closed_loop(
-    base: str, project: str, concurrency: int, seconds: float, workdir: Path
+    base: str,
+    project: str,
+    concurrency: int,
+    seconds: float,
+    workdir: Path,
+    key: str | None = None,
 ) -> tuple[Figures, list[str]]:
     """``wrk`` keeps ``concurrency`` connections busy for ``seconds`` (one thread: it needs a
     fraction of a core for a few thousand requests/s)."""
@@ -139,6 +148,7 @@ def wrk_closed_loop(
             "--",
             project,
             f"w{uuid.uuid4().hex[:6]}",
+            *([key] if key else []),
         ],
         capture_output=True,
         text=True,
@@ -227,7 +237,8 @@ class Load:
     """A lean HTTP/1.1 load generator on keep-alive connections (asyncio streams, uvloop where
     installed): a fraction of httpx's CPU per request, so it takes less from the server."""
 
-    def __init__(self, base: str, project: str) -> None:
+    def __init__(self, base: str, project: str, key: str | None = None) -> None:
+        self.authorization = f"Authorization: Bearer {key}\r\n" if key else ""
         url = urlsplit(base)
         self.host, self.port = url.hostname or "127.0.0.1", url.port or 80
         self.project = project
@@ -251,7 +262,8 @@ class Load:
         ).encode()
         head = (
             f"POST /client/create HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+            f"{self.authorization}\r\n"
         )
         return head.encode() + body
 
@@ -351,6 +363,11 @@ def main() -> None:
     )
     parser.add_argument("--postgres-url", default=DEFAULT_POSTGRES)
     parser.add_argument("--tiny", action="store_true", help="one second, light load")
+    parser.add_argument(
+        "--api-key",
+        action="store_true",
+        help="run with an API key (RASSYLKA_API_KEYS) and send it with every request",
+    )
     options = parser.parse_args()
     if options.tiny:
         options.seconds, options.concurrency, options.rate = 1.0, 4, 50.0
@@ -360,7 +377,8 @@ def main() -> None:
         tempfile.TemporaryDirectory(prefix="rassylka-bench-") as scratch,
         scratch_database(options.postgres_url) as database_url,
     ):
-        env = {**os.environ, "RASSYLKA_DATABASE_URL": database_url, "RASSYLKA_API_KEYS": ""}
+        key = f"rsk_bench{uuid.uuid4().hex}" if options.api_key else None
+        env = {**os.environ, "RASSYLKA_DATABASE_URL": database_url, "RASSYLKA_API_KEYS": key or ""}
         processes = Processes(Path(scratch), env)
         try:
             subprocess.run(
@@ -373,13 +391,15 @@ def main() -> None:
             base = f"http://127.0.0.1:{port}"
             wait_for_api(base, api)
             code = f"l{uuid.uuid4().hex[:8]}"
-            project = call(base, "POST", "/project/create", {"name": "Нагрузка", "code": code})
-            load = Load(base, code)
+            project = call(
+                base, "POST", "/project/create", {"name": "Нагрузка", "code": code}, key=key
+            )
+            load = Load(base, code, key)
             meter = CpuMeter(api.pid, database_url)
             before = meter.snapshot()
             if options.generator == "wrk":
                 closed, failures = wrk_closed_loop(
-                    base, code, options.concurrency, options.seconds, Path(scratch)
+                    base, code, options.concurrency, options.seconds, Path(scratch), key
                 )
                 load.failures += failures
             else:
@@ -394,7 +414,8 @@ def main() -> None:
                 sys.exit(f"at {options.rate:,.0f}/s the server fell behind: {error}")
             opened_cpu = meter.since(before)
             peaks = processes.peak_rss_mb()
-            stored = call(base, "GET", f"/client/list?project={project['id']}&limit=1")["total"]
+            listed = f"/client/list?project={project['id']}&limit=1"
+            stored = call(base, "GET", listed, key=key)["total"]
         finally:
             processes.stop()
     if load.failures:

@@ -147,13 +147,14 @@ async def postgres(url: str, *statements: str) -> str:
         await connection.close()
 
 
-def call(base: str, method: str, path: str, body: Any = None) -> Any:
-    """One request to the API at ``base``; the ``data`` of its answer."""
+def call(base: str, method: str, path: str, body: Any = None, *, key: str | None = None) -> Any:
+    """One request to the API at ``base`` (with the API key ``key``); its answer's ``data``."""
     request = urllib.request.Request(
         base + path,
         method=method,
         data=None if body is None else json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
+        headers={"Content-Type": "application/json"}
+        | ({"Authorization": f"Bearer {key}"} if key else {}),
     )
     with urllib.request.urlopen(request, timeout=600) as response:
         return json.loads(response.read())["data"]

@@ -9,13 +9,16 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from rassylka import __version__
+from rassylka.access import redaction
+from rassylka.access.keyring import KeyRing
+from rassylka.access.middleware import OPEN_PATHS, AuthMiddleware, RateLimitMiddleware
 from rassylka.bounces.listener import BounceListener
 from rassylka.bounces.router import router as bounce_router
 from rassylka.clients.fast_create import FastCreate
@@ -27,7 +30,7 @@ from rassylka.engine.worker import Worker, run_until_stopped
 from rassylka.errors import error_response, install_handlers, openapi_error_responses
 from rassylka.events.bus import EventHub
 from rassylka.events.router import router as event_router
-from rassylka.http import BodyLimitMiddleware, SettingsMiddleware, require_api_key
+from rassylka.http import BodyLimitMiddleware, SettingsMiddleware
 from rassylka.mailings.router import router as mailing_router
 from rassylka.messages.router import router as delivery_router
 from rassylka.projects.router import router as project_router
@@ -75,6 +78,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = create_engine(settings.database_url, pool_pre_ping=True)
         app.state.engine = engine
+        keyring.engine = engine
         app.state.new_clients = await _new_clients(engine)
         app.state.sessionmaker = create_sessionmaker(engine)
         app.state.event_hub = EventHub(engine)
@@ -99,6 +103,7 @@ def create_app(
             if bounces is not None:
                 await bounces.stop()
             await app.state.new_clients.close()
+            keyring.engine = None
             await engine.dispose()
 
     app = FastAPI(
@@ -109,16 +114,26 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.settings = settings
+    keyring = KeyRing(key.get_secret_value() for key in settings.api_keys)
+    app.state.keyring = keyring
     install_handlers(app)
-    # Innermost of ours: inside the body limit and with the settings of this app.
+    redaction.install()
+    # Outermost last (Starlette's add_middleware): settings → body limit → API key → rate
+    # limit → FastCreate → routes. FastCreate is innermost of ours: inside the body limit, with
+    # this app's settings, and after the key and the rate are checked.
     app.add_middleware(FastCreate)
+    app.add_middleware(
+        RateLimitMiddleware, rate=settings.api_rate_limit, burst=settings.api_rate_burst
+    )
+    app.add_middleware(AuthMiddleware, keyring=keyring)
     app.add_middleware(
         BodyLimitMiddleware,
         default=settings.max_body_bytes,
         per_path={"/client/import": settings.max_import_bytes},
     )
     app.add_middleware(SettingsMiddleware, settings=settings)
-    protected = [Depends(require_api_key)]
+    # Each behind AuthMiddleware; each router holds a project-scoped key to its project
+    # (access.scope).
     for router in (
         project_router,
         client_router,
@@ -129,8 +144,9 @@ def create_app(
         event_router,
         bounce_router,
     ):
-        app.include_router(router, dependencies=protected)
-    # Called by peers (providers), not by the CRM: each checks its own token, not an API key.
+        app.include_router(router)
+    # Called by peers (providers), not by the CRM: each checks its own token, not an API key
+    # (access.middleware.OPEN_PATHS).
     app.include_router(delivery_router)
 
     @app.get(
@@ -183,7 +199,8 @@ def _freeze_heap() -> None:
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:
-    """FastAPI's schema without its 422 responses: validation errors here are 400 envelopes."""
+    """FastAPI's schema without its 422 responses (validation errors here are 400 envelopes),
+    with the API key as a Bearer security scheme on every operation that takes it."""
     if app.openapi_schema is None:
         schema = get_openapi(
             title=app.title,
@@ -192,9 +209,20 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
             routes=app.routes,
             tags=app.openapi_tags,
         )
-        for path in schema.get("paths", {}).values():
+        for route, path in schema.get("paths", {}).items():
             for operation in path.values():
                 operation.get("responses", {}).pop("422", None)
+                if route not in OPEN_PATHS:
+                    # /docs gets its "Authorize" button; optional ({}): no key is needed
+                    # until one exists (docs/security.md).
+                    operation["security"] = [{"APIKey": []}, {}]
+        schema.setdefault("components", {})["securitySchemes"] = {
+            "APIKey": {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "Ключ API (rassylka apikey create); нужен, когда ключи есть",
+            }
+        }
         components = schema.get("components", {}).get("schemas", {})
         components.pop("HTTPValidationError", None)
         components.pop("ValidationError", None)

@@ -18,8 +18,16 @@ class Settings(BaseSettings):
     database_url: str = "sqlite+aiosqlite:///./rassylka.db"
     """SQLAlchemy URL; ``sqlite+aiosqlite://`` (embedded) or ``postgresql+asyncpg://`` (scaled)."""
 
-    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    """Comma-separated API keys. Empty: no authorisation, as the manual says (§2.1.1)."""
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    """Comma-separated API keys, each global (every project); with the keys made by
+    ``rassylka apikey create`` (docs/security.md). None of either: no authorisation, as the
+    manual says (§2.1.1), which ``serve``/``api`` allow only on a loopback address."""
+    api_rate_limit: float = Field(default=0.0, ge=0)
+    """Requests per second one caller (an API key; an address when no key is needed) may make
+    to one API process; over it, 429 with Retry-After. 0: no limit."""
+    api_rate_burst: float = Field(default=0.0, ge=0)
+    """Requests a caller may make at once above the rate (the bucket's size); 0: one second's
+    worth of the rate."""
 
     max_body_bytes: int = 1024 * 1024
     """Largest request body accepted by ordinary endpoints; larger gets 413."""
@@ -42,7 +50,7 @@ class Settings(BaseSettings):
     smtp_host: str | None = None
     smtp_port: int = 25
     smtp_username: str | None = None
-    smtp_password: str | None = None
+    smtp_password: SecretStr | None = None
     smtp_tls: Literal["none", "starttls", "tls"] = "none"
     smtp_pool_size: int = Field(default=4, ge=1, le=256)
     smtp_timeout: float = Field(default=30.0, gt=0)
@@ -62,7 +70,7 @@ class Settings(BaseSettings):
     smpp_host: str | None = None
     smpp_port: int = 2775
     smpp_system_id: str = ""
-    smpp_password: str = ""
+    smpp_password: SecretStr = SecretStr("")
     smpp_system_type: str = ""
     smpp_source_addr: str = ""
     """Sender: digits (an international number) or up to 11 letters (an alphanumeric name)."""
@@ -91,7 +99,7 @@ class Settings(BaseSettings):
     sms_http_timeout: float = Field(default=10.0, gt=0)
     sms_http_concurrency: int = Field(default=8, ge=1, le=256)
     # The provider's status callbacks (POST /webhook/sms/status).
-    sms_http_callback_token: str | None = None
+    sms_http_callback_token: SecretStr | None = None
     """When set, a callback must carry it (``?token=…``), else 403."""
     sms_http_status_id_field: str = "id"
     """Dotted path (JSON) or field name (form) of the provider's message id in a callback."""

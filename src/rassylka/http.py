@@ -1,15 +1,13 @@
-"""Cross-cutting HTTP pieces: the request body limit and the optional API key check."""
+"""Cross-cutting HTTP pieces: the request body limit and the settings of the serving app (the
+API keys are ``access.middleware``'s)."""
 
 from __future__ import annotations
 
-import hmac
-
-from fastapi import Request
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from rassylka.config import Settings, current_settings
-from rassylka.errors import Forbidden, error_response
+from rassylka.errors import error_response
 
 
 class BodyLimitMiddleware:
@@ -72,24 +70,3 @@ class SettingsMiddleware:
             await self.app(scope, receive, send)
         finally:
             current_settings.reset(token)
-
-
-async def require_api_key(request: Request) -> None:
-    """With ``RASSYLKA_API_KEYS`` set, every API call carries one: ``X-API-Key`` or Bearer."""
-    keys: list[str] = request.app.state.settings.api_keys
-    if keys and not key_accepted(
-        keys, request.headers.get("x-api-key"), request.headers.get("authorization", "")
-    ):
-        raise Forbidden()
-
-
-def key_accepted(keys: list[str], x_api_key: str | None, authorization: str) -> bool:
-    """Whether the request's ``X-API-Key`` (else its ``Authorization: Bearer``) is one of
-    ``keys``."""
-    given = x_api_key
-    if given is None:
-        scheme, _, credentials = authorization.partition(" ")
-        given = credentials.strip() if scheme.lower() == "bearer" else None
-    return given is not None and any(
-        hmac.compare_digest(given.encode(), key.encode()) for key in keys
-    )

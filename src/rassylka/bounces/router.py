@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from rassylka.access import scope
 from rassylka.bounces import dsn, service
 from rassylka.bounces.schemas import BounceRead, BounceReport
 from rassylka.bounces.verp import Verp
@@ -64,10 +65,17 @@ async def report_bounce(request: Request) -> dict[str, object]:
             raise RequestValidationError(
                 [{**detail, "loc": ("body", *detail["loc"])} for detail in errors]
             ) from None
+        if report.project is not None:
+            report.project = scope.scoped_reference(request, report.project)
         verdict = service.verdict_of(report)
         async with sessionmaker() as session, session.begin():
             message_id = await service.find(session, report=report, verp=verp)
-    applied = await service.apply(sessionmaker, message_id=message_id, verdict=verdict)
+    applied = await service.apply(
+        sessionmaker,
+        message_id=message_id,
+        verdict=verdict,
+        project_id=scope.project_scope(request),
+    )
     if applied is None:
         raise NotFound.on("message_id", f"Сообщение {message_id} не найдено")
     return ok(

@@ -55,9 +55,14 @@ def reason_of(verdict: Verdict) -> str | None:
 
 
 async def apply(
-    sessionmaker: async_sessionmaker[AsyncSession], *, message_id: int, verdict: Verdict
+    sessionmaker: async_sessionmaker[AsyncSession],
+    *,
+    message_id: int,
+    verdict: Verdict,
+    project_id: int | None = None,
 ) -> Applied | None:
-    """Apply ``verdict`` to the message; None if there is no such message.
+    """Apply ``verdict`` to the message; None if there is no such message (or, with
+    ``project_id``, none in that project: a project-scoped key's).
 
     A message that is no longer ``sent`` changes nothing, and then nothing is suppressed
     either: the bounce is a duplicate, or came after a verdict already given.
@@ -65,7 +70,7 @@ async def apply(
     suppressed: str | None = None
     async with sessionmaker() as session, session.begin():
         target = await repository.target(session, message_id=message_id)
-        if target is None:
+        if target is None or project_id not in (None, target.project_id):
             return None
         if target.status != MessageStatus.SENT:
             return Applied(target.id, target.status, False, None)

@@ -841,7 +841,7 @@ class SmppConfig:
             host=settings.smpp_host,
             port=settings.smpp_port,
             system_id=settings.smpp_system_id,
-            password=settings.smpp_password,
+            password=settings.smpp_password.get_secret_value(),
             system_type=settings.smpp_system_type,
             source_addr=settings.smpp_source_addr,
             window=settings.smpp_window,

@@ -70,7 +70,9 @@ class SmtpConfig:
             host=settings.smtp_host,
             port=settings.smtp_port,
             username=settings.smtp_username,
-            password=settings.smtp_password,
+            password=(
+                settings.smtp_password.get_secret_value() if settings.smtp_password else None
+            ),
             tls=settings.smtp_tls,
             pool_size=settings.smtp_pool_size,
             timeout=settings.smtp_timeout,

@@ -9,11 +9,11 @@ from typing import Any
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from rassylka.access.scope import own_reference
 from rassylka.clients import service
 from rassylka.clients.router import CREATE_PATH, created
 from rassylka.clients.schemas import ClientCreate
 from rassylka.errors import AppError, error_response, unexpected
-from rassylka.http import key_accepted
 
 
 class FastCreate:
@@ -22,12 +22,14 @@ class FastCreate:
     exit stacks, exception wrappers, the Request object) at about a third of its CPU.
 
     This takes the creates it can answer exactly as the endpoint would: a JSON body of
-    declared length that is a valid ``ClientCreate``, with the API key (if one is required)
-    accepted. It runs the same ``service.create`` and writes the same bytes
-    (``router.created``); a domain error (unknown project, no contact, guid taken) gets the
-    envelope the app's handler gives it. Anything else (a body that does not validate, bad
-    JSON, another content type, a chunked body, a missing key) goes on to the app with the
-    body already read, so every other answer still comes from the one place that makes it.
+    declared length that is a valid ``ClientCreate`` (the API key, if one is required, was
+    checked by ``AuthMiddleware`` outside this). It holds a project-scoped key to its project
+    as the endpoint does (``access.scope.own_reference``, no query), runs the same
+    ``service.create`` and writes the same bytes (``router.created``); a domain error (unknown
+    project, no contact, guid taken, another project's key) gets the envelope the app's
+    handler gives it. Anything else (a body that does not validate, bad JSON, another content
+    type, a chunked body) goes on to the app with the body already read, so every other
+    answer still comes from the one place that makes it.
 
     Added innermost of our middlewares: inside the body limit (so a declared length is within
     it) and the settings one (``get_settings()`` answers this app's settings)."""
@@ -40,7 +42,7 @@ class FastCreate:
             scope["type"] != "http"
             or scope["path"] != CREATE_PATH
             or scope["method"] != "POST"
-            or not _ours(scope["headers"], scope["app"].state.settings.api_keys)
+            or not _ours(scope["headers"])
         ):
             await self.app(scope, receive, send)
             return
@@ -59,6 +61,7 @@ class FastCreate:
             return
         state = scope["app"].state
         try:
+            data.project = own_reference(scope.get("state", {}), data.project)  # type: ignore[assignment]
             row = await service.create(state.new_clients, state.sessionmaker, data=data)
         except AppError as error:
             answer = error_response(error.status_code, error.details, message=error.message)
@@ -81,26 +84,17 @@ class FastCreate:
         await send({"type": "http.response.body", "body": content})
 
 
-def _ours(headers: list[tuple[bytes, bytes]], api_keys: list[str]) -> bool:
-    """A JSON body of declared length, and the API key if one is required (a header given
-    twice counts once, its first, as Starlette reads it)."""
+def _ours(headers: list[tuple[bytes, bytes]]) -> bool:
+    """A JSON body of declared length (a header given twice counts once, its first, as
+    Starlette reads it)."""
     first: dict[bytes, bytes] = {}
     for name, value in headers:
         first.setdefault(name, value)
     content_type = first.get(b"content-type", b"").split(b";", 1)[0].strip().lower()
-    if (
-        content_type != b"application/json"
-        or b"content-length" not in first
-        or b"transfer-encoding" in first
-    ):
-        return False
-    if not api_keys:
-        return True
-    given = first.get(b"x-api-key")
-    return key_accepted(
-        api_keys,
-        None if given is None else given.decode("latin-1"),
-        first.get(b"authorization", b"").decode("latin-1"),
+    return (
+        content_type == b"application/json"
+        and b"content-length" in first
+        and b"transfer-encoding" not in first
     )
 
 

@@ -14,7 +14,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.datastructures import UploadFile
 from starlette.responses import Response
 
+from rassylka.access import scope
 from rassylka.clients import importing, service
+from rassylka.clients.models import Client
 from rassylka.clients.schemas import (
     ClientCreate,
     ClientImport,
@@ -29,7 +31,9 @@ from rassylka.mailings.schemas import MessageRead
 from rassylka.projects import service as project_service
 from rassylka.schemas import MAX_ID, Envelope, Page, PageDep, ok
 
-router = APIRouter(prefix="/client", tags=["Clients"])
+router = APIRouter(
+    prefix="/client", tags=["Clients"], dependencies=[scope.owned(Client, service.NOT_FOUND)]
+)
 ClientId = Annotated[int, Path(ge=1, le=MAX_ID, description="Идентификатор клиента")]
 
 
@@ -44,6 +48,7 @@ ClientId = Annotated[int, Path(ge=1, le=MAX_ID, description="Идентифик�
 async def create_client(request: Request, data: ClientCreate) -> Response:
     """Most creates are answered before they get here, by ``fast_create.FastCreate``; this
     endpoint answers the rest the same way (and gives the operation its schema)."""
+    data.project = scope.scoped_reference(request, data.project)  # type: ignore[assignment]
     state = request.app.state
     row = await service.create(state.new_clients, state.sessionmaker, data=data)
     return Response(created(row), status_code=201, media_type="application/json")
@@ -146,7 +151,9 @@ async def _import(
         raise ValidationFailed.on(
             "Content-Type", "Ожидается application/json, multipart/form-data или text/csv"
         )
-    target = await project_service.resolve(session, reference=reference, field="project")
+    scoped = scope.scoped_reference(request, reference)
+    assert scoped is not None  # a reference in, a reference out
+    target = await project_service.resolve(session, reference=scoped, field="project")
     if checked is None:
         checked = await to_thread.run_sync(importing.check_rows, importing.draining(rows))
     created, updated = await service.upsert(session, project_id=target.id, rows=checked.valid)
@@ -189,13 +196,18 @@ async def update_client(session: SessionDep, id: ClientId, data: ClientUpdate) -
     responses=openapi_error_responses(400, 403, 500),
 )
 async def list_clients(
+    request: Request,
     session: SessionDep,
     page: PageDep,
     project: Annotated[str | None, Query(description="Код или id проекта")] = None,
     guid: Annotated[str | None, Query(description="guid клиента")] = None,
 ) -> dict[str, object]:
     clients, total = await service.page(
-        session, project=project, guid=guid, limit=page.limit, offset=page.offset
+        session,
+        project=scope.scoped_reference(request, project),
+        guid=guid,
+        limit=page.limit,
+        offset=page.offset,
     )
     return ok(page.of([ClientRead.model_validate(c) for c in clients], total), status=200)
 

@@ -22,6 +22,9 @@ from rassylka.scheduling import phone_zone
 
 IMPORT_CHUNK = 5000
 
+# Also the answer to a key of another project (access.scope): the same, to reveal nothing.
+NOT_FOUND = "Клиент {} не найден"
+
 
 async def create(
     clients: repository.NewClients,
@@ -93,14 +96,14 @@ async def update(session: AsyncSession, *, client_id: int, data: ClientUpdate) -
 async def get(session: AsyncSession, *, client_id: int) -> Client:
     client = await repository.get(session, client_id)
     if client is None:
-        raise NotFound.on("id", f"Клиент {client_id} не найден")
+        raise NotFound.on("id", NOT_FOUND.format(client_id))
     return client
 
 
 async def page(
     session: AsyncSession,
     *,
-    project: str | None,
+    project: str | int | None,
     guid: str | None,
     limit: int,
     offset: int,

@@ -10,8 +10,9 @@ from fastapi import APIRouter, Header, Path, Query, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 from sse_starlette import EventSourceResponse
 
+from rassylka.access import scope
 from rassylka.config import Settings
-from rassylka.errors import ValidationFailed, openapi_error_responses
+from rassylka.errors import NotFound, ValidationFailed, openapi_error_responses
 from rassylka.events import repository
 from rassylka.events.bus import EventHub
 from rassylka.events.stream import StreamFilter, status_events
@@ -75,7 +76,9 @@ async def mailing_events(
 ) -> EventSourceResponse:
     hub: EventHub = request.app.state.event_hub
     async with hub.sessionmaker() as session:
-        await mailing_service.get(session, mailing_id=id)
+        mailing = await mailing_service.get(session, mailing_id=id)
+        if scope.project_scope(request) not in (None, mailing.project_id):
+            raise NotFound.on("id", mailing_service.NOT_FOUND.format(id))
         cursor = await _cursor(session, last_event_id_header, last_event_id, since)
     return _stream(request, hub, cursor, StreamFilter(mailing_id=id))
 
@@ -97,6 +100,7 @@ async def project_events(
     since: Since = None,
 ) -> EventSourceResponse:
     hub: EventHub = request.app.state.event_hub
+    project_id = scope.scoped_reference(request, project_id)  # type: ignore[assignment]
     async with hub.sessionmaker() as session:
         if project_id is not None:
             await project_service.get(session, project_id=project_id)

@@ -6,9 +6,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, BackgroundTasks, Path, Query, Request
 
+from rassylka.access import scope
 from rassylka.db import SessionDep
 from rassylka.errors import openapi_error_responses
 from rassylka.mailings import lifecycle, service
+from rassylka.mailings.models import Mailing
 from rassylka.mailings.schemas import (
     ChannelParam,
     MailingCreate,
@@ -23,7 +25,11 @@ from rassylka.mailings.schemas import (
 from rassylka.messages.models import MessageStatus
 from rassylka.schemas import MAX_ID, Envelope, Page, PageDep, ok
 
-router = APIRouter(prefix="/mailing", tags=["Mailing"])
+router = APIRouter(
+    prefix="/mailing",
+    tags=["Mailing"],
+    dependencies=[scope.owned(Mailing, service.NOT_FOUND)],
+)
 MAX_PREVIEW = 100
 MailingId = Annotated[int, Path(ge=1, le=MAX_ID, description="Идентификатор рассылки")]
 
@@ -39,6 +45,7 @@ MailingId = Annotated[int, Path(ge=1, le=MAX_ID, description="Идентифик
 async def create_mailing(
     session: SessionDep, data: MailingCreate, background: BackgroundTasks, request: Request
 ) -> dict[str, object]:
+    data.project_id = scope.scoped_reference(request, data.project_id)  # type: ignore[assignment]
     mailing = await service.create(session, data=data)
     background.add_task(_wake_scheduler, request)
     return ok(MailingRead.model_validate(mailing))
@@ -119,13 +126,18 @@ _lifecycle_route(
     responses=openapi_error_responses(400, 403, 500),
 )
 async def list_mailings(
+    request: Request,
     session: SessionDep,
     page: PageDep,
     project: Annotated[str | None, Query(description="Код или id проекта")] = None,
     status: Annotated[int | None, Query(ge=0, le=4, description="Статус рассылки")] = None,
 ) -> dict[str, object]:
     mailings, total = await service.page(
-        session, project=project, status=status, limit=page.limit, offset=page.offset
+        session,
+        project=scope.scoped_reference(request, project),
+        status=status,
+        limit=page.limit,
+        offset=page.offset,
     )
     return ok(page.of([MailingRead.model_validate(m) for m in mailings], total), status=200)
 

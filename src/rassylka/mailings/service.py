@@ -40,6 +40,9 @@ from rassylka.templates.models import Template
 # Fields an update may set to null: the mailing then has none.
 CLEARABLE = frozenset({"schedule", "ends_at", "send_window", "audience"})
 
+# Also the answer to a key of another project (access.scope): the same, to reveal nothing.
+NOT_FOUND = "Рассылка {} не найдена"
+
 
 async def create(session: AsyncSession, *, data: MailingCreate) -> Mailing:
     project = await project_repository.get(session, data.project_id)
@@ -161,12 +164,12 @@ def channel_problems(template: Template, channels: Sequence[int]) -> list[FieldE
 async def get(session: AsyncSession, *, mailing_id: int) -> Mailing:
     mailing = await repository.get(session, mailing_id)
     if mailing is None:
-        raise NotFound.on("id", f"Рассылка {mailing_id} не найдена")
+        raise NotFound.on("id", NOT_FOUND.format(mailing_id))
     return mailing
 
 
 async def page(
-    session: AsyncSession, *, project: str | None, status: int | None, limit: int, offset: int
+    session: AsyncSession, *, project: str | int | None, status: int | None, limit: int, offset: int
 ) -> tuple[Sequence[Mailing], int]:
     project_id = None
     if project is not None:

@@ -44,7 +44,8 @@ async def sms_status(
     session: SessionDep, request: Request, token: str | None = Query(default=None)
 ) -> dict[str, object]:
     settings = request.app.state.settings
-    expected: str | None = settings.sms_http_callback_token
+    secret = settings.sms_http_callback_token
+    expected = secret.get_secret_value() if secret is not None else None
     if expected and not (token and hmac.compare_digest(token.encode(), expected.encode())):
         raise Forbidden()
     payload = await _payload(request)

@@ -19,9 +19,14 @@ async def get_by_code(session: AsyncSession, code: str) -> Project | None:
     return result.scalar_one_or_none()
 
 
-async def page(session: AsyncSession, *, limit: int, offset: int) -> tuple[Sequence[Project], int]:
-    total = await session.scalar(select(func.count()).select_from(Project))
-    rows = await session.scalars(select(Project).order_by(Project.id).limit(limit).offset(offset))
+async def page(
+    session: AsyncSession, *, project_id: int | None, limit: int, offset: int
+) -> tuple[Sequence[Project], int]:
+    query = select(Project)
+    if project_id is not None:
+        query = query.where(Project.id == project_id)
+    total = await session.scalar(select(func.count()).select_from(query.subquery()))
+    rows = await session.scalars(query.order_by(Project.id).limit(limit).offset(offset))
     return rows.all(), total or 0
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Path, Request
 
+from rassylka.access import scope
 from rassylka.db import SessionDep
 from rassylka.errors import openapi_error_responses
 from rassylka.projects import service
@@ -24,7 +25,10 @@ ProjectId = Annotated[int, Path(ge=1, le=MAX_ID, description="Идентифик
     response_model=Envelope[ProjectRead],
     responses=openapi_error_responses(400, 403, 405, 409, 413, 500),
 )
-async def create_project(session: SessionDep, data: ProjectCreate) -> dict[str, object]:
+async def create_project(
+    request: Request, session: SessionDep, data: ProjectCreate
+) -> dict[str, object]:
+    scope.require_global(request)
     project = await service.create(session, data=data)
     return ok(ProjectRead.model_validate(project))
 
@@ -38,8 +42,9 @@ async def create_project(session: SessionDep, data: ProjectCreate) -> dict[str, 
     responses=openapi_error_responses(400, 403, 404, 405, 409, 413, 500),
 )
 async def update_project(
-    session: SessionDep, id: ProjectId, data: ProjectUpdate
+    request: Request, session: SessionDep, id: ProjectId, data: ProjectUpdate
 ) -> dict[str, object]:
+    scope.see_project(request, id, service.NOT_FOUND)
     project = await service.update(session, project_id=id, data=data)
     return ok(ProjectRead.model_validate(project))
 
@@ -50,8 +55,10 @@ async def update_project(
     response_model=Envelope[Page[ProjectRead]],
     responses=openapi_error_responses(400, 403, 500),
 )
-async def list_projects(session: SessionDep, page: PageDep) -> dict[str, object]:
-    projects, total = await service.page(session, limit=page.limit, offset=page.offset)
+async def list_projects(request: Request, session: SessionDep, page: PageDep) -> dict[str, object]:
+    projects, total = await service.page(
+        session, project_id=scope.project_scope(request), limit=page.limit, offset=page.offset
+    )
     return ok(page.of([ProjectRead.model_validate(p) for p in projects], total), status=200)
 
 
@@ -61,7 +68,8 @@ async def list_projects(session: SessionDep, page: PageDep) -> dict[str, object]
     response_model=Envelope[ProjectRead],
     responses=openapi_error_responses(403, 404, 500),
 )
-async def read_project(session: SessionDep, id: ProjectId) -> dict[str, object]:
+async def read_project(request: Request, session: SessionDep, id: ProjectId) -> dict[str, object]:
+    scope.see_project(request, id, service.NOT_FOUND)
     project = await service.get(session, project_id=id)
     return ok(ProjectRead.model_validate(project), status=200)
 
@@ -73,7 +81,8 @@ async def read_project(session: SessionDep, id: ProjectId) -> dict[str, object]:
     response_model=Envelope[ProjectRead],
     responses=openapi_error_responses(403, 404, 500),
 )
-async def delete_project(session: SessionDep, id: ProjectId) -> dict[str, object]:
+async def delete_project(request: Request, session: SessionDep, id: ProjectId) -> dict[str, object]:
+    scope.require_global(request)
     project = ProjectRead.model_validate(await service.get(session, project_id=id))
     await service.delete(session, project_id=id)
     return ok(project, status=200)

@@ -15,6 +15,9 @@ from rassylka.projects.models import Project
 from rassylka.projects.schemas import ProjectCreate, ProjectUpdate
 from rassylka.schemas import MAX_ID
 
+# Also the answer to a key of another project (access.scope): the same, to reveal nothing.
+NOT_FOUND = "Проект {} не найден"
+
 
 async def create(session: AsyncSession, *, data: ProjectCreate) -> Project:
     await _ensure_code_free(session, code=data.code)
@@ -36,7 +39,7 @@ async def update(session: AsyncSession, *, project_id: int, data: ProjectUpdate)
 async def get(session: AsyncSession, *, project_id: int) -> Project:
     project = await repository.get(session, project_id)
     if project is None:
-        raise NotFound.on("id", f"Проект {project_id} не найден")
+        raise NotFound.on("id", NOT_FOUND.format(project_id))
     return project
 
 
@@ -65,8 +68,11 @@ def reference_keys(reference: str | int) -> tuple[str | None, int | None]:
     return reference, None
 
 
-async def page(session: AsyncSession, *, limit: int, offset: int) -> tuple[Sequence[Project], int]:
-    return await repository.page(session, limit=limit, offset=offset)
+async def page(
+    session: AsyncSession, *, project_id: int | None = None, limit: int, offset: int
+) -> tuple[Sequence[Project], int]:
+    """A page of the projects (only the one of ``project_id``, if given)."""
+    return await repository.page(session, project_id=project_id, limit=limit, offset=offset)
 
 
 async def delete(session: AsyncSession, *, project_id: int) -> None:

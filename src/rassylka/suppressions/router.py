@@ -5,15 +5,21 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path, Query, Request
 
+from rassylka.access import scope
 from rassylka.db import SessionDep
 from rassylka.errors import openapi_error_responses
 from rassylka.schemas import MAX_ID, Envelope, Page, PageDep, ok
 from rassylka.suppressions import service
+from rassylka.suppressions.models import Suppression
 from rassylka.suppressions.schemas import SuppressionCreate, SuppressionRead
 
-router = APIRouter(prefix="/suppression", tags=["Suppressions"])
+router = APIRouter(
+    prefix="/suppression",
+    tags=["Suppressions"],
+    dependencies=[scope.owned(Suppression, service.NOT_FOUND)],
+)
 SuppressionId = Annotated[int, Path(ge=1, le=MAX_ID, description="Идентификатор подавления")]
 
 
@@ -28,7 +34,10 @@ SuppressionId = Annotated[int, Path(ge=1, le=MAX_ID, description="Идентиф
     response_model=Envelope[SuppressionRead],
     responses=openapi_error_responses(400, 403, 405, 413, 500),
 )
-async def create_suppression(session: SessionDep, data: SuppressionCreate) -> dict[str, object]:
+async def create_suppression(
+    request: Request, session: SessionDep, data: SuppressionCreate
+) -> dict[str, object]:
+    data.project = scope.scoped_reference(request, data.project)  # type: ignore[assignment]
     suppression = await service.create(session, data=data)
     return ok(SuppressionRead.model_validate(suppression))
 
@@ -40,13 +49,18 @@ async def create_suppression(session: SessionDep, data: SuppressionCreate) -> di
     responses=openapi_error_responses(400, 403, 500),
 )
 async def list_suppressions(
+    request: Request,
     session: SessionDep,
     page: PageDep,
     project: Annotated[str | None, Query(description="Код или id проекта")] = None,
     address: Annotated[str | None, Query(description="Email или телефон")] = None,
 ) -> dict[str, object]:
     suppressions, total = await service.page(
-        session, project=project, address=address, limit=page.limit, offset=page.offset
+        session,
+        project=scope.scoped_reference(request, project),
+        address=address,
+        limit=page.limit,
+        offset=page.offset,
     )
     items = [SuppressionRead.model_validate(s) for s in suppressions]
     return ok(page.of(items, total), status=200)

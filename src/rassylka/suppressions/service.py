@@ -15,6 +15,9 @@ from rassylka.suppressions import repository
 from rassylka.suppressions.models import Suppression
 from rassylka.suppressions.schemas import SuppressionCreate, normalize_address
 
+# Also the answer to a key of another project (access.scope): the same, to reveal nothing.
+NOT_FOUND = "Подавление {} не найдено"
+
 
 async def create(session: AsyncSession, *, data: SuppressionCreate) -> Suppression:
     """Suppress an address; an address already suppressed keeps its row (reason and date),
@@ -42,14 +45,14 @@ async def suppress(
 async def get(session: AsyncSession, *, suppression_id: int) -> Suppression:
     suppression = await repository.get(session, suppression_id)
     if suppression is None:
-        raise NotFound.on("id", f"Подавление {suppression_id} не найдено")
+        raise NotFound.on("id", NOT_FOUND.format(suppression_id))
     return suppression
 
 
 async def page(
     session: AsyncSession,
     *,
-    project: str | None,
+    project: str | int | None,
     address: str | None,
     limit: int,
     offset: int,

@@ -4,15 +4,21 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path, Query, Request
 
+from rassylka.access import scope
 from rassylka.db import SessionDep
 from rassylka.errors import openapi_error_responses
 from rassylka.schemas import MAX_ID, Envelope, Page, PageDep, ok
 from rassylka.templates import service
+from rassylka.templates.models import Template
 from rassylka.templates.schemas import TemplateCreate, TemplateRead, TemplateUpdate
 
-router = APIRouter(prefix="/template", tags=["Templates"])
+router = APIRouter(
+    prefix="/template",
+    tags=["Templates"],
+    dependencies=[scope.owned(Template, service.NOT_FOUND)],
+)
 TemplateId = Annotated[int, Path(ge=1, le=MAX_ID, description="Идентификатор шаблона")]
 
 
@@ -27,7 +33,13 @@ TemplateId = Annotated[int, Path(ge=1, le=MAX_ID, description="Идентифи�
     response_model=Envelope[TemplateRead],
     responses=openapi_error_responses(400, 403, 405, 413, 500),
 )
-async def create_template(session: SessionDep, data: TemplateCreate) -> dict[str, object]:
+async def create_template(
+    request: Request, session: SessionDep, data: TemplateCreate
+) -> dict[str, object]:
+    if scope.project_scope(request) is not None:
+        named = data.project_id if data.project_id is not None else data.project
+        data.project_id = scope.scoped_reference(request, named)  # type: ignore[assignment]
+        data.project = None
     return ok(TemplateRead.model_validate(await service.create(session, data=data)))
 
 
@@ -52,12 +64,16 @@ async def update_template(
     responses=openapi_error_responses(400, 403, 500),
 )
 async def list_templates(
+    request: Request,
     session: SessionDep,
     page: PageDep,
     project: Annotated[str | None, Query(description="Код или id проекта")] = None,
 ) -> dict[str, object]:
     templates, total = await service.page(
-        session, project=project, limit=page.limit, offset=page.offset
+        session,
+        project=scope.scoped_reference(request, project),
+        limit=page.limit,
+        offset=page.offset,
     )
     return ok(page.of([TemplateRead.model_validate(t) for t in templates], total), status=200)
 

@@ -15,6 +15,9 @@ from rassylka.templates.schemas import TemplateCreate, TemplateUpdate
 
 CONTENT_FIELDS = ("email_subject", "email_html", "email_text", "sms_text")
 
+# Also the answer to a key of another project (access.scope): the same, to reveal nothing.
+NOT_FOUND = "Шаблон {} не найден"
+
 
 def content_problems(template: Template) -> list[FieldError]:
     has_body = bool(template.email_html or template.email_text)
@@ -67,12 +70,12 @@ async def update(session: AsyncSession, *, template_id: int, data: TemplateUpdat
 async def get(session: AsyncSession, *, template_id: int) -> Template:
     template = await repository.get(session, template_id)
     if template is None:
-        raise NotFound.on("id", f"Шаблон {template_id} не найден")
+        raise NotFound.on("id", NOT_FOUND.format(template_id))
     return template
 
 
 async def page(
-    session: AsyncSession, *, project: str | None, limit: int, offset: int
+    session: AsyncSession, *, project: str | int | None, limit: int, offset: int
 ) -> tuple[Sequence[Template], int]:
     project_id = None
     if project is not None:

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path, Query, Request
 
+from rassylka.access import scope
 from rassylka.db import SessionDep
 from rassylka.errors import openapi_error_responses
 from rassylka.schemas import MAX_ID, EntityId, Envelope, Page, PageDep, ok
 from rassylka.webhooks import service
-from rassylka.webhooks.models import DeliveryStatus
+from rassylka.webhooks.models import DeliveryStatus, Webhook
 from rassylka.webhooks.schemas import (
     DeliveryRead,
     WebhookCreate,
@@ -23,7 +24,11 @@ from rassylka.webhooks.schemas import (
     WebhookWithSecret,
 )
 
-router = APIRouter(prefix="/webhook", tags=["Webhooks"])
+router = APIRouter(
+    prefix="/webhook",
+    tags=["Webhooks"],
+    dependencies=[scope.owned(Webhook, service.NOT_FOUND)],
+)
 WebhookId = Annotated[int, Path(ge=1, le=MAX_ID, description="Идентификатор вебхука")]
 
 
@@ -43,7 +48,12 @@ def _with_secret(read: WebhookRead, secret: str | None) -> WebhookWithSecret:
     response_model=Envelope[WebhookWithSecret],
     responses=openapi_error_responses(400, 403, 405, 413, 500),
 )
-async def create_webhook(session: SessionDep, data: WebhookCreate) -> dict[str, object]:
+async def create_webhook(
+    request: Request, session: SessionDep, data: WebhookCreate
+) -> dict[str, object]:
+    if scope.project_scope(request) is not None:
+        named = scope.scoped_reference(request, data.project_reference)
+        data.project_id, data.project = named, None  # type: ignore[assignment]
     webhook = await service.create(session, data=data)
     return ok(_with_secret(WebhookRead.model_validate(webhook), webhook.secret))
 
@@ -55,11 +65,15 @@ async def create_webhook(session: SessionDep, data: WebhookCreate) -> dict[str, 
     responses=openapi_error_responses(400, 403, 500),
 )
 async def list_webhooks(
+    request: Request,
     session: SessionDep,
     page: PageDep,
     project_id: Annotated[EntityId | None, Query(description="Идентификатор проекта")] = None,
     project: Annotated[str | None, Query(description="Код или id проекта")] = None,
 ) -> dict[str, object]:
+    if scope.project_scope(request) is not None:
+        named = scope.scoped_reference(request, project if project is not None else project_id)
+        project_id, project = None, named  # type: ignore[assignment]
     webhooks, total = await service.page(
         session, project_id=project_id, project=project, limit=page.limit, offset=page.offset
     )

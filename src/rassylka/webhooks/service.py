@@ -15,6 +15,9 @@ from rassylka.webhooks import repository
 from rassylka.webhooks.models import Webhook, WebhookDelivery
 from rassylka.webhooks.schemas import WebhookCreate, WebhookUpdate
 
+# Also the answer to a key of another project (access.scope): the same, to reveal nothing.
+NOT_FOUND = "Вебхук {} не найден"
+
 
 def new_secret() -> str:
     return secrets.token_urlsafe(32)
@@ -66,7 +69,7 @@ async def update(
 async def get(session: AsyncSession, *, webhook_id: int) -> Webhook:
     webhook = await repository.get(session, webhook_id)
     if webhook is None:
-        raise NotFound.on("id", f"Вебхук {webhook_id} не найден")
+        raise NotFound.on("id", NOT_FOUND.format(webhook_id))
     return webhook
 
 
@@ -74,7 +77,7 @@ async def page(
     session: AsyncSession,
     *,
     project_id: int | None,
-    project: str | None,
+    project: str | int | None,
     limit: int,
     offset: int,
 ) -> tuple[Sequence[Webhook], int]:
