@@ -28,6 +28,8 @@ from rassylka.errors import error_response, install_handlers, openapi_error_resp
 from rassylka.events.bus import EventHub
 from rassylka.events.router import router as event_router
 from rassylka.http import BodyLimitMiddleware, SettingsMiddleware, require_api_key
+from rassylka.idempotency.middleware import IdempotencyMiddleware
+from rassylka.idempotency.middleware import document as document_idempotency
 from rassylka.mailings.router import router as mailing_router
 from rassylka.messages.router import router as delivery_router
 from rassylka.projects.router import router as project_router
@@ -112,6 +114,8 @@ def create_app(
     install_handlers(app)
     # Innermost of ours: inside the body limit and with the settings of this app.
     app.add_middleware(FastCreate)
+    # Outside FastCreate, which answers POST /client/create itself (see IdempotencyMiddleware).
+    app.add_middleware(IdempotencyMiddleware)
     app.add_middleware(
         BodyLimitMiddleware,
         default=settings.max_body_bytes,
@@ -183,7 +187,8 @@ def _freeze_heap() -> None:
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:
-    """FastAPI's schema without its 422 responses: validation errors here are 400 envelopes."""
+    """FastAPI's schema without its 422 responses (validation errors here are 400 envelopes),
+    with the ``Idempotency-Key`` header on the operations that take it."""
     if app.openapi_schema is None:
         schema = get_openapi(
             title=app.title,
@@ -195,6 +200,7 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         for path in schema.get("paths", {}).values():
             for operation in path.values():
                 operation.get("responses", {}).pop("422", None)
+        document_idempotency(schema)
         components = schema.get("components", {}).get("schemas", {})
         components.pop("HTTPValidationError", None)
         components.pop("ValidationError", None)
