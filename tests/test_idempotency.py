@@ -397,3 +397,34 @@ async def test_openapi_declares_the_header_on_every_post_and_put(api: httpx.Asyn
             else:
                 assert "Idempotency-Key" not in names, (method, path)
     assert seen >= 10
+
+
+async def test_a_chunked_body_over_the_limit_is_413(start_server: Any, engine: AsyncEngine) -> None:
+    server = await start_server(max_body_bytes=1000)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b'{"name": "'
+        for _ in range(20):
+            yield b"x" * 100
+        yield b'", "code": "1"}'
+
+    async with httpx.AsyncClient(base_url=server.url) as api:
+        response = await api.post(
+            "/project/create",
+            content=chunks(),  # no Content-Length: the limit is met while reading
+            headers={"content-type": "application/json", "Idempotency-Key": "big"},
+        )
+    assert_error(response, 413, "Слишком большой запрос")
+    assert await count(engine, "idempotency_key") == 0
+
+
+async def test_the_worker_deletes_expired_keys(engine: AsyncEngine, start_worker: Any) -> None:
+    await record(engine, key_value="old", request_hash="0" * 64, age=2 * 86400, status_code=201)
+    await record(engine, key_value="new", request_hash="0" * 64, age=60, status_code=201)
+    await start_worker()
+    for _ in range(600):  # the upkeep's first round is at the worker's start
+        if await count(engine, "idempotency_key") == 1:
+            break
+        await asyncio.sleep(0.05)
+    async with engine.connect() as connection:
+        assert list(await connection.scalars(select(IdempotencyRecord.key))) == ["new"]

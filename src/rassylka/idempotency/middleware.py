@@ -65,8 +65,7 @@ class IdempotencyMiddleware:
         try:
             body = await _read_body(receive)
         except HTTPException as error:  # the body limit's 413, raised from its receive
-            answer = error_response(error.status_code, headers={"Connection": "close"})
-            await answer(scope, receive, send)
+            await error_response(error.status_code)(scope, receive, send)
             return
         if body is None:
             return  # the client went away: no one to answer
