@@ -428,3 +428,36 @@ async def test_the_worker_deletes_expired_keys(engine: AsyncEngine, start_worker
         await asyncio.sleep(0.05)
     async with engine.connect() as connection:
         assert list(await connection.scalars(select(IdempotencyRecord.key))) == ["new"]
+
+
+async def test_a_retried_mailing_start_gets_its_first_answer(
+    api: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    project_id = await make_project(api)
+    template_id = await make_template(api, project_id)
+    body = creates(template_id)[4][2]  # a draft
+    mailing_id = assert_ok(await api.post("/mailing/create", json=body))["id"]
+    first = await api.post(f"/mailing/{mailing_id}/start", headers=key("go"))
+    assert assert_ok(first, 200)["status"] == 1
+    # Started already: without the key a second start is refused; with it, the first answer.
+    again = await api.post(f"/mailing/{mailing_id}/start", headers=key("go"))
+    assert (again.status_code, again.content) == (200, first.content)
+    assert again.headers["idempotent-replayed"] == "true"
+    assert (await api.post(f"/mailing/{mailing_id}/start")).status_code == 409
+
+
+async def test_a_csv_import_sent_again_byte_for_byte_is_replayed(
+    api: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    await make_project(api)
+    csv = "guid,first_name,last_name,phone\nc-1,Иван,Иванов,+79161234567\n".encode()
+    # One multipart body, sent twice as a CRM's retry resends it (a new boundary is a new body).
+    upload = httpx.Request("POST", "http://x/", files={"file": ("clients.csv", csv, "text/csv")})
+    headers = {"content-type": upload.headers["content-type"], "Idempotency-Key": "csv"}
+    path = "/client/import?project=010"
+    first = await api.post(path, content=upload.read(), headers=headers)
+    assert assert_ok(first)["created"] == 1
+    again = await api.post(path, content=upload.read(), headers=headers)
+    assert again.content == first.content  # "created": 1 again, not "updated": 1
+    assert again.headers["idempotent-replayed"] == "true"
+    assert await count(engine, "client") == 1
