@@ -31,6 +31,8 @@ from rassylka.errors import error_response, install_handlers, openapi_error_resp
 from rassylka.events.bus import EventHub
 from rassylka.events.router import router as event_router
 from rassylka.http import BodyLimitMiddleware, SettingsMiddleware
+from rassylka.idempotency.middleware import IdempotencyMiddleware
+from rassylka.idempotency.middleware import document as document_idempotency
 from rassylka.mailings.router import router as mailing_router
 from rassylka.messages.router import router as delivery_router
 from rassylka.projects.router import router as project_router
@@ -119,9 +121,11 @@ def create_app(
     install_handlers(app)
     redaction.install()
     # Outermost last (Starlette's add_middleware): settings → body limit → API key → rate
-    # limit → FastCreate → routes. FastCreate is innermost of ours: inside the body limit, with
+    # limit → Idempotency-Key → FastCreate → routes. FastCreate is innermost of ours: inside the body limit, with
     # this app's settings, and after the key and the rate are checked.
     app.add_middleware(FastCreate)
+    # Outside FastCreate, which answers POST /client/create itself (see IdempotencyMiddleware).
+    app.add_middleware(IdempotencyMiddleware)
     app.add_middleware(
         RateLimitMiddleware, rate=settings.api_rate_limit, burst=settings.api_rate_burst
     )
@@ -200,7 +204,8 @@ def _freeze_heap() -> None:
 
 def _openapi(app: FastAPI) -> dict[str, Any]:
     """FastAPI's schema without its 422 responses (validation errors here are 400 envelopes),
-    with the API key as a Bearer security scheme on every operation that takes it."""
+    with the API key as a Bearer security scheme on every operation that takes it, and the
+    ``Idempotency-Key`` header on the operations that take it."""
     if app.openapi_schema is None:
         schema = get_openapi(
             title=app.title,
@@ -223,6 +228,7 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
                 "description": "Ключ API (rassylka apikey create); нужен, когда ключи есть",
             }
         }
+        document_idempotency(schema)
         components = schema.get("components", {}).get("schemas", {})
         components.pop("HTTPValidationError", None)
         components.pop("ValidationError", None)

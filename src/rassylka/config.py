@@ -38,6 +38,10 @@ class Settings(BaseSettings):
     max_import_rows: int = 100_000
     """Most clients one import request may carry."""
 
+    idempotency_ttl: float = Field(default=86400.0, gt=0)
+    """Seconds an ``Idempotency-Key`` and its answer are kept; after that the key is new again
+    (the worker deletes the old ones)."""
+
     default_phone_region: str = "RU"
     """Region for phone numbers written without ``+`` (ISO 3166 alpha-2)."""
 

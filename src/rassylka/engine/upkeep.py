@@ -1,4 +1,4 @@
-"""Fresh planner statistics for the tables the engine hammers, on PostgreSQL.
+"""The worker's upkeep: fresh planner statistics (PostgreSQL), old idempotency keys deleted.
 
 PostgreSQL plans from statistics that autovacuum's ANALYZE keeps, at best a minute behind (and
 never, where autovacuum is off). A run of a million messages made in one statement, or a
@@ -9,15 +9,24 @@ a claim of 500 messages taking 1–9 s, 27,000 messages into a 100,000-message m
 So the worker looks at ``pg_stat_user_tables`` right after starting runs and every
 ``INTERVAL`` seconds, and analyzes (``SKIP_LOCKED``: another worker may be at it) each of its
 tables changed by more than autovacuum's own default threshold since its last ANALYZE.
+
+Idempotency keys (``ExpiredKeys``) older than ``RASSYLKA_IDEMPOTENCY_TTL`` are deleted every
+minute.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from datetime import timedelta
 
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from rassylka.db import utcnow
+from rassylka.engine.waiting import wait_any
+from rassylka.idempotency import repository as idempotency
 
 from rassylka.errors import database_unavailable
 
@@ -75,3 +84,36 @@ class Statistics:
         if stale:
             logger.info("analyzed %s (statistics were stale)", ", ".join(stale))
         return stale
+
+
+class ExpiredKeys:
+    """Deletes the ``Idempotency-Key`` rows older than ``ttl`` seconds, every ``interval``.
+
+    Reading ignores them already (an old key is new again); this keeps the table at about a
+    day of creates. Any number of workers may do it at once: a delete of rows already gone
+    deletes nothing."""
+
+    def __init__(self, engine: AsyncEngine, *, ttl: float, interval: float = 60.0) -> None:
+        self._engine = engine
+        self.ttl = ttl
+        self.interval = interval
+
+    async def purge(self) -> int:
+        """Delete the expired keys now; how many (errors are logged: 0)."""
+        try:
+            deleted = await idempotency.purge(
+                self._engine, before=utcnow() - timedelta(seconds=self.ttl)
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.warning("deleting expired idempotency keys failed", exc_info=True)
+            return 0
+        if deleted:
+            logger.info("deleted %s expired idempotency keys", deleted)
+        return deleted
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await self.purge()
+            await wait_any(stop, seconds=self.interval)

@@ -23,6 +23,7 @@ from rassylka.engine.dispatcher import DispatchConfig, Dispatcher
 from rassylka.engine.listening import listen
 from rassylka.engine.receipts import ReceiptInbox
 from rassylka.engine.scheduler import Scheduler
+from rassylka.engine.upkeep import ExpiredKeys
 from rassylka.messages.queue import EVENTS_CHANNEL, NOTIFY_CHANNEL, SCHEDULE_CHANNEL
 from rassylka.webhooks.delivery import WebhookConfig, WebhookSender
 
@@ -43,10 +44,12 @@ class Worker:
         schedule: bool = True,
         receipts: ReceiptInbox | None = None,
         webhooks: WebhookConfig | None = None,
+        idempotency_ttl: float = 86400.0,
     ) -> None:
         """``receipts`` is the inbox the channels hand delivery receipts to (see
         ``Worker.open``); the worker runs it and tells it of recorded SMS parts. ``webhooks``
-        configures the sender of the CRM's webhooks, which runs beside the sending."""
+        configures the sender of the CRM's webhooks, which runs beside the sending;
+        ``idempotency_ttl``, how long the API's idempotency keys are kept."""
         self.engine = engine
         self.channels = channels
         sessionmaker = create_sessionmaker(engine)
@@ -70,6 +73,7 @@ class Worker:
             else None
         )
         self.webhooks = WebhookSender(sessionmaker, webhooks)
+        self.expired_keys = ExpiredKeys(engine, ttl=idempotency_ttl)
         self.stop_event = asyncio.Event()
 
     @classmethod
@@ -84,6 +88,7 @@ class Worker:
             DispatchConfig.from_settings(settings),
             receipts=inbox,
             webhooks=WebhookConfig.from_settings(settings),
+            idempotency_ttl=settings.idempotency_ttl,
         )
 
     def wake_scheduler(self) -> None:
@@ -103,6 +108,7 @@ class Worker:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self.dispatcher.run(stop), name="dispatcher")
                 group.create_task(self.webhooks.run(stop), name="webhooks")
+                group.create_task(self.expired_keys.run(stop), name="expired-keys")
                 if self.scheduler is not None:
                     group.create_task(self.scheduler.run(stop), name="scheduler")
                 if self.engine.dialect.name == "postgresql":
