@@ -5,7 +5,9 @@ Against real servers, the real dispatcher and the aiosmtpd peer, on both databas
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -65,6 +67,11 @@ RUNAWAY = {
     ),
     "join": ("{{ (['x' * 100000] * 10)|join('y' * 1000000) }}", TOO_LARGE),
     "replace": ("{{ ('x' * 100000)|replace('x', 'y' * 100000) }}", TOO_LARGE),
+    "map-center-join": ("{{ range(1000)|map('center', 1000000)|join }}", TOO_LARGE),
+    "map-center-list": ("{{ range(1000)|map('center', 1000000)|list|length }}", TOO_LARGE),
+    "str-join-generator": ("{{ ''.join(range(1000)|map('center', 1000000)) }}", TOO_LARGE),
+    "lipsum": ("{{ lipsum(1000000) }}", TOO_LARGE),
+    "batch-fill": ("{{ [1]|batch(10**8, 'x')|list|length }}", TOO_LARGE),
     "loop-cycle": (
         "{% for a in range(100000) %}{% for b in range(100000) %}"
         "{% if loop.cycle(1, 2) == 3 %}x{% endif %}{% endfor %}{% endfor %}",
@@ -94,11 +101,17 @@ def test_ordinary_templates_render_as_before_within_the_budget() -> None:
         " {{ '{:>4}'.format(7) }} {{ 'a'|center(5) }} {{ [1, 2]|join(',') }}"
         " {{ ('ab' * 3)|replace('a', 'c') }} {{ 2 ** 10 }} {{ attributes|length }}"
         " {{ '-' * 3 }}{{ [1] + [2] }}{{ 'x' ~ 1 }}"
+        # Large numbers are no widths: money amounts pass through format and macros.
+        "{% macro money(x) %}{{ x }}{% endmacro %}"
+        " {{ '%d'|format(sum) }} {{ '{}'.format(sum) }} {{ money(sum) }} {{ sum * 1000 }}"
     )
     text = compiled(TemplateSources(sms_text=source)).render_sms(
-        {"first_name": "Иван", "attributes": {"a": 1}}
+        {"first_name": "Иван", "attributes": {"a": 1}, "sum": 2_500_000}
     )
-    assert text == "Иван: 012     a    7   a   1,2 cbcbcb 1024 1 ---[1, 2]x1"
+    assert text == (
+        "Иван: 012     a    7   a   1,2 cbcbcb 1024 1 ---[1, 2]x1"
+        " 2500000 2500000 2500000 2500000000"
+    )
 
 
 def test_the_output_cap_is_the_setting_and_a_slow_template_fails_fast_afterwards() -> None:
@@ -289,3 +302,133 @@ async def test_streams_per_caller_are_limited_and_a_closed_one_frees_its_place(
             await asyncio.sleep(0.1)
         for context in opened[1:]:
             await context.__aexit__(None, None, None)
+
+
+# -- request bodies ----------------------------------------------------------------------------
+
+
+def _csv(rows: int) -> bytes:
+    lines = b"".join(b"g%d,a,b,a%d@b.ru\n" % (i, i) for i in range(rows))
+    return b"guid,first_name,last_name,email\n" + lines
+
+
+async def _chunked(data: bytes, size: int = 100) -> AsyncIterator[bytes]:
+    for start in range(0, len(data), size):
+        yield data[start : start + size]
+
+
+async def test_every_kind_of_body_over_its_limit_is_a_413_the_client_can_read(
+    start_server: StartServer,
+) -> None:
+    """Declared and chunked, JSON (both create paths), multipart and text/csv imports; the
+    import's own limit applies to it only; a body far over the limit (1 MiB against 1000
+    bytes) is read and dropped, so the client gets the envelope, not a reset connection."""
+    server = await start_server(max_body_bytes=1000, max_import_bytes=5000)
+    too_big = "Слишком большой запрос"
+    async with httpx.AsyncClient(base_url=server.url, timeout=WAIT) as api:
+        await make_project(api)
+        person = {"project": "010", "first_name": "a", "last_name": "b", "email": "a@b.ru"}
+        big_client = json.dumps({**person, "guid": "x" * 2000}).encode()
+        json_type = {"Content-Type": "application/json"}
+        # POST /client/create: FastCreate reads it, declared or chunked.
+        assert_error(
+            await api.post("/client/create", content=big_client, headers=json_type), 413, too_big
+        )
+        response = await api.post("/client/create", content=_chunked(big_client), headers=json_type)
+        assert "content-length" not in response.request.headers
+        assert_error(response, 413, too_big)
+        # Far over the limit, declared: the whole megabyte is drained before the answer.
+        huge = json.dumps({"name": "x" * 1024 * 1024, "code": "1"}).encode()
+        assert_error(
+            await api.post("/project/create", content=huge, headers=json_type), 413, too_big
+        )
+        assert_error(
+            await api.post("/project/create", content=_chunked(huge, 65536), headers=json_type),
+            413,
+            too_big,
+        )
+        # The import: its own limit (5000), by every content type.
+        fits, over = _csv(100), _csv(400)
+        assert 1000 < len(fits) <= 5000 < len(over)
+        query = {"project": "010"}
+        assert_ok(await api.post("/client/import", params=query, files={"file": ("c.csv", fits)}))
+        assert_error(
+            await api.post("/client/import", params=query, files={"file": ("c.csv", over)}),
+            413,
+            too_big,
+        )
+        boundary = b'--b\r\nContent-Disposition: form-data; name="file"; filename="c.csv"\r\n\r\n'
+        multipart = boundary + over + b"\r\n--b--\r\n"
+        response = await api.post(
+            "/client/import",
+            params=query,
+            content=_chunked(multipart),
+            headers={"Content-Type": "multipart/form-data; boundary=b"},
+        )
+        assert_error(response, 413, too_big)
+        for content in (over, _chunked(over)):
+            response = await api.post(
+                "/client/import",
+                params=query,
+                content=content,
+                headers={"Content-Type": "text/csv"},
+            )
+            assert_error(response, 413, too_big)
+        listed = assert_ok(await api.get("/client/list", params={"project": "010"}), 200)
+        assert listed["total"] == 100, "only the import that fitted was stored"
+
+
+# -- lists in request bodies -------------------------------------------------------------------
+
+
+async def test_every_list_in_a_body_has_a_maximum(api: httpx.AsyncClient) -> None:
+    project_id = await make_project(api)
+    template_id = int(
+        assert_ok(
+            await api.post(
+                "/template/create",
+                json={"project_id": project_id, "name": "Т", "sms_text": "SMS"},
+            )
+        )["id"]
+    )
+    person = {"project": "010", "guid": "g", "first_name": "a", "last_name": "b"}
+    person["email"] = "a@b.ru"
+    mailing = {
+        "name": "М",
+        "project_id": project_id,
+        "template_id": template_id,
+        "status": 0,
+        "channels": [1],
+    }
+    cases: list[tuple[str, dict[str, Any], str]] = [
+        ("/client/create", {**person, "tags": [f"t{i}" for i in range(101)]}, "tags"),
+        (
+            "/client/create",
+            {**person, "attributes": {f"a{i}": i for i in range(201)}},
+            "attributes",
+        ),
+        ("/mailing/create", {**mailing, "channels": ["email"] * 11}, "channels"),
+        (
+            "/mailing/create",
+            {**mailing, "send_window": {"start": "09:00", "end": "18:00", "days": [1] * 8}},
+            "send_window.days",
+        ),
+        (
+            "/mailing/create",
+            {**mailing, "audience": {"tags_any": [f"t{i}" for i in range(101)]}},
+            "audience.tags_any",
+        ),
+        (
+            "/mailing/create",
+            {**mailing, "audience": {"attributes": {f"a{i}": 1 for i in range(101)}}},
+            "audience.attributes",
+        ),
+        (
+            "/webhook/create",
+            {"project_id": project_id, "url": "http://127.0.0.1:9/h", "events": ["sent"] * 11},
+            "events",
+        ),
+    ]
+    for path, body, field in cases:
+        details = assert_error(await api.post(path, json=body), 400, "Ошибка валидации")
+        assert field in {detail["field"] for detail in details}, (path, details)

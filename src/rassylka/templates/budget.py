@@ -34,6 +34,7 @@ from jinja2 import nodes
 from jinja2.compiler import CodeGenerator, Frame
 from jinja2.runtime import markup_join, str_join
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.utils import generate_lorem_ipsum
 from markupsafe import Markup
 
 DEFAULT_MAX_BYTES = 1024 * 1024
@@ -283,11 +284,17 @@ def _lines(text: str) -> int:
     return text.count("\n") + 1
 
 
+# Filters whose integer arguments are counts or widths they allocate or loop by (a money
+# amount passed to ``format`` is not one: that is checked by its format's widths).
+_COUNTING_FILTERS = frozenset({"center", "batch", "slice", "truncate", "wordwrap"})
+
+
 def _check_filter(name: str, value: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
     """What a filter would build, estimated from its arguments before it runs."""
     cap = _budget().limits.max_bytes
-    for argument in (*args, *kwargs.values()):
-        _check_number(argument)
+    if name in _COUNTING_FILTERS:
+        for argument in (*args, *kwargs.values()):
+            _check_number(argument)
     if name not in _CHEAP_FILTERS:
         _check_small(value)
     text = value if isinstance(value, str) else None
@@ -327,9 +334,33 @@ def _guard_filter(name: str, function: Callable[..., Any]) -> Callable[..., Any]
         own = args[1:] if passes_first else args
         value, rest = (own[0], own[1:]) if own else (None, ())
         _check_filter(name, value, tuple(rest), kwargs)
-        return _check_result(function(*args, **kwargs))
+        result = function(*args, **kwargs)
+        if isinstance(result, Iterator):
+            return _counted(result)
+        return _check_result(result)
 
     return guarded
+
+
+def _counted(items: Iterator[Any]) -> Iterator[Any]:
+    """A filter's lazy result (``map``, ``select``, …), measured as it is consumed: whoever
+    consumes it (``join``, ``list``, a loop) gets at most the cap's worth of items."""
+    budget = _budget()
+    cap = budget.limits.max_bytes
+    total = 0
+    for item in items:
+        budget.tick()
+        total += measure(item, cap - total)
+        if total > cap:
+            raise RenderTooLarge(f"больше {cap} символов")
+        yield item
+
+
+def _lipsum(n: int = 5, html: bool = True, min: int = 20, max: int = 100) -> Any:
+    """Jinja's ``lipsum``, with its counts bounded (``lipsum(10**6)`` would write ~500 MB)."""
+    if not all(_int(number) and 0 <= number <= 100 for number in (n, min, max)):
+        raise RenderTooLarge("lipsum: не больше 100 абзацев и слов")
+    return generate_lorem_ipsum(n=n, html=html, min=min, max=max)
 
 
 def _budget_iter(iterable: Any) -> Iterator[Any]:
@@ -354,6 +385,7 @@ class BudgetedEnvironment(ImmutableSandboxedEnvironment):
         super().__init__(finalize=self._finalize, **options)
         self.filters = {name: _guard_filter(name, f) for name, f in self.filters.items()}
         self.filters[LOOP_FILTER] = _budget_iter
+        self.globals["lipsum"] = _lipsum
 
     def _parse(self, source: str, name: str | None, filename: str | None) -> nodes.Template:
         tree = super()._parse(source, name, filename)
@@ -383,12 +415,11 @@ class BudgetedEnvironment(ImmutableSandboxedEnvironment):
 
     def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
         _budget().tick()
-        for argument in (*args, *kwargs.values()):
-            _check_number(argument)
         owner = getattr(__obj, "__self__", None)
         if isinstance(owner, str):
             method = getattr(__obj, "__name__", "")
             if method in _STR_WIDTH_METHODS | {"expandtabs"} and args and _int(args[0]):
+                _check_number(args[0])
                 tabs = owner.count("\t") if method == "expandtabs" else 1
                 _check_size(len(owner) + tabs * args[0])
             elif method == "replace" and len(args) >= 2:
