@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 
@@ -65,17 +66,18 @@ def _sample_context() -> dict[str, Any]:
     return context_for(client=client, project=project, mailing=mailing)
 
 
-def budget_problems(template: Template) -> list[FieldError]:
+async def budget_problems(template: Template) -> list[FieldError]:
     """A trial render for a sample client: a template that runs too long, renders too much or
     reaches for what the sandbox forbids is refused now, not at its first message. (Errors
     that depend on the data, an undefined attribute, are the recipient's: they fail that
-    message at dispatch.)"""
+    message at dispatch.) In a thread: a runaway template takes its budget there, while the
+    event loop goes on answering other requests."""
     settings = get_settings()
     limits = RenderLimits(
         max_bytes=settings.max_render_bytes, max_seconds=settings.max_render_seconds
     )
     sources = TemplateSources(**{name: getattr(template, name) for name in CONTENT_FIELDS})
-    problems = compiled(sources).trial_problems(_sample_context(), limits)
+    problems = await asyncio.to_thread(compiled(sources).trial_problems, _sample_context(), limits)
     return [FieldError(field=name, message=problem) for name, problem in problems.items()]
 
 
@@ -88,7 +90,7 @@ async def create(session: AsyncSession, *, data: TemplateCreate) -> Template:
         reference, field = data.project, "project"
     project = await project_service.resolve(session, reference=reference, field=field)
     template = Template(project_id=project.id, **data.model_dump(include={"name", *CONTENT_FIELDS}))
-    if problems := content_problems(template) or budget_problems(template):
+    if problems := content_problems(template) or await budget_problems(template):
         raise ValidationFailed(problems)
     return await repository.add(session, template)
 
@@ -101,7 +103,7 @@ async def update(session: AsyncSession, *, template_id: int, data: TemplateUpdat
         raise ValidationFailed.on("name", "Поле нельзя очистить")
     for name, value in changes.items():
         setattr(template, name, value)
-    if problems := content_problems(template) or budget_problems(template):
+    if problems := content_problems(template) or await budget_problems(template):
         raise ValidationFailed(problems)
     await session.flush()
     return template
