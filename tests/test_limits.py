@@ -14,9 +14,11 @@ import httpx
 import pytest
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.requests import Request
 
 from conftest import StartServer, StartWorker
 from helpers import assert_error, assert_ok, make_project
+from rassylka.events.router import caller_of
 from rassylka.templates.budget import TOO_LARGE, TOO_SLOW, RenderLimits
 from rassylka.templates.models import Template
 from rassylka.templates.rendering import RenderError, TemplateSources, compiled
@@ -432,3 +434,12 @@ async def test_every_list_in_a_body_has_a_maximum(api: httpx.AsyncClient) -> Non
     for path, body, field in cases:
         details = assert_error(await api.post(path, json=body), 400, "Ошибка валидации")
         assert field in {detail["field"] for detail in details}, (path, details)
+
+
+def test_the_stream_caller_is_the_auth_middlewares_caller_else_the_address() -> None:
+    """The API-key middleware (built apart) names the caller in the scope's state; without
+    it, the client's address is the caller."""
+    base: dict[str, Any] = {"type": "http", "headers": [], "client": ("10.0.0.7", 5000)}
+    assert caller_of(Request(base)) == "addr:10.0.0.7"
+    keyed = {**base, "state": {"caller_id": "key:12"}}
+    assert caller_of(Request(keyed)) == "key:12"

@@ -42,17 +42,40 @@ class Page(BaseModel, Generic[T]):
 NUL_ERROR = "nul_character"
 
 
+def _has_nul(value: Any) -> bool:
+    """Whether any string in ``value`` (keys included) holds NUL: the quick look every body
+    gets (strings checked in place, a call only per nested container)."""
+    if type(value) is dict:
+        for key, inner in value.items():
+            if type(key) is str and "\x00" in key:
+                return True
+            kind = type(inner)
+            if kind is str:
+                if "\x00" in inner:
+                    return True
+            elif (kind is dict or kind is list) and _has_nul(inner):
+                return True
+        return False
+    if type(value) is list:
+        for inner in value:
+            kind = type(inner)
+            if kind is str:
+                if "\x00" in inner:
+                    return True
+            elif (kind is dict or kind is list) and _has_nul(inner):
+                return True
+        return False
+    return isinstance(value, str) and "\x00" in value
+
+
 def nul_path(value: Any) -> str | None:
     """Where in ``value`` (a parsed JSON body) a string holds NUL, as a dotted path; None if
     nowhere. The path is "" for ``value`` itself."""
-    if isinstance(value, str):
-        return "" if "\x00" in value else None
-    if isinstance(value, dict):
-        items: Any = value.items()
-    elif isinstance(value, list):
-        items = enumerate(value)
-    else:
+    if not _has_nul(value):
         return None
+    if isinstance(value, str):
+        return ""
+    items: Any = value.items() if isinstance(value, dict) else enumerate(value)
     for key, inner in items:
         if isinstance(key, str) and "\x00" in key:
             return str(key).replace("\x00", "\\u0000")
