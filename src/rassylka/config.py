@@ -41,6 +41,14 @@ class Settings(BaseSettings):
     idempotency_ttl: float = Field(default=86400.0, gt=0)
     """Seconds an ``Idempotency-Key`` and its answer are kept; after that the key is new again
     (the worker deletes the old ones)."""
+    # What a user's template may cost (docs/templates.md).
+    max_template_bytes: int = Field(default=256 * 1024, ge=1024)
+    """Largest text of one template field (UTF-8 bytes); larger gets 400."""
+    max_render_bytes: int = Field(default=1024 * 1024, ge=1024)
+    """Most characters one field of one rendered message may have, and any value a template
+    builds on the way; over it the template is refused (create) or the message fails."""
+    max_render_seconds: float = Field(default=1.0, gt=0)
+    """Most seconds one field of one message may take to render; the same then."""
 
     default_phone_region: str = "RU"
     """Region for phone numbers written without ``+`` (ISO 3166 alpha-2)."""
@@ -159,6 +167,9 @@ class Settings(BaseSettings):
     sse_ping: float = Field(default=15.0, ge=0)
     """Seconds between heartbeat comments on an idle stream (keeps proxies from closing it);
     0 sends none."""
+    sse_max_per_client: int = Field(default=20, ge=1)
+    """Most live streams one caller (API key, else client address) may hold open; more
+    gets 429."""
     sse_max_lifetime: float = Field(default=3600.0, gt=0)
     """Seconds a stream stays open; then it ends with ``event: reconnect`` and the client
     resumes with ``Last-Event-ID``."""

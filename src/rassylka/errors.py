@@ -199,6 +199,8 @@ def details_from_pydantic(errors: Iterable[Any]) -> list[FieldError]:
         location = list(error.get("loc", ()))
         if error.get("type") == "json_invalid":
             location = ["body"]
+        elif error.get("type") == "nul_character":  # schemas.RequestModel: the path is in ctx
+            location += str((error.get("ctx") or {}).get("field", "")).split(".")
         field = _field(location)
         message = _russian(error)
         if (field, message) not in seen:
@@ -251,6 +253,13 @@ def unexpected(exc: BaseException) -> JSONResponse:
         # line per request (not a traceback) while the database is down or restarting.
         logger.warning("database unavailable: %s", _first_line(exc))
         return error_response(503, headers={"Retry-After": "1"})
+    if (refused := _refused_value(exc)) is not None:
+        # A value the schemas let through but the database refuses (PostgreSQL: NUL in a
+        # query parameter, a number out of range): the request's fault, never a 500.
+        logger.warning("value refused by the database: %s", _first_line(refused))
+        return error_response(
+            400, [FieldError(field="body", message="Недопустимое значение для базы данных")]
+        )
     # Logged with its traceback for the operator; the client sees only the envelope.
     logger.error("unhandled error", exc_info=exc)
     return error_response(500)
@@ -310,6 +319,23 @@ def database_unavailable(exc: BaseException) -> bool:
             else (current.__cause__ or current.__context__)
         )
     return False
+
+
+def _refused_value(exc: BaseException) -> BaseException | None:
+    """The database's "data exception" (SQLSTATE class 22) in ``exc``'s chain, if any."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, sqlalchemy_errors.DataError | asyncpg.DataError):
+            return current
+        wrapped = getattr(current, "orig", None)
+        current = (
+            wrapped
+            if isinstance(wrapped, BaseException)
+            else (current.__cause__ or current.__context__)
+        )
+    return None
 
 
 def _first_line(exc: BaseException) -> str:

@@ -3,18 +3,41 @@ API keys are ``access.middleware``'s)."""
 
 from __future__ import annotations
 
+import time
+
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from rassylka.config import Settings, current_settings
 from rassylka.errors import error_response
 
+# Before a 413 the rest of the body is read and dropped, up to this much and this long: a
+# server that closes a connection with unread data in it makes the kernel reset it, and the
+# client (still sending) then loses the answer instead of reading the 413. Bodies larger than
+# this are cut short (the client may see a reset rather than the envelope).
+DRAIN_BYTES = 16 * 1024 * 1024
+DRAIN_SECONDS = 5.0
+
+
+async def _drain(receive: Receive, left: int) -> None:
+    """Reads and drops what remains of the request body, within DRAIN_BYTES/DRAIN_SECONDS."""
+    deadline = time.monotonic() + DRAIN_SECONDS
+    while left > 0 and time.monotonic() < deadline:
+        message = await receive()
+        if message["type"] != "http.request":
+            return
+        left -= len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return
+
 
 class BodyLimitMiddleware:
     """Refuses request bodies over the limit with the manual's envelope and 413.
 
-    A declared Content-Length is refused before the body is read; a chunked body is counted
-    as it arrives. Some paths (the bulk import) get their own, larger limit.
+    A declared Content-Length is refused before the body is passed on; a chunked body is
+    counted as it arrives. Either way the rest of the body is read and dropped first (within
+    DRAIN_BYTES), so that the client reads the 413. Some paths (the bulk import) get their
+    own, larger limit.
     """
 
     def __init__(self, app: ASGIApp, *, default: int, per_path: dict[str, int]) -> None:
@@ -29,6 +52,8 @@ class BodyLimitMiddleware:
         limit = self.per_path.get(scope["path"], self.default)
         declared = _content_length(scope)
         if declared is not None and declared > limit:
+            if declared <= DRAIN_BYTES:
+                await _drain(receive, declared)
             response = error_response(413, headers={"Connection": "close"})
             await response(scope, receive, send)
             return
@@ -40,8 +65,10 @@ class BodyLimitMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
+                    if message.get("more_body", False):
+                        await _drain(receive, DRAIN_BYTES - received)
                     # FastAPI re-raises an HTTPException met while reading the body.
-                    raise HTTPException(status_code=413)
+                    raise HTTPException(status_code=413, headers={"Connection": "close"})
             return message
 
         await self.app(scope, limited_receive, send)

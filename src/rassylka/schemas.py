@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Any, Generic, TypeVar
+from typing import Annotated, Any, ClassVar, Generic, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fastapi import Depends, Query
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from rassylka.errors import ValidationFailed
 
@@ -31,10 +39,73 @@ class Page(BaseModel, Generic[T]):
     offset: int
 
 
+NUL_ERROR = "nul_character"
+
+
+def _has_nul(value: Any) -> bool:
+    """Whether any string in ``value`` (keys included) holds NUL: the quick look every body
+    gets (strings checked in place, a call only per nested container)."""
+    if type(value) is dict:
+        for key, inner in value.items():
+            if type(key) is str and "\x00" in key:
+                return True
+            kind = type(inner)
+            if kind is str:
+                if "\x00" in inner:
+                    return True
+            elif (kind is dict or kind is list) and _has_nul(inner):
+                return True
+        return False
+    if type(value) is list:
+        for inner in value:
+            kind = type(inner)
+            if kind is str:
+                if "\x00" in inner:
+                    return True
+            elif (kind is dict or kind is list) and _has_nul(inner):
+                return True
+        return False
+    return isinstance(value, str) and "\x00" in value
+
+
+def nul_path(value: Any) -> str | None:
+    """Where in ``value`` (a parsed JSON body) a string holds NUL, as a dotted path; None if
+    nowhere. The path is "" for ``value`` itself."""
+    if not _has_nul(value):
+        return None
+    if isinstance(value, str):
+        return ""
+    items: Any = value.items() if isinstance(value, dict) else enumerate(value)
+    for key, inner in items:
+        if isinstance(key, str) and "\x00" in key:
+            return str(key).replace("\x00", "\\u0000")
+        if (found := nul_path(inner)) is not None:
+            return f"{key}.{found}" if found else str(key)
+    return None
+
+
 class RequestModel(BaseModel):
     """Base of request bodies: unknown fields are an error, so a typo never passes silently."""
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, coerce_numbers_to_str=True)
+    nul_checked_elsewhere: ClassVar[frozenset[str]] = frozenset()
+    """Fields whose parts another model checks one by one (an import's rows)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nul(cls, data: Any) -> Any:
+        # PostgreSQL refuses NUL in text (a 500 there), SQLite stores it, mail and SMS peers
+        # would cut the text at it: refused alike on both databases, naming the field
+        # (errors.details_from_pydantic reads it from the error's context).
+        if isinstance(data, dict) and cls.nul_checked_elsewhere:
+            data_checked = {k: v for k, v in data.items() if k not in cls.nul_checked_elsewhere}
+        else:
+            data_checked = data
+        if isinstance(data, dict) and (path := nul_path(data_checked)) is not None:
+            raise PydanticCustomError(
+                NUL_ERROR, "Недопустимый символ NUL (\\u0000)", {"field": path}
+            )
+        return data
 
 
 class UpdateModel(RequestModel):

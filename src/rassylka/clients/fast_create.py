@@ -102,7 +102,7 @@ def _valid(body: bytes) -> ClientCreate | None:
     """The body as FastAPI would read it (``json.loads``, then the model), or None."""
     try:
         parsed: Any = json.loads(body)
-    except ValueError:  # UnicodeDecodeError too
+    except (ValueError, RecursionError):  # UnicodeDecodeError too; [[[…]]] nested too deep
         return None
     if not isinstance(parsed, dict):
         return None

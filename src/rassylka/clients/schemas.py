@@ -24,6 +24,8 @@ from rassylka.scheduling.zones import number_zone
 from rassylka.schemas import EntityId, Name, ReadModel, RequestModel, TimeZoneName, UpdateModel
 
 MAX_TAGS = 100
+MAX_ATTRIBUTES = 200
+MAX_ATTRIBUTE_NAME = 255
 
 
 def normalize_phone(value: str) -> str:
@@ -165,6 +167,21 @@ Tags = Annotated[list[Tag], AfterValidator(_clean_tags)]
 Flag = Annotated[bool, BeforeValidator(_parse_flag)]
 
 
+def _check_attributes(attributes: Any) -> Any:
+    """Not more names than a CRM card has fields, each no longer than a column name; their
+    values are free (the body's size bounds them)."""
+    if isinstance(attributes, dict):
+        if len(attributes) > MAX_ATTRIBUTES:
+            raise ValueError(f"Не больше {MAX_ATTRIBUTES} атрибутов")
+        for name in attributes:
+            if isinstance(name, str) and len(name) > MAX_ATTRIBUTE_NAME:
+                raise ValueError(f"Имя атрибута не длиннее {MAX_ATTRIBUTE_NAME} символов")
+    return attributes
+
+
+Attributes = Annotated[dict[str, Any], BeforeValidator(_check_attributes)]
+
+
 class ClientFields(RequestModel):
     """A client as the CRM sends it, without the project (a row of an import)."""
 
@@ -182,7 +199,7 @@ class ClientFields(RequestModel):
         default=None, description="Часовой пояс клиента (IANA)", examples=["Europe/Moscow"]
     )
     tags: Tags = Field(default_factory=list, description="Теги для выбора аудитории")
-    attributes: dict[str, Any] = Field(
+    attributes: Attributes = Field(
         default_factory=dict, description="Произвольные данные, доступные в шаблонах"
     )
     opted_out: Flag = Field(
@@ -218,7 +235,7 @@ class ClientUpdate(UpdateModel):
     phone: Phone | None = None
     timezone: TimeZoneName | None = None
     tags: Tags | None = None
-    attributes: dict[str, Any] | None = None
+    attributes: Attributes | None = None
     opted_out: Flag | None = None
 
 
@@ -259,6 +276,8 @@ class ImportResult(BaseModel):
 
 class ClientImport(RequestModel):
     """JSON body of ``POST /client/import``; rows are checked one by one, not here."""
+
+    nul_checked_elsewhere = frozenset({"clients"})
 
     project: str | EntityId = Field(description="Код проекта (или его числовой id)")
     clients: list[Any] = Field(description="Клиенты, как в /client/create, без project")

@@ -62,6 +62,7 @@ from rassylka.scheduling import (
     opening_at_or_after,
     zone_or_utc,
 )
+from rassylka.templates.budget import RenderLimits
 from rassylka.templates.models import Template
 from rassylka.templates.rendering import (
     RenderError,
@@ -93,6 +94,7 @@ class DispatchConfig:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     error_rate_threshold: float = 0.5
     error_rate_window: int = 50
+    render: RenderLimits = field(default_factory=RenderLimits)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DispatchConfig:
@@ -111,6 +113,9 @@ class DispatchConfig:
             retry=RetryPolicy.from_settings(settings),
             error_rate_threshold=settings.error_rate_threshold,
             error_rate_window=settings.error_rate_window,
+            render=RenderLimits(
+                max_bytes=settings.max_render_bytes, max_seconds=settings.max_render_seconds
+            ),
         )
 
 
@@ -456,9 +461,10 @@ class _Lane:
             mailing.template,
             context_for(client=client, project=mailing.project, mailing=mailing.fields),
         )
+        limits = self.dispatcher.config.render
         try:
             if self.kind is ChannelKind.EMAIL:
-                email = template.render_email(context)
+                email = template.render_email(context, limits)
                 return OutboundMessage(
                     id=message.id,
                     kind=self.kind,
@@ -468,7 +474,10 @@ class _Lane:
                     html=email.html,
                 )
             return OutboundMessage(
-                id=message.id, kind=self.kind, to=message.address, text=template.render_sms(context)
+                id=message.id,
+                kind=self.kind,
+                to=message.address,
+                text=template.render_sms(context, limits),
             )
         except RenderError as error:
             return _RenderFailure(error.reason)

@@ -3,16 +3,18 @@ project's, or everyone's."""
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Annotated, Any
 
 import anyio
 from fastapi import APIRouter, Header, Path, Query, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 from sse_starlette import EventSourceResponse
+from starlette.types import Receive, Scope, Send
 
 from rassylka.access import scope
 from rassylka.config import Settings
-from rassylka.errors import NotFound, ValidationFailed, openapi_error_responses
+from rassylka.errors import NotFound, TooManyRequests, ValidationFailed, openapi_error_responses
 from rassylka.events import repository
 from rassylka.events.bus import EventHub
 from rassylka.events.stream import StreamFilter, status_events
@@ -41,7 +43,7 @@ STREAM_RESPONSES: dict[int | str, dict[str, Any]] = {
         "description": "Поток событий (text/event-stream)",
         "content": {"text/event-stream": {"schema": {"type": "string"}}},
     },
-    **openapi_error_responses(400, 403, 404, 500),
+    **openapi_error_responses(400, 403, 404, 429, 500),
 }
 LastEventIdHeader = Annotated[
     str | None,
@@ -127,12 +129,52 @@ async def _cursor(
     return await repository.last_id(session)
 
 
+def caller_of(request: Request) -> str:
+    """Who holds a stream: the API key's caller the auth middleware names, else the
+    client's address."""
+    caller = request.scope.get("state", {}).get("caller_id")
+    if caller:
+        return str(caller)
+    return f"addr:{request.client.host if request.client else ''}"
+
+
+class _CountedStream(EventSourceResponse):
+    """A stream that gives its caller's place back when it ends, however it ends (the
+    client went away, the lifetime ran out, the server stops)."""
+
+    def __init__(self, *args: Any, streams: Counter[str], caller: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._streams = streams
+        self._caller = caller
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._streams[self._caller] -= 1
+            if self._streams[self._caller] <= 0:
+                del self._streams[self._caller]
+
+
 def _stream(
     request: Request, hub: EventHub, cursor: int, only: StreamFilter
 ) -> EventSourceResponse:
     settings: Settings = request.app.state.settings
+    # Open streams per caller, in this process: each holds a connection and a subscription
+    # for up to RASSYLKA_SSE_MAX_LIFETIME, so one CRM's reconnect loop could hold them all.
+    streams: Counter[str] | None = getattr(request.app.state, "sse_streams", None)
+    if streams is None:
+        streams = request.app.state.sse_streams = Counter()
+    caller = caller_of(request)
+    if streams[caller] >= settings.sse_max_per_client:
+        raise TooManyRequests.on(
+            "events",
+            f"Открыто слишком много потоков событий ({settings.sse_max_per_client}):"
+            " закройте ненужные",
+        )
+    streams[caller] += 1
     shutdown = anyio.Event()
-    return EventSourceResponse(
+    return _CountedStream(
         status_events(
             hub, cursor=cursor, only=only, lifetime=settings.sse_max_lifetime, shutdown=shutdown
         ),
@@ -140,4 +182,6 @@ def _stream(
         send_timeout=SEND_TIMEOUT,
         shutdown_event=shutdown,
         shutdown_grace_period=SHUTDOWN_GRACE,
+        streams=streams,
+        caller=caller,
     )

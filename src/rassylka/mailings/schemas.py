@@ -11,6 +11,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    StringConstraints,
     WithJsonSchema,
     model_validator,
 )
@@ -20,11 +21,15 @@ from rassylka.mailings.models import Channel, MailingStatus
 from rassylka.schemas import EntityId, Name, ReadModel, RequestModel, TimeZoneName, UpdateModel
 
 _CHANNEL_NAMES = {"email": Channel.EMAIL, "sms": Channel.SMS}
+MAX_RRULE = 2000
+MAX_CHANNEL_ITEMS = 10
 
 
 def _parse_channels(value: Any) -> list[int]:
     """Channel ids or names, as a list or (the manual's example ``"1"``) a single value."""
     items = value if isinstance(value, list) else [value]
+    if len(items) > MAX_CHANNEL_ITEMS:
+        raise ValueError(f"Не больше {MAX_CHANNEL_ITEMS} каналов")
     channels: list[int] = []
     for item in items:
         channel: Channel | None = None
@@ -98,6 +103,7 @@ Channels = Annotated[
 ]
 Event = Annotated[
     str,
+    StringConstraints(max_length=64),
     AfterValidator(_check_event),
     WithJsonSchema(
         {
@@ -122,8 +128,12 @@ class ScheduleIn(RequestModel):
         }
     )
 
-    cron: str | None = Field(default=None, description="Cron-выражение из 5 полей")
-    rrule: str | None = Field(default=None, description="Правило RRULE (RFC 5545)")
+    cron: Annotated[str, StringConstraints(max_length=255)] | None = Field(
+        default=None, description="Cron-выражение из 5 полей"
+    )
+    rrule: Annotated[str, StringConstraints(max_length=MAX_RRULE)] | None = Field(
+        default=None, description="Правило RRULE (RFC 5545)"
+    )
     until: Event | None = Field(default=None, description="Не запускать после этого момента")
     max_runs: int | None = Field(default=None, ge=1, le=1_000_000, description="Не больше запусков")
     catch_up: Literal["once", "skip"] = Field(
@@ -147,10 +157,16 @@ class WindowIn(RequestModel):
         }
     )
 
-    start: str = Field(description="Начало окна, ЧЧ:ММ (время получателя)")
-    end: str = Field(description="Конец окна, ЧЧ:ММ; меньше начала — окно через полночь")
+    start: Annotated[str, StringConstraints(max_length=8)] = Field(
+        description="Начало окна, ЧЧ:ММ (время получателя)"
+    )
+    end: Annotated[str, StringConstraints(max_length=8)] = Field(
+        description="Конец окна, ЧЧ:ММ; меньше начала — окно через полночь"
+    )
     days: list[int] | None = Field(
-        default=None, description="Дни недели, когда окно открывается: 1 — пн … 7 — вс"
+        default=None,
+        max_length=7,
+        description="Дни недели, когда окно открывается: 1 — пн … 7 — вс",
     )
 
 

@@ -14,10 +14,19 @@ from html.parser import HTMLParser
 from typing import Any
 
 from jinja2 import StrictUndefined, Template, TemplateError, TemplateSyntaxError
-from jinja2.sandbox import SandboxedEnvironment
+from jinja2.exceptions import SecurityError
 
-environment = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
-html_environment = SandboxedEnvironment(undefined=StrictUndefined, autoescape=True)
+from rassylka.templates.budget import (
+    BudgetedEnvironment,
+    RenderLimitExceeded,
+    RenderLimits,
+    RenderTooSlow,
+    generate_limited,
+    limited,
+)
+
+environment = BudgetedEnvironment(undefined=StrictUndefined, autoescape=False)
+html_environment = BudgetedEnvironment(undefined=StrictUndefined, autoescape=True)
 
 TEXT_FIELDS = ("email_subject", "email_text", "sms_text")
 HTML_FIELDS = ("email_html",)
@@ -33,12 +42,16 @@ def syntax_problem(source: str) -> str | None:
 
 
 class RenderError(Exception):
-    """One recipient's message could not be rendered; ``reason`` says why, for the operator."""
+    """One recipient's message could not be rendered; ``reason`` says why, for the operator.
+    ``over_budget``: the template went over its time or size limit, or reached for what the
+    sandbox forbids (not a fault of this recipient's data)."""
 
-    def __init__(self, field: str, reason: str) -> None:
-        super().__init__(f"{field}: {reason}")
+    def __init__(self, field: str, problem: str, *, over_budget: bool = False) -> None:
+        super().__init__(f"{field}: {problem}")
         self.field = field
-        self.reason = f"Шаблон, поле {field}: {reason}"
+        self.problem = problem
+        self.over_budget = over_budget
+        self.reason = f"Шаблон, поле {field}: {problem}"
 
 
 @dataclass(frozen=True)
@@ -59,6 +72,9 @@ class RenderedEmail:
 class CompiledTemplate:
     def __init__(self, sources: TemplateSources) -> None:
         self._compiled: dict[str, Template] = {}
+        # A field that once ran out of time fails for every later recipient at once: a
+        # runaway loop must not cost each message of a mailing its full time budget.
+        self._too_slow: dict[str, RenderError] = {}
         globals_: dict[str, Any] = {}
         for name in TEXT_FIELDS + HTML_FIELDS:
             source = getattr(sources, name)
@@ -78,33 +94,67 @@ class CompiledTemplate:
     def _variables(self, context: Mapping[str, Any]) -> dict[str, Any]:
         return {**self._globals, **context}
 
-    def _render(self, name: str, variables: dict[str, Any]) -> str | None:
+    def _render(
+        self, name: str, variables: dict[str, Any], limits: RenderLimits | None = None
+    ) -> str | None:
         """One part, from ``variables`` (the globals and the recipient's names): what
         ``Template.render`` does, without its copy of the globals; a template's ``{% set %}``
-        writes to its own context, never to ``variables``."""
+        writes to its own context, never to ``variables``. Held to ``limits``
+        (``templates.budget``), the defaults if None."""
         template = self._compiled.get(name)
         if template is None:
             return None
+        if (known := self._too_slow.get(name)) is not None:
+            raise known
         try:
-            context = template.new_context(variables, shared=True)
-            return template.environment.concat(template.root_render_func(context))
+            with limited(limits or RenderLimits()):
+                context = template.new_context(variables, shared=True)
+                return generate_limited(template.root_render_func(context))
+        except RenderTooSlow as error:
+            self._too_slow[name] = RenderError(name, str(error), over_budget=True)
+            raise self._too_slow[name] from None
+        except RenderLimitExceeded as error:
+            raise RenderError(name, str(error), over_budget=True) from None
+        except SecurityError as error:
+            problem = f"недопустимая операция в шаблоне: {error.message or error}"
+            raise RenderError(name, problem, over_budget=True) from None
+        except RecursionError:
+            problem = "слишком глубокая рекурсия (макрос вызывает сам себя)"
+            raise RenderError(name, problem, over_budget=True) from None
+        except MemoryError:
+            raise RenderError(name, "не хватило памяти", over_budget=True) from None
         except TemplateError as error:
             raise RenderError(name, error.message or type(error).__name__) from None
         except Exception as error:  # a filter or operation failing on this client's data
             raise RenderError(name, f"{type(error).__name__}: {error}") from None
 
-    def render_email(self, context: Mapping[str, Any]) -> RenderedEmail:
+    def trial_problems(self, context: Mapping[str, Any], limits: RenderLimits) -> dict[str, str]:
+        """Each field that goes over ``limits`` or breaks the sandbox when rendered for
+        ``context`` (a sample client), with the reason; other errors are the sample data's."""
         variables = self._variables(context)
-        subject = self._render("email_subject", variables)
-        html = self._render("email_html", variables)
-        text = self._render("email_text", variables)
+        problems: dict[str, str] = {}
+        for name in self._compiled:
+            try:
+                self._render(name, variables, limits)
+            except RenderError as error:
+                if error.over_budget:
+                    problems[name] = error.problem
+        return problems
+
+    def render_email(
+        self, context: Mapping[str, Any], limits: RenderLimits | None = None
+    ) -> RenderedEmail:
+        variables = self._variables(context)
+        subject = self._render("email_subject", variables, limits)
+        html = self._render("email_html", variables, limits)
+        text = self._render("email_text", variables, limits)
         if subject is None or (html is None and text is None):
             raise RenderError("email_subject", "в шаблоне нет письма (темы и текста)")
         # A mail with only HTML still carries a plain part: some clients show nothing else.
         return RenderedEmail(subject=subject.strip(), text=text or _plain(html or ""), html=html)
 
-    def render_sms(self, context: Mapping[str, Any]) -> str:
-        text = self._render("sms_text", self._variables(context))
+    def render_sms(self, context: Mapping[str, Any], limits: RenderLimits | None = None) -> str:
+        text = self._render("sms_text", self._variables(context), limits)
         if text is None:
             raise RenderError("sms_text", "в шаблоне нет текста SMS")
         return text.strip()

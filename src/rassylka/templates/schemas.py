@@ -7,15 +7,16 @@ from typing import Annotated
 
 from pydantic import AfterValidator, Field, model_validator
 
+from rassylka.config import get_settings
 from rassylka.schemas import EntityId, Name, ReadModel, RequestModel, UpdateModel
 from rassylka.templates.rendering import syntax_problem
 
-MAX_TEMPLATE_CHARS = 512 * 1024
-
 
 def _valid_syntax(source: str) -> str:
-    if len(source) > MAX_TEMPLATE_CHARS:
-        raise ValueError(f"Не длиннее {MAX_TEMPLATE_CHARS} символов")
+    limit = get_settings().max_template_bytes
+    # Characters first: no encoding of a text that is four times too long even in ASCII.
+    if len(source) > limit or len(source.encode()) > limit:
+        raise ValueError(f"Текст шаблона не больше {limit} байт (UTF-8)")
     if problem := syntax_problem(source):
         raise ValueError(problem)
     return source

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from rassylka.config import get_settings
 from rassylka.errors import Conflict, FieldError, NotFound, ValidationFailed
 from rassylka.mailings import repository as mailing_repository
 from rassylka.projects import service as project_service
 from rassylka.templates import repository
+from rassylka.templates.budget import RenderLimits
 from rassylka.templates.models import Template
+from rassylka.templates.rendering import TemplateSources, compiled, context_for
 from rassylka.templates.schemas import TemplateCreate, TemplateUpdate
 
 CONTENT_FIELDS = ("email_subject", "email_html", "email_text", "sms_text")
@@ -39,6 +44,46 @@ def content_problems(template: Template) -> list[FieldError]:
     return []
 
 
+class _AnyAttributes(dict[str, Any]):
+    """A sample client's attributes: every name a template asks for is there (empty)."""
+
+    def __missing__(self, key: str) -> str:
+        return ""
+
+
+def _sample_context() -> dict[str, Any]:
+    client = {
+        "id": 1,
+        "guid": "sample",
+        "first_name": "Иван",
+        "last_name": "Иванов",
+        "middle_name": "Иванович",
+        "email": "ivan@example.com",
+        "phone": "+79161234567",
+        "timezone": "Europe/Moscow",
+        "tags": ["sample"],
+        "attributes": _AnyAttributes(),
+    }
+    project = {"id": 1, "code": "sample", "name": "Проект"}
+    mailing = {"id": 1, "name": "Рассылка", "event": "2026-01-01", "timezone": "Europe/Moscow"}
+    return context_for(client=client, project=project, mailing=mailing)
+
+
+async def budget_problems(template: Template) -> list[FieldError]:
+    """A trial render for a sample client: a template that runs too long, renders too much or
+    reaches for what the sandbox forbids is refused now, not at its first message. (Errors
+    that depend on the data, an undefined attribute, are the recipient's: they fail that
+    message at dispatch.) In a thread: a runaway template takes its budget there, while the
+    event loop goes on answering other requests."""
+    settings = get_settings()
+    limits = RenderLimits(
+        max_bytes=settings.max_render_bytes, max_seconds=settings.max_render_seconds
+    )
+    sources = TemplateSources(**{name: getattr(template, name) for name in CONTENT_FIELDS})
+    problems = await asyncio.to_thread(compiled(sources).trial_problems, _sample_context(), limits)
+    return [FieldError(field=name, message=problem) for name, problem in problems.items()]
+
+
 async def create(session: AsyncSession, *, data: TemplateCreate) -> Template:
     if data.project_id is not None:
         reference: str | int = data.project_id
@@ -48,7 +93,7 @@ async def create(session: AsyncSession, *, data: TemplateCreate) -> Template:
         reference, field = data.project, "project"
     project = await project_service.resolve(session, reference=reference, field=field)
     template = Template(project_id=project.id, **data.model_dump(include={"name", *CONTENT_FIELDS}))
-    if problems := content_problems(template):
+    if problems := content_problems(template) or await budget_problems(template):
         raise ValidationFailed(problems)
     return await repository.add(session, template)
 
@@ -61,7 +106,7 @@ async def update(session: AsyncSession, *, template_id: int, data: TemplateUpdat
         raise ValidationFailed.on("name", "Поле нельзя очистить")
     for name, value in changes.items():
         setattr(template, name, value)
-    if problems := content_problems(template):
+    if problems := content_problems(template) or await budget_problems(template):
         raise ValidationFailed(problems)
     await session.flush()
     return template
