@@ -27,7 +27,12 @@ from rassylka.engine.worker import Worker, run_until_stopped
 from rassylka.errors import error_response, install_handlers, openapi_error_responses
 from rassylka.events.bus import EventHub
 from rassylka.events.router import router as event_router
-from rassylka.http import BodyLimitMiddleware, SettingsMiddleware, require_api_key
+from rassylka.http import (
+    BodyLimitMiddleware,
+    SettingsMiddleware,
+    refuse_nul_in_query,
+    require_api_key,
+)
 from rassylka.mailings.router import router as mailing_router
 from rassylka.messages.router import router as delivery_router
 from rassylka.projects.router import router as project_router
@@ -118,7 +123,8 @@ def create_app(
         per_path={"/client/import": settings.max_import_bytes},
     )
     app.add_middleware(SettingsMiddleware, settings=settings)
-    protected = [Depends(require_api_key)]
+    plain = [Depends(refuse_nul_in_query)]
+    protected = [Depends(require_api_key), *plain]
     for router in (
         project_router,
         client_router,
@@ -131,7 +137,7 @@ def create_app(
     ):
         app.include_router(router, dependencies=protected)
     # Called by peers (providers), not by the CRM: each checks its own token, not an API key.
-    app.include_router(delivery_router)
+    app.include_router(delivery_router, dependencies=plain)
 
     @app.get(
         "/health",
@@ -183,7 +189,9 @@ def _freeze_heap() -> None:
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:
-    """FastAPI's schema without its 422 responses: validation errors here are 400 envelopes."""
+    """FastAPI's schema without its 422 responses (validation errors here are 400 envelopes),
+    with the 503 every operation can answer, and links from each create to the operations on
+    what it created."""
     if app.openapi_schema is None:
         schema = get_openapi(
             title=app.title,
@@ -192,11 +200,51 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
             routes=app.routes,
             tags=app.openapi_tags,
         )
+        unavailable = openapi_error_responses(503)[503]
         for path in schema.get("paths", {}).values():
             for operation in path.values():
-                operation.get("responses", {}).pop("422", None)
+                responses = operation.setdefault("responses", {})
+                responses.pop("422", None)
+                # Any operation that reads or writes the database answers 503 while it is away
+                # (errors.database_unavailable), so each says so.
+                responses.setdefault("503", _envelope_response(unavailable))
         components = schema.get("components", {}).get("schemas", {})
         components.pop("HTTPValidationError", None)
         components.pop("ValidationError", None)
+        _link_creates(schema.get("paths", {}))
         app.openapi_schema = schema
     return app.openapi_schema
+
+
+def _envelope_response(response: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "description": response["description"],
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorEnvelope"}}},
+    }
+
+
+def _link_creates(paths: dict[str, Any]) -> None:
+    """OpenAPI links from ``POST /X/create``'s answer (``data.id``) to every ``/X/{id}…``
+    operation: a client generator (or a stateful fuzzer) learns where the new id goes."""
+    for create_path, item in paths.items():
+        if not create_path.endswith("/create") or "post" not in item:
+            continue
+        created = item["post"].get("responses", {}).get("201")
+        if created is None:
+            continue
+        prefix = create_path.removesuffix("create") + "{id}"
+        links: dict[str, Any] = {}
+        for path, target in paths.items():
+            if path != prefix and not path.startswith(prefix + "/"):
+                continue
+            for operation in target.values():
+                operation_id = operation.get("operationId")
+                if operation_id is None:
+                    continue
+                # A link's name follows the rule of component names: the operation's id does.
+                links[operation_id] = {
+                    "operationId": operation_id,
+                    "parameters": {"id": "$response.body#/data/id"},
+                }
+        if links:
+            created["links"] = links

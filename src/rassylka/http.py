@@ -9,7 +9,8 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from rassylka.config import Settings, current_settings
-from rassylka.errors import Forbidden, error_response
+from rassylka.errors import Forbidden, ValidationFailed, error_response
+from rassylka.schemas import NUL_MESSAGE
 
 
 class BodyLimitMiddleware:
@@ -93,3 +94,11 @@ def key_accepted(keys: list[str], x_api_key: str | None, authorization: str) -> 
     return given is not None and any(
         hmac.compare_digest(given.encode(), key.encode()) for key in keys
     )
+
+
+async def refuse_nul_in_query(request: Request) -> None:
+    """A query string with NUL (``%00``) is a 400 naming the parameter: PostgreSQL cannot
+    compare text holding it (and would answer 500), SQLite would answer something else."""
+    for name, value in request.query_params.multi_items():
+        if "\x00" in name or "\x00" in value:
+            raise ValidationFailed.on(name.replace("\x00", ""), NUL_MESSAGE)

@@ -7,7 +7,14 @@ from typing import Annotated, Any, Generic, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fastapi import Depends, Query
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+)
 
 from rassylka.errors import ValidationFailed
 
@@ -31,10 +38,33 @@ class Page(BaseModel, Generic[T]):
     offset: int
 
 
+NUL_MESSAGE = "Текст не может содержать символ NUL (\\u0000)"
+
+
+def holds_nul(value: Any) -> bool:
+    """Whether a string anywhere in ``value`` (a JSON value) holds NUL, which PostgreSQL can
+    store in neither text nor jsonb: refused at the door on every database alike."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(holds_nul(key) or holds_nul(item) for key, item in value.items())
+    if isinstance(value, list | tuple):
+        return any(holds_nul(item) for item in value)
+    return False
+
+
 class RequestModel(BaseModel):
-    """Base of request bodies: unknown fields are an error, so a typo never passes silently."""
+    """Base of request bodies: unknown fields are an error, so a typo never passes silently;
+    no text holds NUL."""
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, coerce_numbers_to_str=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        if holds_nul(value):
+            raise ValueError(NUL_MESSAGE)
+        return value
 
 
 class UpdateModel(RequestModel):
@@ -90,7 +120,7 @@ class PageParams:
 
 def _page_params(
     limit: Annotated[int, Query(ge=1, le=1000, description="Сколько записей вернуть")] = 50,
-    offset: Annotated[int, Query(ge=0, description="Сколько записей пропустить")] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_ID, description="Сколько записей пропустить")] = 0,
 ) -> PageParams:
     return PageParams(limit=limit, offset=offset)
 
