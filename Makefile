@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test chaos lint format bench clean
+.PHONY: run test chaos fuzz lint format bench clean
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -33,6 +33,11 @@ test: $(VENV)/.installed-dev
 chaos: $(VENV)/.installed-dev
 	tests/peers/install.sh
 	$(BIN)/pytest -m chaos tests/chaos
+# Schemathesis against every operation with many examples each (see docs/testing.md); the
+# ordinary `make test` runs the same tests with a few.
+FUZZ_EXAMPLES ?= 500
+fuzz: $(VENV)/.installed-dev
+	RASSYLKA_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest -q tests/test_fuzz.py
 
 # Every benchmark with its defaults (minutes; PostgreSQL and Postfix's tools needed).
 bench: $(VENV)/.installed-dev

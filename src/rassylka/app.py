@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
@@ -30,7 +30,7 @@ from rassylka.engine.worker import Worker, run_until_stopped
 from rassylka.errors import error_response, install_handlers, openapi_error_responses
 from rassylka.events.bus import EventHub
 from rassylka.events.router import router as event_router
-from rassylka.http import BodyLimitMiddleware, SettingsMiddleware
+from rassylka.http import BodyLimitMiddleware, SettingsMiddleware, refuse_nul_in_query
 from rassylka.idempotency.middleware import IdempotencyMiddleware
 from rassylka.idempotency.middleware import document as document_idempotency
 from rassylka.mailings.router import router as mailing_router
@@ -121,8 +121,9 @@ def create_app(
     install_handlers(app)
     redaction.install()
     # Outermost last (Starlette's add_middleware): settings → body limit → API key → rate
-    # limit → Idempotency-Key → FastCreate → routes. FastCreate is innermost of ours: inside the body limit, with
-    # this app's settings, and after the key and the rate are checked.
+    # limit → Idempotency-Key → FastCreate → routes. FastCreate is innermost of ours: inside
+    # the body limit, with this app's settings, after the key and the rate are checked, and
+    # inside the Idempotency-Key's record.
     app.add_middleware(FastCreate)
     # Outside FastCreate, which answers POST /client/create itself (see IdempotencyMiddleware).
     app.add_middleware(IdempotencyMiddleware)
@@ -138,6 +139,7 @@ def create_app(
     app.add_middleware(SettingsMiddleware, settings=settings)
     # Each behind AuthMiddleware; each router holds a project-scoped key to its project
     # (access.scope).
+    plain = [Depends(refuse_nul_in_query)]
     for router in (
         project_router,
         client_router,
@@ -148,10 +150,10 @@ def create_app(
         event_router,
         bounce_router,
     ):
-        app.include_router(router)
+        app.include_router(router, dependencies=plain)
     # Called by peers (providers), not by the CRM: each checks its own token, not an API key
     # (access.middleware.OPEN_PATHS).
-    app.include_router(delivery_router)
+    app.include_router(delivery_router, dependencies=plain)
 
     @app.get(
         "/health",
@@ -204,8 +206,9 @@ def _freeze_heap() -> None:
 
 def _openapi(app: FastAPI) -> dict[str, Any]:
     """FastAPI's schema without its 422 responses (validation errors here are 400 envelopes),
-    with the API key as a Bearer security scheme on every operation that takes it, and the
-    ``Idempotency-Key`` header on the operations that take it."""
+    with the API key as a Bearer security scheme on every operation that takes it, the
+    ``Idempotency-Key`` header on the operations that take it, the 503 every operation can
+    answer, and links from each create to the operations on what it created."""
     if app.openapi_schema is None:
         schema = get_openapi(
             title=app.title,
@@ -214,9 +217,14 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
             routes=app.routes,
             tags=app.openapi_tags,
         )
+        unavailable = openapi_error_responses(503)[503]
         for route, path in schema.get("paths", {}).items():
             for operation in path.values():
-                operation.get("responses", {}).pop("422", None)
+                responses = operation.setdefault("responses", {})
+                responses.pop("422", None)
+                # Any operation that reads or writes the database answers 503 while it is away
+                # (errors.database_unavailable), so each says so.
+                responses.setdefault("503", _envelope_response(unavailable))
                 if route not in OPEN_PATHS:
                     # /docs gets its "Authorize" button; optional ({}): no key is needed
                     # until one exists (docs/security.md).
@@ -232,5 +240,40 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         components = schema.get("components", {}).get("schemas", {})
         components.pop("HTTPValidationError", None)
         components.pop("ValidationError", None)
+        _link_creates(schema.get("paths", {}))
         app.openapi_schema = schema
     return app.openapi_schema
+
+
+def _envelope_response(response: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "description": response["description"],
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorEnvelope"}}},
+    }
+
+
+def _link_creates(paths: dict[str, Any]) -> None:
+    """OpenAPI links from ``POST /X/create``'s answer (``data.id``) to every ``/X/{id}…``
+    operation: a client generator (or a stateful fuzzer) learns where the new id goes."""
+    for create_path, item in paths.items():
+        if not create_path.endswith("/create") or "post" not in item:
+            continue
+        created = item["post"].get("responses", {}).get("201")
+        if created is None:
+            continue
+        prefix = create_path.removesuffix("create") + "{id}"
+        links: dict[str, Any] = {}
+        for path, target in paths.items():
+            if path != prefix and not path.startswith(prefix + "/"):
+                continue
+            for operation in target.values():
+                operation_id = operation.get("operationId")
+                if operation_id is None:
+                    continue
+                # A link's name follows the rule of component names: the operation's id does.
+                links[operation_id] = {
+                    "operationId": operation_id,
+                    "parameters": {"id": "$response.body#/data/id"},
+                }
+        if links:
+            created["links"] = links

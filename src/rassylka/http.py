@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import time
 
+from fastapi import Request
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from rassylka.config import Settings, current_settings
-from rassylka.errors import error_response
+from rassylka.errors import ValidationFailed, error_response
+from rassylka.schemas import NUL_MESSAGE
 
 # Before a 413 the rest of the body is read and dropped, up to this much and this long: a
 # server that closes a connection with unread data in it makes the kernel reset it, and the
@@ -97,3 +99,11 @@ class SettingsMiddleware:
             await self.app(scope, receive, send)
         finally:
             current_settings.reset(token)
+
+
+async def refuse_nul_in_query(request: Request) -> None:
+    """A query string with NUL (``%00``) is a 400 naming the parameter: PostgreSQL cannot
+    compare text holding it (and would answer 500), SQLite would answer something else."""
+    for name, value in request.query_params.multi_items():
+        if "\x00" in name or "\x00" in value:
+            raise ValidationFailed.on(name.replace("\x00", ""), NUL_MESSAGE)

@@ -40,6 +40,7 @@ class Page(BaseModel, Generic[T]):
 
 
 NUL_ERROR = "nul_character"
+NUL_MESSAGE = "Недопустимый символ NUL (\\u0000)"
 
 
 def _has_nul(value: Any) -> bool:
@@ -85,7 +86,8 @@ def nul_path(value: Any) -> str | None:
 
 
 class RequestModel(BaseModel):
-    """Base of request bodies: unknown fields are an error, so a typo never passes silently."""
+    """Base of request bodies: unknown fields are an error, so a typo never passes silently;
+    no text holds NUL."""
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, coerce_numbers_to_str=True)
     nul_checked_elsewhere: ClassVar[frozenset[str]] = frozenset()
@@ -102,9 +104,7 @@ class RequestModel(BaseModel):
         else:
             data_checked = data
         if isinstance(data, dict) and (path := nul_path(data_checked)) is not None:
-            raise PydanticCustomError(
-                NUL_ERROR, "Недопустимый символ NUL (\\u0000)", {"field": path}
-            )
+            raise PydanticCustomError(NUL_ERROR, NUL_MESSAGE, {"field": path})
         return data
 
 
@@ -161,7 +161,7 @@ class PageParams:
 
 def _page_params(
     limit: Annotated[int, Query(ge=1, le=1000, description="Сколько записей вернуть")] = 50,
-    offset: Annotated[int, Query(ge=0, description="Сколько записей пропустить")] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_ID, description="Сколько записей пропустить")] = 0,
 ) -> PageParams:
     return PageParams(limit=limit, offset=offset)
 

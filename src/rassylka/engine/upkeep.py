@@ -26,9 +26,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from rassylka.db import utcnow
 from rassylka.engine.waiting import wait_any
-from rassylka.idempotency import repository as idempotency
-
 from rassylka.errors import database_unavailable
+from rassylka.idempotency import repository as idempotency
 
 logger = logging.getLogger(__name__)
 

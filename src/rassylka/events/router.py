@@ -17,6 +17,7 @@ from rassylka.config import Settings
 from rassylka.errors import NotFound, TooManyRequests, ValidationFailed, openapi_error_responses
 from rassylka.events import repository
 from rassylka.events.bus import EventHub
+from rassylka.events.schemas import StatusEvent
 from rassylka.events.stream import StreamFilter, status_events
 from rassylka.mailings import service as mailing_service
 from rassylka.projects import service as project_service
@@ -38,10 +39,36 @@ DESCRIPTION = """Server-Sent Events: каждое изменение стату�
 (и при остановке сервера) поток завершается событием `reconnect`, после которого клиент
 переподключается с `Last-Event-ID`."""
 
+# One message of the stream, as OpenAPI 3.1 tools read a text/event-stream schema (each event,
+# not the whole body): its fields, and ``data`` as the JSON it carries.
+RECONNECT_DATA: dict[str, Any] = {
+    "type": "object",
+    "title": "Reconnect",
+    "required": ["reason", "last_event_id"],
+    "properties": {
+        "reason": {"type": "string", "enum": ["lifetime", "shutdown"]},
+        "last_event_id": {"type": "integer", "minimum": 0},
+    },
+}
+STREAM_EVENT: dict[str, Any] = {
+    "type": "object",
+    "description": "Событие потока: status — изменение статуса сообщения; reconnect —"
+    " последнее, после него клиент переподключается с Last-Event-ID",
+    "properties": {
+        "event": {"type": "string", "enum": ["status", "reconnect"]},
+        "id": {"type": "string", "pattern": "^[0-9]+$"},
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "contentSchema": {"anyOf": [StatusEvent.model_json_schema(), RECONNECT_DATA]},
+        },
+        "retry": {"type": "integer", "minimum": 0},
+    },
+}
 STREAM_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "Поток событий (text/event-stream)",
-        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        "content": {"text/event-stream": {"schema": STREAM_EVENT}},
     },
     **openapi_error_responses(400, 403, 404, 429, 500),
 }
