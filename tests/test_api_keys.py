@@ -158,11 +158,13 @@ async def test_stored_keys_turn_authorisation_on_and_revoking_turns_a_key_off(
             await asyncio.sleep(0.2)
         assert_ok(await client.get("/project/list", headers=bearer(kept)), 200)
         assert_error(await client.get("/project/list"), 403, FORBIDDEN)
-        # Every key revoked: no authorisation again, as with none made.
+        # Every key revoked: the API stays locked, it does not fall back to no authorisation.
         async with engine.begin() as connection:
             await connection.execute(text("UPDATE api_key SET revoked_at = CURRENT_TIMESTAMP"))
         server.app.state.keyring.expire()
-        assert_ok(await client.get("/project/list"), 200)
+        assert_error(await client.get("/project/list"), 403, FORBIDDEN)
+        assert_error(await client.get("/project/list", headers=bearer(kept)), 403, FORBIDDEN)
+        assert (await client.get("/health")).status_code == 200
 
 
 async def test_the_keyring_reads_the_table_once_per_ttl(engine: AsyncEngine) -> None:

@@ -13,9 +13,8 @@ import httpx
 import pytest
 from sqlalchemy import func, insert, select, table, text
 from sqlalchemy.ext.asyncio import AsyncEngine
-from starlette.types import ASGIApp, Receive, Scope, Send
 
-from conftest import LiveServer, serve
+from conftest import LiveServer, StartServer, serve
 from helpers import assert_error, assert_ok, make_project, make_template
 from rassylka.config import Settings
 from rassylka.db import utcnow
@@ -318,49 +317,27 @@ async def test_an_expired_key_is_new_again_and_the_upkeep_deletes_it(
     assert keys == {"old", "kept"}
 
 
-class Caller:
-    """Stands in for the API-key middleware built beside this one (not merged here yet): puts
-    the caller named by ``X-API-Key`` into the scope as it does (``caller_id``)."""
+async def test_two_api_keys_never_share_a_key(
+    start_server: StartServer, engine: AsyncEngine
+) -> None:
+    server = await start_server(api_keys=["first-key", "second-key"])
+    async with httpx.AsyncClient(base_url=server.url) as api:
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+        async def create(api_key: str, code: str) -> httpx.Response:
+            headers = {**key("shared"), "Authorization": f"Bearer {api_key}"}
+            body = {"name": "Проект", "code": code}
+            return await api.post("/project/create", json=body, headers=headers)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            given = dict(scope["headers"]).get(b"x-api-key", b"").decode()
-            scope.setdefault("state", {})["caller_id"] = f"env:{given}" if given else "addr:x"
-        await self.app(scope, receive, send)
-
-
-async def test_two_api_keys_never_share_a_key(settings: Settings, engine: AsyncEngine) -> None:
-    server = LiveServer(settings)
-    server.app.add_middleware(Caller)  # outermost, where authentication is
-    await server.start()
-    try:
-        async with httpx.AsyncClient(base_url=server.url) as api:
-            await make_project(api)
-
-            async def create(api_key: str | None, code: str) -> httpx.Response:
-                headers = key("shared")
-                if api_key:
-                    headers["X-API-Key"] = api_key
-                body = {"name": "Проект", "code": code}
-                return await api.post("/project/create", json=body, headers=headers)
-
-            first = await create("1", "020")
-            assert_ok(first)
-            assert_ok(await create("2", "030"))  # another key's "shared" is its own
-            assert_error(await create("1", "040"), 409, OTHER_REQUEST)
-            replay = await create("1", "020")
-            assert replay.content == first.content
-            # No key (loopback, no auth): the one common space, "" — also its own.
-            assert_ok(await create(None, "050"))
-    finally:
-        await server.stop()
+        first = await create("first-key", "020")
+        assert_ok(first)
+        assert_ok(await create("second-key", "030"))  # another key's "shared" is its own
+        assert_error(await create("first-key", "040"), 409, OTHER_REQUEST)
+        replay = await create("first-key", "020")
+        assert replay.content == first.content
     async with engine.connect() as connection:
         scopes = sorted(await connection.scalars(select(IdempotencyRecord.scope)))
-    assert scopes == ["", "env:1", "env:2"]
-    assert await count(engine, "project") == 4
+    assert scopes == ["env:1", "env:2"]
+    assert await count(engine, "project") == 2
 
 
 @pytest.fixture

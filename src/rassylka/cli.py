@@ -148,11 +148,12 @@ def _refuse_if_open(settings: Settings, host: str, *, insecure: bool) -> None:
 
 
 async def _stored_keys(settings: Settings) -> bool:
-    """Whether the database holds a key not revoked (False if it has no api_key table yet)."""
+    """Whether the database holds any key, even revoked: with one, authorisation is on (False
+    if it has no api_key table yet)."""
     engine = create_engine(settings.database_url)
     try:
         async with engine.connect() as connection:
-            return bool(await key_repository.active(connection))
+            return bool(await key_repository.stored(connection))
     except Exception as error:
         logging.getLogger(__name__).warning("API keys not read: %s", error)
         return False

@@ -37,12 +37,16 @@ class Caller:
 @dataclass(frozen=True)
 class Snapshot:
     by_hash: Mapping[str, Caller] = field(default_factory=dict)
+    """The keys that work (stored and not revoked, or set in the environment)."""
+    revoked_only: bool = False
+    """Keys were made and every one is revoked."""
 
     @property
     def required(self) -> bool:
-        """Whether a key is needed at all: any key exists (stored and not revoked, or set in
-        the environment)."""
-        return bool(self.by_hash)
+        """Whether a key is needed at all: any key was ever made (stored, even if revoked, or
+        set in the environment). Revoking the last key locks the API rather than opening it:
+        a service on a public address must not fall back to no authorisation by itself."""
+        return bool(self.by_hash) or self.revoked_only
 
     def find(self, secret: str) -> Caller | None:
         """The caller a secret belongs to. Looked up by its hash, so how long the lookup takes
@@ -82,13 +86,13 @@ class KeyRing:
             if self._snapshot is not None and self._clock() < self._expires:
                 return self._snapshot
             try:
-                stored = await self._load()
+                stored, revoked = await self._load()
             except Exception as error:
                 if self._snapshot is None:
                     raise
                 logger.warning("API keys not re-read, the last ones stay in use: %s", error)
             else:
-                self._snapshot = Snapshot({**stored, **self._env})
+                self._snapshot = Snapshot({**stored, **self._env}, revoked_only=revoked)
             self._expires = self._clock() + self.ttl
             return self._snapshot
 
@@ -96,12 +100,15 @@ class KeyRing:
         """Read the table at the next request (a key made or revoked in this process)."""
         self._expires = 0.0
 
-    async def _load(self) -> dict[str, Caller]:
+    async def _load(self) -> tuple[dict[str, Caller], bool]:
+        """The keys that work, and whether any stored key is revoked."""
         if self.engine is None:
-            return {}
+            return {}, False
         async with self.engine.connect() as connection:
-            rows = await repository.active(connection)
-        return {
+            rows = await repository.stored(connection)
+        working = {
             key_hash: Caller(f"key:{key_id}", project_id, code)
-            for key_hash, key_id, project_id, code in rows
+            for key_hash, key_id, project_id, code, revoked in rows
+            if not revoked
         }
+        return working, any(revoked for *_, revoked in rows)

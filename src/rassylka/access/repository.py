@@ -31,15 +31,24 @@ async def listed(session: AsyncSession) -> list[tuple[ApiKey, str | None]]:
     return [(key, code) for key, code in result.all()]
 
 
-async def active(connection: AsyncConnection) -> list[tuple[str, int, int | None, str | None]]:
-    """(hash, id, project id, project code) of every key not revoked: one statement, run by
-    each API process every few seconds (``keyring.KeyRing``)."""
+async def stored(
+    connection: AsyncConnection,
+) -> list[tuple[str, int, int | None, str | None, bool]]:
+    """(hash, id, project id, project code, revoked) of every key: one statement, run by each
+    API process every few seconds (``keyring.KeyRing``)."""
     result = await connection.execute(
-        select(ApiKey.key_hash, ApiKey.id, ApiKey.project_id, Project.code)
-        .outerjoin(Project, Project.id == ApiKey.project_id)
-        .where(ApiKey.revoked_at.is_(None))
+        select(
+            ApiKey.key_hash,
+            ApiKey.id,
+            ApiKey.project_id,
+            Project.code,
+            ApiKey.revoked_at.is_not(None),
+        ).outerjoin(Project, Project.id == ApiKey.project_id)
     )
-    return [(key_hash, key_id, project_id, code) for key_hash, key_id, project_id, code in result]
+    return [
+        (key_hash, key_id, project_id, code, bool(revoked))
+        for key_hash, key_id, project_id, code, revoked in result
+    ]
 
 
 async def revoke(session: AsyncSession, key: ApiKey, *, at: datetime) -> ApiKey:
