@@ -62,6 +62,16 @@ RUNAWAY = {
         "{% set ns.x = ns.x ~ ns.x %}{% endfor %}{{ ns.x|length }}",
         TOO_LARGE,
     ),
+    "block-set-doubling": (
+        "{% set ns = namespace(x='ab') %}{% for i in range(100) %}"
+        "{% set y %}{{ ns.x }}{{ ns.x }}{% endset %}{% set ns.x = y %}{% endfor %}{{ ns.x|length }}",
+        TOO_LARGE,
+    ),
+    "macro-doubling": (
+        "{% macro twice(s) %}{{ s }}{{ s }}{% endmacro %}{% set ns = namespace(x='ab') %}"
+        "{% for i in range(100) %}{% set ns.x = twice(ns.x) %}{% endfor %}{{ ns.x|length }}",
+        TOO_LARGE,
+    ),
     "shared-list": (
         "{% set ns = namespace(x=['ab']) %}{% for i in range(80) %}"
         "{% set ns.x = [ns.x, ns.x] %}{% endfor %}{{ ns.x }}",
