@@ -64,7 +64,8 @@ RUNAWAY = {
     ),
     "block-set-doubling": (
         "{% set ns = namespace(x='ab') %}{% for i in range(100) %}"
-        "{% set y %}{{ ns.x }}{{ ns.x }}{% endset %}{% set ns.x = y %}{% endfor %}{{ ns.x|length }}",
+        "{% set y %}{{ ns.x }}{{ ns.x }}{% endset %}{% set ns.x = y %}{% endfor %}"
+        "{{ ns.x|length }}",
         TOO_LARGE,
     ),
     "macro-doubling": (
