@@ -62,6 +62,17 @@ RUNAWAY = {
         "{% set ns.x = ns.x ~ ns.x %}{% endfor %}{{ ns.x|length }}",
         TOO_LARGE,
     ),
+    "block-set-doubling": (
+        "{% set ns = namespace(x='ab') %}{% for i in range(100) %}"
+        "{% set y %}{{ ns.x }}{{ ns.x }}{% endset %}{% set ns.x = y %}{% endfor %}"
+        "{{ ns.x|length }}",
+        TOO_LARGE,
+    ),
+    "macro-doubling": (
+        "{% macro twice(s) %}{{ s }}{{ s }}{% endmacro %}{% set ns = namespace(x='ab') %}"
+        "{% for i in range(100) %}{% set ns.x = twice(ns.x) %}{% endfor %}{{ ns.x|length }}",
+        TOO_LARGE,
+    ),
     "shared-list": (
         "{% set ns = namespace(x=['ab']) %}{% for i in range(80) %}"
         "{% set ns.x = [ns.x, ns.x] %}{% endfor %}{{ ns.x }}",
@@ -443,3 +454,21 @@ def test_the_stream_caller_is_the_auth_middlewares_caller_else_the_address() -> 
     assert caller_of(Request(base)) == "addr:10.0.0.7"
     keyed = {**base, "state": {"caller_id": "key:12"}}
     assert caller_of(Request(keyed)) == "key:12"
+
+
+async def test_a_stored_sandbox_escape_fails_its_message_at_dispatch(
+    api: httpx.AsyncClient, engine: AsyncEngine, smtp: SmtpPeer, start_worker: StartWorker
+) -> None:
+    """A template written before the trial render existed (straight to the table): the
+    escape fails the message permanently with the sandbox's reason; nothing is sent."""
+    await arrange(api, [client(1, "a@example.ru")], email_subject="Тема", email_text="Текст")
+    async with engine.begin() as connection:
+        await connection.execute(update(Template).values(email_text=ESCAPES["cycler-globals"]))
+    await start_worker()
+    await until(lambda: all_final(engine))
+    failed = (await statuses(engine))["a@example.ru"]
+    assert failed["status"] == "failed"
+    assert failed["attempts"] == 1
+    assert failed["reason"].startswith("Шаблон, поле email_text: недопустимая операция")
+    assert "__init__" in failed["reason"]
+    assert smtp.received == []

@@ -286,7 +286,7 @@ def _lines(text: str) -> int:
 
 # Filters whose integer arguments are counts or widths they allocate or loop by (a money
 # amount passed to ``format`` is not one: that is checked by its format's widths).
-_COUNTING_FILTERS = frozenset({"center", "batch", "slice", "truncate", "wordwrap"})
+_COUNTING_FILTERS = frozenset({"center", "batch", "slice"})
 
 
 def _check_filter(name: str, value: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -380,6 +380,9 @@ class BudgetedEnvironment(ImmutableSandboxedEnvironment):
 
     code_generator_class = _CodeGenerator
     intercepted_binops = frozenset({"*", "**", "+", "%"})
+    # What joins the output of a macro, a {% set %} block or a {% call %}: counted too, so a
+    # block that captures itself twice over per iteration cannot double past the cap.
+    concat = staticmethod(generate_limited)
 
     def __init__(self, **options: Any) -> None:
         super().__init__(finalize=self._finalize, **options)
@@ -398,7 +401,9 @@ class BudgetedEnvironment(ImmutableSandboxedEnvironment):
     @staticmethod
     def _finalize(value: Any) -> Any:
         # What ``{{ … }}`` prints: a list or dict is stringified whole, so it is measured.
-        if not isinstance(value, str):
+        if isinstance(value, str):
+            _check_size(len(value))
+        else:
             _check_small(value)
         return value
 
