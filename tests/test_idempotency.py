@@ -438,3 +438,53 @@ async def test_a_csv_import_sent_again_byte_for_byte_is_replayed(
     assert again.content == first.content  # "created": 1 again, not "updated": 1
     assert again.headers["idempotent-replayed"] == "true"
     assert await count(engine, "client") == 1
+
+
+async def test_a_streamed_answer_or_an_error_raised_keeps_no_key(
+    engine: AsyncEngine, settings: Settings
+) -> None:
+    """The middleware around a small Starlette app of its own (called in-process through
+    httpx's ASGI transport): the API has no POST that streams nor one whose error escapes the
+    app's handlers, yet the middleware must let both through and keep nothing."""
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.requests import Request
+    from starlette.responses import StreamingResponse
+    from starlette.routing import Route
+
+    from rassylka.idempotency.middleware import IdempotencyMiddleware
+
+    calls = {"stream": 0, "boom": 0}
+
+    async def stream(request: Request) -> StreamingResponse:
+        calls["stream"] += 1
+        body = await request.body()  # before streaming: then Starlette listens for disconnect
+
+        async def parts() -> AsyncIterator[bytes]:
+            yield b'{"part": 1, '
+            yield b'"body": ' + body + b"}"
+
+        return StreamingResponse(parts(), media_type="application/json")
+
+    async def boom(request: Request) -> None:
+        calls["boom"] += 1
+        raise RuntimeError("not answered by a handler")
+
+    app = Starlette(
+        routes=[
+            Route("/stream", stream, methods=["POST"]),
+            Route("/boom", boom, methods=["POST"]),
+        ],
+        middleware=[Middleware(IdempotencyMiddleware)],
+    )
+    app.state.engine = engine
+    app.state.settings = settings
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        for _ in range(2):
+            response = await client.post("/stream", content=b"[1]", headers=key("s"))
+            assert response.content == b'{"part": 1, "body": [1]}'
+            assert "idempotent-replayed" not in response.headers
+            assert (await client.post("/boom", headers=key("b"))).status_code == 500
+    assert calls == {"stream": 2, "boom": 2}  # each retry ran again
+    assert await count(engine, "idempotency_key") == 0
