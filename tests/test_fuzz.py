@@ -45,6 +45,7 @@ from helpers import assert_error, assert_ok, fields, make_project
 from rassylka.app import create_app
 from rassylka.config import Settings
 from rassylka.db import create_engine
+from rassylka.schemas import NUL_MESSAGE
 
 HTTP_METHODS = {"get", "put", "post", "delete", "patch"}
 EXAMPLES = int(os.environ.get("RASSYLKA_FUZZ_EXAMPLES", "10"))
@@ -352,7 +353,7 @@ def test_stateful(threaded_server: ThreadedServer, database_url: str) -> None:
 async def test_text_with_nul_is_a_400_naming_the_field(api: httpx.AsyncClient) -> None:
     """PostgreSQL stores NUL in neither text nor jsonb: it was a 500 there (a body's string, a
     nested attribute, a query parameter); now a 400 on both databases."""
-    nul = "Текст не может содержать символ NUL (\\u0000)"
+    nul = NUL_MESSAGE
     response = await api.post("/project/create", json={"name": "a\x00b", "code": "c"})
     assert assert_error(response, 400, "Ошибка валидации") == [{"field": "name", "message": nul}]
     project = await make_project(api, code="nul")
@@ -367,7 +368,8 @@ async def test_text_with_nul_is_a_400_naming_the_field(api: httpx.AsyncClient) -
             "attributes": {"city": ["Мо\x00сква"]},
         },
     )
-    assert fields(assert_error(response, 400, "Ошибка валидации")) == {"attributes"}
+    (field,) = fields(assert_error(response, 400, "Ошибка валидации"))
+    assert field.startswith("attributes"), field
     response = await api.get("/webhook/list", params={"project": "nul\x00"})
     assert assert_error(response, 400, "Ошибка валидации") == [{"field": "project", "message": nul}]
     assert assert_ok(await api.get(f"/project/{project}"), 200)["code"] == "nul"
