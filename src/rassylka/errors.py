@@ -20,7 +20,7 @@ from __future__ import annotations
 import errno
 import logging
 import socket
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
@@ -302,39 +302,37 @@ _DATABASE_ERRORS: tuple[type[Exception], ...] = (
 def database_unavailable(exc: BaseException) -> bool:
     """Whether ``exc`` (or what it wraps) says the database server cannot be reached now: 503,
     try again, rather than 500."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
+    for current in _chain(exc):
         if isinstance(current, _SERVER_AWAY):
             return True
         if isinstance(current, OSError) and current.errno in _NETWORK_ERRNOS:
             return True
         if isinstance(current, sqlalchemy_errors.DBAPIError) and current.connection_invalidated:
             return True
-        wrapped = getattr(current, "orig", None)
-        current = (
-            wrapped
-            if isinstance(wrapped, BaseException)
-            else (current.__cause__ or current.__context__)
-        )
     return False
 
 
-def _refused_value(exc: BaseException) -> BaseException | None:
-    """The database's "data exception" (SQLSTATE class 22) in ``exc``'s chain, if any."""
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and what it wraps: a driver's error under SQLAlchemy's (``.orig``), else the
+    cause or context, each once."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, sqlalchemy_errors.DataError | asyncpg.DataError):
-            return current
+        yield current
         wrapped = getattr(current, "orig", None)
         current = (
             wrapped
             if isinstance(wrapped, BaseException)
             else (current.__cause__ or current.__context__)
         )
+
+
+def _refused_value(exc: BaseException) -> BaseException | None:
+    """The database's "data exception" (SQLSTATE class 22) in ``exc``'s chain, if any."""
+    for current in _chain(exc):
+        if isinstance(current, sqlalchemy_errors.DataError | asyncpg.DataError):
+            return current
     return None
 
 

@@ -86,6 +86,21 @@ def _content_length(scope: Scope) -> int | None:
     return None
 
 
+def replay_body(body: bytes, receive: Receive) -> Receive:
+    """The request as the app would have received it, for a middleware that read its body
+    first: the body once, then the connection (a disconnect)."""
+    pending = True
+
+    async def replayed() -> Message:
+        nonlocal pending
+        if pending:
+            pending = False
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replayed
+
+
 class SettingsMiddleware:
     """Makes ``get_settings()`` answer this app's settings while it handles a request."""
 

@@ -47,26 +47,21 @@ def _has_nul(value: Any) -> bool:
     """Whether any string in ``value`` (keys included) holds NUL: the quick look every body
     gets (strings checked in place, a call only per nested container)."""
     if type(value) is dict:
-        for key, inner in value.items():
-            if type(key) is str and "\x00" in key:
+        if any(type(key) is str and "\x00" in key for key in value):
+            return True
+        inners: Any = value.values()
+    elif type(value) is list:
+        inners = value
+    else:
+        return isinstance(value, str) and "\x00" in value
+    for inner in inners:
+        kind = type(inner)
+        if kind is str:
+            if "\x00" in inner:
                 return True
-            kind = type(inner)
-            if kind is str:
-                if "\x00" in inner:
-                    return True
-            elif (kind is dict or kind is list) and _has_nul(inner):
-                return True
-        return False
-    if type(value) is list:
-        for inner in value:
-            kind = type(inner)
-            if kind is str:
-                if "\x00" in inner:
-                    return True
-            elif (kind is dict or kind is list) and _has_nul(inner):
-                return True
-        return False
-    return isinstance(value, str) and "\x00" in value
+        elif (kind is dict or kind is list) and _has_nul(inner):
+            return True
+    return False
 
 
 def nul_path(value: Any) -> str | None:

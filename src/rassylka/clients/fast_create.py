@@ -7,13 +7,14 @@ import json
 from typing import Any
 
 from pydantic import ValidationError
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from rassylka.access.scope import own_reference
 from rassylka.clients import service
 from rassylka.clients.router import CREATE_PATH, created
 from rassylka.clients.schemas import ClientCreate
 from rassylka.errors import AppError, error_response, unexpected
+from rassylka.http import replay_body
 
 
 class FastCreate:
@@ -57,7 +58,7 @@ class FastCreate:
         body = b"".join(chunks)
         data = _valid(body)
         if data is None:
-            await self.app(scope, _replay(body, receive), send)
+            await self.app(scope, replay_body(body, receive), send)
             return
         state = scope["app"].state
         try:
@@ -110,17 +111,3 @@ def _valid(body: bytes) -> ClientCreate | None:
         return ClientCreate.model_validate(parsed)
     except ValidationError:
         return None
-
-
-def _replay(body: bytes, receive: Receive) -> Receive:
-    """The request as the app would have received it: the body once, then the connection."""
-    pending = True
-
-    async def replayed() -> Message:
-        nonlocal pending
-        if pending:
-            pending = False
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replayed

@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from rassylka.db import utcnow
 from rassylka.errors import FieldError, error_response, unexpected
+from rassylka.http import replay_body
 from rassylka.idempotency import repository
 from rassylka.idempotency.repository import Answered, Claimed, InProgress, OtherRequest
 
@@ -94,7 +95,7 @@ class IdempotencyMiddleware:
             answer = error_response(409, message=IN_PROGRESS, headers={"Retry-After": "1"})
             await answer(scope, receive, send)
         else:
-            await _answer(self.app, scope, _replay(body, receive), send, outcome)
+            await _answer(self.app, scope, replay_body(body, receive), send, outcome)
 
 
 async def _answer(
@@ -222,20 +223,6 @@ async def _read_body(receive: Receive) -> bytes | None:
         chunks.append(message.get("body", b""))
         if not message.get("more_body", False):
             return b"".join(chunks)
-
-
-def _replay(body: bytes, receive: Receive) -> Receive:
-    """The request as the app would have received it: the body once, then the connection."""
-    pending = True
-
-    async def replayed() -> Message:
-        nonlocal pending
-        if pending:
-            pending = False
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replayed
 
 
 def document(schema: dict[str, Any]) -> None:
