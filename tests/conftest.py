@@ -215,6 +215,18 @@ async def start_server(database_url: str) -> AsyncIterator[StartServer]:
 
 
 @pytest.fixture
+async def nowhere() -> AsyncIterator[LiveServer]:
+    """The API served with a PostgreSQL URL whose port has no listener."""
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    server = await serve(Settings(database_url=f"postgresql+asyncpg://postgres@127.0.0.1:{port}/x"))
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
 async def api(live_server: LiveServer) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=live_server.url, timeout=60) as client:
         yield client

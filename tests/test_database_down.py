@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import socket
-from collections.abc import AsyncIterator
 
 import asyncpg
 import httpx
@@ -29,18 +27,6 @@ CLIENT = {
     "last_name": "И",
     "phone": "+79161234567",
 }
-
-
-@pytest.fixture
-async def nowhere() -> AsyncIterator[LiveServer]:
-    """The API served with a PostgreSQL URL whose port has no listener."""
-    probe = socket.socket()
-    probe.bind(("127.0.0.1", 0))
-    port = probe.getsockname()[1]
-    probe.close()
-    server = await serve(Settings(database_url=f"postgresql+asyncpg://postgres@127.0.0.1:{port}/x"))
-    yield server
-    await server.stop()
 
 
 @pytest.mark.parametrize(

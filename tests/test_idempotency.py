@@ -4,7 +4,6 @@ object. A real server on each database (see conftest); the rows are counted in t
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
@@ -14,7 +13,7 @@ import pytest
 from sqlalchemy import func, insert, select, table, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from conftest import LiveServer, StartServer, serve
+from conftest import LiveServer, StartServer
 from helpers import assert_error, assert_ok, make_project, make_template
 from rassylka.config import Settings
 from rassylka.db import utcnow
@@ -338,18 +337,6 @@ async def test_two_api_keys_never_share_a_key(
         scopes = sorted(await connection.scalars(select(IdempotencyRecord.scope)))
     assert scopes == ["env:1", "env:2"]
     assert await count(engine, "project") == 2
-
-
-@pytest.fixture
-async def nowhere() -> AsyncIterator[LiveServer]:
-    """The API served with a PostgreSQL URL whose port has no listener."""
-    probe = socket.socket()
-    probe.bind(("127.0.0.1", 0))
-    port = probe.getsockname()[1]
-    probe.close()
-    server = await serve(Settings(database_url=f"postgresql+asyncpg://postgres@127.0.0.1:{port}/x"))
-    yield server
-    await server.stop()
 
 
 async def test_database_away_is_503_not_500(nowhere: LiveServer) -> None:
