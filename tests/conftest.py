@@ -154,10 +154,11 @@ async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
 
 
 class LiveServer:
-    """The app served by uvicorn on 127.0.0.1, in this test's event loop."""
+    """The app served by uvicorn on 127.0.0.1, in this test's event loop; with ``worker``, the
+    scheduler and dispatcher in it too (``rassylka serve``)."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.app = create_app(settings)
+    def __init__(self, settings: Settings, *, worker: bool = False) -> None:
+        self.app = create_app(settings, worker=worker)
         # IPPROTO_TCP spelt out: asyncio sets TCP_NODELAY only on sockets that say so, and
         # without it every response waits ~40 ms for a delayed ACK.
         self.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
@@ -183,8 +184,8 @@ class LiveServer:
         self.socket.close()
 
 
-async def serve(settings: Settings) -> LiveServer:
-    server = LiveServer(settings)
+async def serve(settings: Settings, *, worker: bool = False) -> LiveServer:
+    server = LiveServer(settings, worker=worker)
     await server.start()
     return server
 

@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import Depends, FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -25,6 +26,7 @@ from rassylka.clients.fast_create import FastCreate
 from rassylka.clients.repository import EngineNewClients, NewClients, PoolNewClients
 from rassylka.clients.router import router as client_router
 from rassylka.config import Settings, environment_settings
+from rassylka.dashboard.router import router as dashboard_router
 from rassylka.db import create_engine, create_sessionmaker
 from rassylka.engine.worker import Worker, run_until_stopped
 from rassylka.errors import error_response, install_handlers, openapi_error_responses
@@ -154,6 +156,11 @@ def create_app(
     # Called by peers (providers), not by the CRM: each checks its own token, not an API key
     # (access.middleware.OPEN_PATHS).
     app.include_router(delivery_router, dependencies=plain)
+
+    # The web dashboard (docs/dashboard.md): pages under /ui/, behind the same API keys (a
+    # login with a key keeps it in a cookie), over the same services.
+    app.include_router(dashboard_router, dependencies=plain)
+    app.mount("/ui/static", StaticFiles(packages=[("rassylka.dashboard", "static")]), "static")
 
     @app.get(
         "/health",

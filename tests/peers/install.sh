@@ -2,6 +2,7 @@
 # Installs the real peers the tests talk to on 127.0.0.1, when they are missing:
 #   - Postfix's smtp-sink (Debian package postfix, with no mail system configured);
 #   - npm's smpp package, for the SMSC script in this folder;
+#   - Chromium (Debian package), the browser Playwright drives in tests/browser (the dashboard);
 #   - wrk (Debian package), the load generator of bench/api_load.py (without it the benchmark
 #     falls back to its own, costlier Python client).
 # Safe to run again: each step checks first. Without root or apt, it says what it skipped,
@@ -17,6 +18,16 @@ if ! command -v smtp-sink >/dev/null 2>&1 && [ ! -x /usr/sbin/smtp-sink ]; then
       || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postfix >/dev/null; }
   else
     echo "skipping postfix: needs root and apt-get (smtp-sink tests will skip)"
+  fi
+fi
+
+if [ ! -x /usr/bin/chromium ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing chromium (the dashboard's browser tests)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null \
+      || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; }
+  else
+    echo "skipping chromium: needs root and apt-get (browser tests will skip)"
   fi
 fi
 

@@ -10,9 +10,11 @@ import time
 from collections.abc import Callable
 from urllib.parse import parse_qsl
 
+from starlette.responses import RedirectResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from rassylka.access.keyring import Caller, KeyRing
+from rassylka.dashboard import session as dashboard_session
 from rassylka.errors import error_response, unexpected
 
 OPEN_PATHS = frozenset(
@@ -36,26 +38,34 @@ def _stream_path(path: str) -> bool:
     return path == "/events" or (path.startswith("/mailing/") and path.endswith("/events"))
 
 
-def _given_key(scope: Scope) -> str | None:
+def _given_key(scope: Scope) -> tuple[str | None, bool]:
     """The key a request carries: ``Authorization: Bearer``, else ``X-API-Key``, else (a GET
-    of an event stream) ``?access_token=``. A header given twice counts once, its first."""
+    of an event stream) ``?access_token=``, else the dashboard's session cookie; and whether it
+    came from the cookie (such a request is one a browser may send on another site's behalf,
+    so a change must prove it comes from our page: ``dashboard.session``). A header given
+    twice counts once, its first."""
     bearer: str | None = None
     header_key: str | None = None
+    cookie: str | None = None
     for name, value in scope["headers"]:
         if name == b"authorization" and bearer is None:
             scheme, _, credentials = value.decode("latin-1").partition(" ")
             bearer = credentials.strip() if scheme.lower() == "bearer" else ""
         elif name == b"x-api-key" and header_key is None:
             header_key = value.decode("latin-1").strip()
+        elif name == b"cookie" and cookie is None:
+            cookie = dashboard_session.cookie_value(value, dashboard_session.KEY_COOKIE)
     if bearer:
-        return bearer
+        return bearer, False
     if header_key:
-        return header_key
+        return header_key, False
     if scope.get("method") == "GET" and _stream_path(scope["path"]):
         for name, value in parse_qsl(scope.get("query_string", b"").decode("latin-1")):
             if name == "access_token" and value:
-                return str(value)
-    return None
+                return str(value), False
+    if cookie:
+        return cookie, True
+    return None, False
 
 
 def _by_address(scope: Scope) -> Caller:
@@ -78,7 +88,8 @@ class AuthMiddleware:
             await self.app(scope, receive, send)
             return
         caller: Caller | None
-        if scope["path"] in OPEN_PATHS:
+        path = scope["path"]
+        if path in OPEN_PATHS or dashboard_session.open_path(path):
             caller = _by_address(scope)
         else:
             try:
@@ -89,10 +100,13 @@ class AuthMiddleware:
             if not snapshot.required:
                 caller = _by_address(scope)
             else:
-                given = _given_key(scope)
+                given, from_cookie = _given_key(scope)
                 caller = None if given is None else snapshot.find(given)
                 if caller is None:
                     await _refuse(scope, receive, send)
+                    return
+                if from_cookie and not dashboard_session.same_site(scope):
+                    await error_response(403)(scope, receive, send)
                     return
         state = scope.setdefault("state", {})
         state["caller_id"] = caller.caller_id
@@ -103,9 +117,13 @@ class AuthMiddleware:
 
 async def _refuse(scope: Scope, receive: Receive, send: Send) -> None:
     """403 in the manual's envelope, alone: what was sent is never echoed. (A WebSocket, which
-    the API has none of today, is closed with 1008, policy violation.)"""
+    the API has none of today, is closed with 1008, policy violation.) A person reading a
+    dashboard page is sent to its login instead."""
     if scope["type"] == "websocket":
         await send({"type": "websocket.close", "code": 1008})
+        return
+    if scope.get("method") == "GET" and dashboard_session.page_path(scope["path"]):
+        await RedirectResponse(dashboard_session.login_url(scope), 303)(scope, receive, send)
         return
     await error_response(403)(scope, receive, send)
 
