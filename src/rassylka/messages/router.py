@@ -13,6 +13,7 @@ from rassylka.channels.http_sms import CallbackError, StatusCallbackFormat, pars
 from rassylka.db import SessionDep, utcnow
 from rassylka.errors import FieldError, Forbidden, ValidationFailed, openapi_error_responses
 from rassylka.messages import receipts
+from rassylka.metrics import definitions as metrics
 from rassylka.schemas import Envelope, ok
 
 router = APIRouter(prefix="/webhook", tags=["Delivery"])
@@ -52,6 +53,7 @@ async def sms_status(
     try:
         reports = parse_status_callback(payload, StatusCallbackFormat.from_settings(settings))
     except CallbackError as error:
+        metrics.receipt("http", metrics.REJECTED)
         raise ValidationFailed([FieldError(field=error.field, message=error.message)]) from None
     now = utcnow()
     await receipts.store(session, reports=reports, now=now)
@@ -60,6 +62,10 @@ async def sms_status(
     )
     result = CallbackResult(
         received=len(reports), matched=matched.receipts, settled=len(matched.settled)
+    )
+    metrics.receipt_on_commit(session, "http", metrics.MATCHED, matched.receipts)
+    metrics.receipt_on_commit(
+        session, "http", metrics.WAITING, max(0, len(reports) - matched.receipts)
     )
     return ok(result, status=200)
 
