@@ -476,7 +476,7 @@ async def due_counts(session: AsyncSession, *, now: datetime) -> dict[int, int]:
         .where(status_is(MessageStatus.QUEUED), MESSAGE.c.next_attempt_at <= now)
         .group_by(MESSAGE.c.channel)
     )
-    return {channel: count for channel, count in rows.tuples()}
+    return {channel: count for channel, count in rows}
 
 
 async def recover(session: AsyncSession, *, channel: int, now: datetime) -> int:

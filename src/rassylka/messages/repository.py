@@ -173,21 +173,16 @@ async def _count_made(
     ones by the index on (mailing, run, status), a range as long as they are few."""
     if not any(made.values()):
         return
-    skipped: dict[int, int] = dict(
-        (
-            await session.execute(
-                select(MESSAGE.c.channel, func.count())
-                .where(
-                    MESSAGE.c.mailing_id == mailing_id,
-                    MESSAGE.c.run_id == run_id,
-                    MESSAGE.c.status == MessageStatus.SKIPPED,
-                )
-                .group_by(MESSAGE.c.channel)
-            )
+    rows = await session.execute(
+        select(MESSAGE.c.channel, func.count())
+        .where(
+            MESSAGE.c.mailing_id == mailing_id,
+            MESSAGE.c.run_id == run_id,
+            MESSAGE.c.status == MessageStatus.SKIPPED,
         )
-        .tuples()
-        .all()
+        .group_by(MESSAGE.c.channel)
     )
+    skipped = {channel: count for channel, count in rows}
     metrics.on_commit_counts(
         session,
         [

@@ -49,12 +49,15 @@ async def sms_status(
     expected = secret.get_secret_value() if secret is not None else None
     if expected and not (token and hmac.compare_digest(token.encode(), expected.encode())):
         raise Forbidden()
-    payload = await _payload(request)
     try:
+        payload = await _payload(request)
         reports = parse_status_callback(payload, StatusCallbackFormat.from_settings(settings))
     except CallbackError as error:
         metrics.receipt("http", metrics.REJECTED)
         raise ValidationFailed([FieldError(field=error.field, message=error.message)]) from None
+    except ValidationFailed:
+        metrics.receipt("http", metrics.REJECTED)
+        raise
     now = utcnow()
     await receipts.store(session, reports=reports, now=now)
     matched = await receipts.match(
