@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
+import re
+import signal
 import socket
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -35,6 +39,7 @@ from smsc_peer import Smsc, start_smsc
 from smtp_peer import SmtpPeer
 from test_dispatcher import all_final, arrange, client, until
 from test_receipts import settled
+from test_worker_cli import RASSYLKA
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -294,3 +299,50 @@ async def test_the_standalone_workers_metrics_server(
             assert (await client_.post("/metrics")).status_code == 405
     finally:
         await server.stop()
+
+
+async def test_rassylka_worker_serves_its_metrics_on_the_port_it_is_given(
+    api: httpx.AsyncClient, database_url: str, smtp: SmtpPeer, tmp_path: Path
+) -> None:
+    """A real ``rassylka worker`` process with ``RASSYLKA_METRICS_PORT=0`` (a free port, which
+    it logs): its own counts, from zero, are what it sent."""
+    await arrange(api, [client(1, "anna@example.ru"), client(2, "boris@example.ru")])
+    env = {key: value for key, value in os.environ.items() if not key.startswith("RASSYLKA_")}
+    env.update(
+        RASSYLKA_DATABASE_URL=database_url,
+        RASSYLKA_SMTP_HOST="127.0.0.1",
+        RASSYLKA_SMTP_PORT=str(smtp.port),
+        RASSYLKA_DISPATCH_POLL_INTERVAL="0.1",
+        RASSYLKA_METRICS_PORT="0",
+        PYTHONUNBUFFERED="1",
+    )
+    log = tmp_path / "worker.log"
+    with log.open("w") as output:
+        process = await asyncio.create_subprocess_exec(
+            str(RASSYLKA), "worker", cwd=tmp_path, env=env, stdout=output, stderr=output
+        )
+        try:
+            await until(lambda: asyncio.sleep(0, len(smtp.received) == 2), seconds=30)
+            found = re.search(r"metrics on (http://127\.0\.0\.1:\d+)/metrics", log.read_text())
+            assert found, log.read_text()
+            async with httpx.AsyncClient(base_url=found.group(1)) as client_:
+
+                async def recorded() -> bool:
+                    samples = parse((await client_.get("/metrics")).text)
+                    sent = value(samples, "rassylka_messages_total", channel="email", status="sent")
+                    return sent == 2
+
+                await until(recorded)
+                answer = await client_.get("/metrics")
+            samples = parse(answer.text)
+            assert value(samples, "rassylka_messages_total", channel="email", status="queued") == 2
+            assert value(samples, "rassylka_send_seconds_count", channel="email") >= 1
+            assert value(samples, "rassylka_queue_depth", channel="email") == 0
+            process.send_signal(signal.SIGTERM)
+            async with asyncio.timeout(20):
+                await process.wait()
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+    assert process.returncode == 0, log.read_text()
