@@ -104,7 +104,7 @@ async def test_transient_and_permanent_errors_count_as_retried_and_failed(
     api: httpx.AsyncClient, engine: AsyncEngine, smtp: SmtpPeer, start_worker: StartWorker
 ) -> None:
     # smtp_peer: later… gets 450 (FAST_RETRY: 3 attempts, so 2 retries), never… gets 550.
-    await arrange(api, [client(1, "later@example.ru"), client(2, "never@example.ru")])
+    mailing_id = await arrange(api, [client(1, "later@example.ru"), client(2, "never@example.ru")])
     before = await scrape(api)
     await start_worker()
     await until(lambda: all_final(engine))
@@ -113,6 +113,24 @@ async def test_transient_and_permanent_errors_count_as_retried_and_failed(
     assert rise(before, after, "rassylka_messages_total", status="retried", **labels) == 2
     assert rise(before, after, "rassylka_messages_total", status="failed", **labels) == 2
     assert rise(before, after, "rassylka_messages_total", status="sent", **labels) == 0
+    # A person queues the failed ones again.
+    answer = await api.post(f"/mailing/{mailing_id}/retry-failed")
+    assert answer.status_code in (200, 201), answer.text
+    again = await scrape(api)
+    assert rise(after, again, "rassylka_messages_total", status="requeued", **labels) == 2
+
+
+async def test_cancelling_a_mailing_counts_its_queued_messages_expired(
+    api: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    mailing_id = await arrange(api, [client(1, "anna@example.ru"), client(2, "boris@example.ru")])
+    assert await Scheduler(create_sessionmaker(engine)).tick()
+    before = await scrape(api)
+    assert value(before, "rassylka_queue_depth", channel="email") == 2
+    assert (await api.post(f"/mailing/{mailing_id}/cancel")).status_code in (200, 201)
+    after = await scrape(api)
+    assert rise(before, after, "rassylka_messages_total", channel="email", status="expired") == 2
+    assert value(after, "rassylka_queue_depth", channel="email") == 0
 
 
 @pytest.fixture
