@@ -364,3 +364,30 @@ async def test_rassylka_worker_serves_its_metrics_on_the_port_it_is_given(
                 process.kill()
                 await process.wait()
     assert process.returncode == 0, log.read_text()
+
+
+async def test_a_taken_metrics_port_stops_the_worker_with_one_line(
+    database_url: str, tmp_path: Path
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        env = {key: value for key, value in os.environ.items() if not key.startswith("RASSYLKA_")}
+        env.update(
+            RASSYLKA_DATABASE_URL=database_url,
+            RASSYLKA_METRICS_PORT=str(taken.getsockname()[1]),
+        )
+        process = await asyncio.create_subprocess_exec(
+            str(RASSYLKA),
+            "worker",
+            cwd=tmp_path,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        async with asyncio.timeout(60):
+            _, stderr = await process.communicate()
+    said = stderr.decode()
+    assert process.returncode == 1, said
+    assert "Не открыть порт метрик" in said
+    assert "Traceback" not in said

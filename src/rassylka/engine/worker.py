@@ -148,7 +148,14 @@ async def run_worker(settings: Settings) -> None:
     metrics: MetricsServer | None = None
     if settings.metrics_port is not None:
         metrics = MetricsServer(create_sessionmaker(engine), port=settings.metrics_port)
-        await metrics.start()
+        try:
+            await metrics.start()
+        except OSError as error:  # the port is taken, most likely: one line, not a traceback
+            await engine.dispose()
+            raise SystemExit(
+                f"Не открыть порт метрик 127.0.0.1:{settings.metrics_port} "
+                f"(RASSYLKA_METRICS_PORT): {error.strerror or error}"
+            ) from None
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, worker.stop)

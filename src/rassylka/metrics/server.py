@@ -25,6 +25,8 @@ HOST = "127.0.0.1"
 # How long a client may take to send its request, and how much of it is read.
 READ_TIMEOUT = 5.0
 MAX_HEAD = 16 * 1024
+# How long an answer may take, the queue's count (``depth.TIMEOUT``) and the write included.
+ANSWER_TIMEOUT = 10.0
 
 
 class MetricsServer:
@@ -50,29 +52,34 @@ class MetricsServer:
         try:
             async with asyncio.timeout(READ_TIMEOUT):
                 head = await reader.readuntil(b"\r\n\r\n")
-            request_line, *header_lines = head.decode("latin-1").split("\r\n")
-            method, target, *_ = [*request_line.split(" "), "", ""]
-            headers = {
-                name.strip().lower(): value.strip()
-                for name, _, value in (line.partition(":") for line in header_lines if line)
-            }
-            if method != "GET":
-                await _reply(writer, 405, b"method not allowed\n", "text/plain; charset=utf-8")
-            elif target.partition("?")[0] != "/metrics":
-                await _reply(writer, 404, b"not found: see /metrics\n", "text/plain; charset=utf-8")
-            else:
-                await depth.refresh(self._sessionmaker)
-                encode, content_type = choose_encoder(headers.get("accept", ""))
-                body = encode(REGISTRY)
-                await _reply(writer, 200, body, content_type)
+            async with asyncio.timeout(ANSWER_TIMEOUT):
+                await self._reply_to(head, writer)
         except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
-            pass  # a client that sent no whole request in time gets no answer
+            pass  # a client that sent no whole request, or read no answer, in time
         except ConnectionError:
             pass
         finally:
             writer.close()
-            with contextlib.suppress(ConnectionError):
-                await writer.wait_closed()
+            with contextlib.suppress(ConnectionError, TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await writer.wait_closed()
+
+    async def _reply_to(self, head: bytes, writer: asyncio.StreamWriter) -> None:
+        request_line, *header_lines = head.decode("latin-1").split("\r\n")
+        method, target, *_ = [*request_line.split(" "), "", ""]
+        headers = {
+            name.strip().lower(): value.strip()
+            for name, _, value in (line.partition(":") for line in header_lines if line)
+        }
+        if method != "GET":
+            await _reply(writer, 405, b"method not allowed\n", "text/plain; charset=utf-8")
+        elif target.partition("?")[0] != "/metrics":
+            await _reply(writer, 404, b"not found: see /metrics\n", "text/plain; charset=utf-8")
+        else:
+            await depth.refresh(self._sessionmaker)
+            encode, content_type = choose_encoder(headers.get("accept", ""))
+            body = encode(REGISTRY)
+            await _reply(writer, 200, body, content_type)
 
 
 _REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed"}
