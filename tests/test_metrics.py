@@ -39,6 +39,7 @@ from smsc_peer import Smsc, start_smsc
 from smtp_peer import SmtpPeer
 from test_dispatcher import all_final, arrange, client, until
 from test_receipts import settled
+from test_webhooks import Workers
 from test_worker_cli import RASSYLKA
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -202,8 +203,6 @@ async def test_a_webhook_whose_target_refuses_is_counted_as_failed(
     assert_ok(await api.post("/webhook/create", json={"project": "010", "url": url}))
     before = await scrape(api)
     # Workers as in test_webhooks: fast retries, so the refusals come within the test.
-    from test_webhooks import Workers
-
     workers = Workers(engine, smtp, database_url)
     await workers.start()
     try:
