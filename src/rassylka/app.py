@@ -37,6 +37,7 @@ from rassylka.idempotency.middleware import IdempotencyMiddleware
 from rassylka.idempotency.middleware import document as document_idempotency
 from rassylka.mailings.router import router as mailing_router
 from rassylka.messages.router import router as delivery_router
+from rassylka.metrics.router import router as metrics_router
 from rassylka.projects.router import router as project_router
 from rassylka.suppressions.router import router as suppression_router
 from rassylka.templates.router import router as template_router
@@ -156,6 +157,8 @@ def create_app(
     # Called by peers (providers), not by the CRM: each checks its own token, not an API key
     # (access.middleware.OPEN_PATHS).
     app.include_router(delivery_router, dependencies=plain)
+    # Behind the API key like the CRM's routes (metrics.router says why); not in the schema.
+    app.include_router(metrics_router)
 
     # The web dashboard (docs/dashboard.md): pages under /ui/, behind the same API keys (a
     # login with a key keeps it in a cookie), over the same services.

@@ -174,6 +174,11 @@ class Settings(BaseSettings):
     """Seconds a stream stays open; then it ends with ``event: reconnect`` and the client
     resumes with ``Last-Event-ID``."""
 
+    # Prometheus metrics (docs/metrics.md). The API serves them at /metrics.
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    """Port on 127.0.0.1 where a standalone ``rassylka worker`` serves its /metrics (it has no
+    HTTP server otherwise); unset: none. 0 picks a free port (logged)."""
+
     @field_validator("api_keys", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:

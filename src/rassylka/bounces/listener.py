@@ -24,6 +24,7 @@ from rassylka.bounces import dsn, service
 from rassylka.bounces.verp import Verp
 from rassylka.config import Settings
 from rassylka.db import create_engine, create_sessionmaker
+from rassylka.metrics import definitions as metrics
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +91,7 @@ class BounceHandler:
                 continue
             if verdict is None:
                 self.counts["ignored"] += 1
+                metrics.receipt("bounce", metrics.REJECTED)
                 logger.info("mail to %s ignored: not a delivery status report", address)
                 continue
             try:
@@ -101,6 +103,7 @@ class BounceHandler:
             except Exception:
                 logger.exception("recording the bounce of message %s failed", message_id)
                 self.counts["errors"] += 1
+                metrics.receipt("bounce", metrics.REJECTED)
                 return TRY_LATER
             if applied is None:
                 self.counts["unknown"] += 1

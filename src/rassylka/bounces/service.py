@@ -22,6 +22,7 @@ from rassylka.db import utcnow
 from rassylka.errors import NotFound, ValidationFailed
 from rassylka.messages import queue
 from rassylka.messages.models import MessageStatus
+from rassylka.metrics import definitions as metrics
 from rassylka.projects import service as project_service
 from rassylka.suppressions import service as suppression_service
 from rassylka.suppressions.schemas import MAX_REASON, normalize_address
@@ -67,6 +68,20 @@ async def apply(
     A message that is no longer ``sent`` changes nothing, and then nothing is suppressed
     either: the bounce is a duplicate, or came after a verdict already given.
     """
+    applied = await _apply(
+        sessionmaker, message_id=message_id, verdict=verdict, project_id=project_id
+    )
+    metrics.receipt("bounce", metrics.UNMATCHED if applied is None else metrics.MATCHED)
+    return applied
+
+
+async def _apply(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    *,
+    message_id: int,
+    verdict: Verdict,
+    project_id: int | None,
+) -> Applied | None:
     suppressed: str | None = None
     async with sessionmaker() as session, session.begin():
         target = await repository.target(session, message_id=message_id)

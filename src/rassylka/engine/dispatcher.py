@@ -54,6 +54,8 @@ from rassylka.mailings.models import Channel as MailingChannel
 from rassylka.mailings.models import Mailing
 from rassylka.mailings.timing import window_of
 from rassylka.messages import queue, receipts
+from rassylka.messages.models import MessageStatus
+from rassylka.metrics import definitions as metrics
 from rassylka.projects.models import Project
 from rassylka.scheduling import (
     SendWindow,
@@ -315,6 +317,7 @@ class _Lane:
         self.channel = channel
         self.transport = transport
         self.kind = KIND_OF[channel]
+        self.send_seconds = metrics.send_seconds(channel)
         self.concurrency = (config.concurrency or {}).get(channel, 16)
         rate = (config.rate_limit or {}).get(channel, 0.0)
         self.limiter = RateLimiter(rate)
@@ -528,14 +531,17 @@ class _Lane:
                 self.results_ready.set()
 
     async def _send(self, messages: list[OutboundMessage]) -> list[Outcome]:
+        started = time.perf_counter()
         try:
             outcomes = await self.transport.send(messages)
         except asyncio.CancelledError:
             raise
         except Exception as error:  # a transport's bug must not lose the messages
+            self.send_seconds.observe(time.perf_counter() - started)
             ids = ", ".join(str(message.id) for message in messages)
             logger.exception("the %s transport raised on messages %s", self.kind, ids)
             return [TransientChannelError(f"{type(error).__name__}: {error}")] * len(messages)
+        self.send_seconds.observe(time.perf_counter() - started)
         if len(outcomes) != len(messages):
             return [TransientChannelError("транспорт не вернул результат отправки")] * len(messages)
         return outcomes
@@ -691,6 +697,7 @@ class _Lane:
             deferrals=deferrals,
             now=now,
         )
+        self._count(session, sent, retries, failed, with_receipts)
         return _Written(
             part_ids=[
                 peer_id
@@ -706,6 +713,33 @@ class _Lane:
             ],
             settled=sum(1 for result in sent if result.settled and result.id in with_receipts),
         )
+
+    def _count(
+        self,
+        session: AsyncSession,
+        sent: list[queue.SentResult],
+        retries: list[queue.RetryResult],
+        failed: list[queue.FailedResult],
+        with_receipts: set[int],
+    ) -> None:
+        """The batch's status changes, counted once it commits (``metrics.on_commit``): a
+        few additions per batch, nothing per message but for those settled by receipts."""
+        channel = self.channel.value
+        settled = [
+            (channel, result.settled[0])
+            for result in sent
+            if result.settled is not None and result.id in with_receipts
+        ]
+        metrics.on_commit_counts(
+            session,
+            (
+                (channel, MessageStatus.SENT, len(sent)),
+                (channel, metrics.RETRIED, len(retries)),
+                (channel, MessageStatus.FAILED, len(failed)),
+            ),
+        )
+        if settled:
+            metrics.on_commit(session, settled)
 
     def _part_ids(self, accepted: Accepted) -> tuple[str, ...]:
         """Receipts come for SMS only, per part; a peer that numbers no parts numbers the

@@ -34,6 +34,7 @@ from rassylka.db import utcnow
 from rassylka.engine import outage
 from rassylka.engine.waiting import wait_any
 from rassylka.messages import receipts
+from rassylka.metrics import definitions as metrics
 
 logger = logging.getLogger(__name__)
 # How long a batch of receipts collects before it is written.
@@ -60,8 +61,12 @@ class ReceiptInbox:
         sweep_interval: float = SWEEP_INTERVAL,
         hold: float = HOLD,
         clock: Callable[[], datetime] = utcnow,
+        source: str = "smpp",
     ) -> None:
+        """``source``: the metrics' name for the receipts matched here (the SMSC's; the
+        sweep also matches the stored callbacks of an HTTP provider, the worker's ``http``)."""
         self._sessionmaker = sessionmaker
+        self.source = source
         self._keep = keep
         self._sweep_interval = sweep_interval
         self._hold = hold
@@ -216,6 +221,7 @@ class ReceiptInbox:
             for _, future in batch:
                 if not future.done():
                     future.set_exception(error)
+            metrics.receipt(self.source, metrics.REJECTED, len(batch))
             return
         for _, future in batch:
             if not future.done():
@@ -255,6 +261,7 @@ class ReceiptInbox:
             return
         if dropped:
             self.counts["unknown"] += len(dropped)
+            metrics.receipt(self.source, metrics.UNMATCHED, len(dropped))
             logger.warning(
                 "dropped %s delivery receipts naming no message we sent (SMSC ids %s%s)",
                 len(dropped),
@@ -263,9 +270,13 @@ class ReceiptInbox:
             )
 
     def _count(self, received: int, matched: receipts.Matched) -> None:
+        """``received`` receipts applied now (0: stored ones matched later), ``matched``."""
         self.counts["received"] += received
         self.counts["matched"] += matched.receipts
         self.counts["settled"] += len(matched.settled)
+        metrics.receipt(self.source, metrics.MATCHED, matched.receipts)
+        if received:
+            metrics.receipt(self.source, metrics.WAITING, max(0, received - matched.receipts))
 
 
 class InHand:
@@ -300,6 +311,7 @@ class InHand:
         inbox.counts["matched"] += answered
         inbox.counts["settled"] += settled
         inbox.counts["with_sent"] += answered
+        metrics.receipt(inbox.source, metrics.MATCHED, answered)
         for waiting in self._taken.values():
             inbox._give_back(waiting)
         self._taken = {}

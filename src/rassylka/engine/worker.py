@@ -25,6 +25,7 @@ from rassylka.engine.receipts import ReceiptInbox
 from rassylka.engine.scheduler import Scheduler
 from rassylka.engine.upkeep import ExpiredKeys
 from rassylka.messages.queue import EVENTS_CHANNEL, NOTIFY_CHANNEL, SCHEDULE_CHANNEL
+from rassylka.metrics.server import MetricsServer
 from rassylka.webhooks.delivery import WebhookConfig, WebhookSender
 
 logger = logging.getLogger(__name__)
@@ -79,7 +80,10 @@ class Worker:
     @classmethod
     def open(cls, engine: AsyncEngine, settings: Settings) -> Worker:
         """A worker with the transports the settings name, their receipts wired to it."""
-        inbox = ReceiptInbox(create_sessionmaker(engine))
+        # Receipts the inbox matches later are the SMS transport's: an HTTP provider's
+        # callbacks wait in the same table (for the metrics).
+        source = "http" if settings.sms_http_url and not settings.smpp_host else "smpp"
+        inbox = ReceiptInbox(create_sessionmaker(engine), source=source)
         channels = open_channels(settings, on_receipt=inbox.receive)
         logger.info("sending through %s", describe(channels))
         return cls(
@@ -141,6 +145,17 @@ async def run_worker(settings: Settings) -> None:
     # processes (``app._freeze_heap``): full collections then walk only what came since.
     gc.collect()
     gc.freeze()
+    metrics: MetricsServer | None = None
+    if settings.metrics_port is not None:
+        metrics = MetricsServer(create_sessionmaker(engine), port=settings.metrics_port)
+        try:
+            await metrics.start()
+        except OSError as error:  # the port is taken, most likely: one line, not a traceback
+            await engine.dispose()
+            raise SystemExit(
+                f"Не открыть порт метрик 127.0.0.1:{settings.metrics_port} "
+                f"(RASSYLKA_METRICS_PORT): {error.strerror or error}"
+            ) from None
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, worker.stop)
@@ -149,6 +164,8 @@ async def run_worker(settings: Settings) -> None:
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
+        if metrics is not None:
+            await metrics.stop()
         await engine.dispose()
 
 

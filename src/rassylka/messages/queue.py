@@ -68,6 +68,7 @@ from rassylka.messages.models import (
     Run,
     RunStatus,
 )
+from rassylka.metrics import definitions as metrics
 
 CLIENT = cast(Table, Client.__table__)
 MESSAGE = cast(Table, Message.__table__)
@@ -465,6 +466,19 @@ async def _release(session: AsyncSession, ids: Sequence[int], now: datetime) -> 
     )
 
 
+async def due_counts(session: AsyncSession, *, now: datetime) -> dict[int, int]:
+    """Messages queued and due now, by channel (the metrics' queue depth): what the claims
+    have yet to take, of paused mailings too (telling those apart would join every message
+    to its mailing). On ``ix_message_due``, which on PostgreSQL holds only queued and sending
+    messages: the count reads the queue, not the table."""
+    rows = await session.execute(
+        select(MESSAGE.c.channel, func.count())
+        .where(status_is(MessageStatus.QUEUED), MESSAGE.c.next_attempt_at <= now)
+        .group_by(MESSAGE.c.channel)
+    )
+    return {channel: count for channel, count in rows}
+
+
 async def recover(session: AsyncSession, *, channel: int, now: datetime) -> int:
     """Return the claims of dead workers (lease run out) to the queue; how many there were."""
     result = await session.execute(
@@ -565,9 +579,11 @@ async def expire_queued(
             next_attempt_at=None,
             updated_at=now,
         )
-        .returning(MESSAGE.c.id)
+        .returning(MESSAGE.c.id, MESSAGE.c.channel)
     )
-    ids = [row[0] for row in result]
+    rows = result.all()
+    metrics.on_commit(session, ((channel, MessageStatus.EXPIRED) for _, channel in rows))
+    ids = [row[0] for row in rows]
     await log_events(session, ids=ids, old_status=MessageStatus.QUEUED, now=now)
     return len(ids)
 
@@ -647,9 +663,11 @@ async def skip_queued(
         update(MESSAGE)
         .where(*where)
         .values(status=MessageStatus.SKIPPED, reason=reason, next_attempt_at=None, updated_at=now)
-        .returning(MESSAGE.c.id)
+        .returning(MESSAGE.c.id, MESSAGE.c.channel)
     )
-    ids = [row[0] for row in result]
+    rows = result.all()
+    metrics.on_commit(session, ((channel, MessageStatus.SKIPPED) for _, channel in rows))
+    ids = [row[0] for row in rows]
     await log_events(session, ids=ids, old_status=MessageStatus.QUEUED, now=now)
     return len(ids)
 
@@ -803,8 +821,9 @@ async def settle(session: AsyncSession, *, verdicts: Sequence[Verdict], now: dat
     if not verdicts:
         return []
     ids = sorted({verdict.id for verdict in verdicts})
+    changes: list[tuple[int, int]]  # (id, channel) of the rows that changed
     if _is_postgresql(session) and len(ids) == len(verdicts):
-        changed = await _settle_unnest(session, verdicts, now)
+        changes = await _settle_unnest(session, verdicts, now)
     else:
         await session.execute(
             update(MESSAGE)
@@ -815,14 +834,17 @@ async def settle(session: AsyncSession, *, verdicts: Sequence[Verdict], now: dat
                 for v in verdicts
             ],
         )
-        changed = []
+        changes = []
         for start in range(0, len(ids), EVENT_CHUNK):
             chunk = ids[start : start + EVENT_CHUNK]
-            changed += await session.scalars(
-                select(MESSAGE.c.id).where(
+            rows = await session.execute(
+                select(MESSAGE.c.id, MESSAGE.c.channel).where(
                     among(session, MESSAGE.c.id, chunk), MESSAGE.c.updated_at == now
                 )
             )
+            changes += [(row[0], row[1]) for row in rows]
+    _count_settled(session, verdicts, changes)
+    changed = [message_id for message_id, _ in changes]
     await log_events(
         session,
         ids=changed,
@@ -833,11 +855,29 @@ async def settle(session: AsyncSession, *, verdicts: Sequence[Verdict], now: dat
     return changed
 
 
+def _count_settled(
+    session: AsyncSession, verdicts: Sequence[Verdict], changes: Sequence[tuple[int, int]]
+) -> None:
+    """Count the status changes of ``settle`` (at commit; a soft bounce's note is none)."""
+    if not changes:
+        return
+    status_of = {verdict.id: verdict.status for verdict in verdicts}
+    metrics.on_commit(
+        session,
+        (
+            (channel, status_of[message_id])
+            for message_id, channel in changes
+            if status_of.get(message_id, MessageStatus.SENT) != MessageStatus.SENT
+        ),
+    )
+
+
 async def _settle_unnest(
     session: AsyncSession, verdicts: Sequence[Verdict], now: datetime
-) -> list[int]:
+) -> list[tuple[int, int]]:
     """PostgreSQL, one verdict per message: one ``UPDATE … FROM unnest(arrays) RETURNING``
-    rather than one execution per message and a query for those that changed."""
+    rather than one execution per message and a query for those that changed; (id, channel)
+    of each that changed, by id."""
     values = (
         func.unnest(
             _array([verdict.id for verdict in verdicts], BigInteger),
@@ -847,10 +887,10 @@ async def _settle_unnest(
         .table_valued("id", "status", "reason")
         .render_derived(name="verdict")
     )
-    changed = await session.scalars(
+    changed = await session.execute(
         update(MESSAGE)
         .where(MESSAGE.c.id == values.c.id, MESSAGE.c.status == MessageStatus.SENT)
         .values(status=values.c.status, reason=values.c.reason, updated_at=now)
-        .returning(MESSAGE.c.id)
+        .returning(MESSAGE.c.id, MESSAGE.c.channel)
     )
-    return sorted(changed)
+    return sorted((row[0], row[1]) for row in changed)

@@ -13,6 +13,7 @@ from rassylka.channels.http_sms import CallbackError, StatusCallbackFormat, pars
 from rassylka.db import SessionDep, utcnow
 from rassylka.errors import FieldError, Forbidden, ValidationFailed, openapi_error_responses
 from rassylka.messages import receipts
+from rassylka.metrics import definitions as metrics
 from rassylka.schemas import Envelope, ok
 
 router = APIRouter(prefix="/webhook", tags=["Delivery"])
@@ -48,11 +49,15 @@ async def sms_status(
     expected = secret.get_secret_value() if secret is not None else None
     if expected and not (token and hmac.compare_digest(token.encode(), expected.encode())):
         raise Forbidden()
-    payload = await _payload(request)
     try:
+        payload = await _payload(request)
         reports = parse_status_callback(payload, StatusCallbackFormat.from_settings(settings))
     except CallbackError as error:
+        metrics.receipt("http", metrics.REJECTED)
         raise ValidationFailed([FieldError(field=error.field, message=error.message)]) from None
+    except ValidationFailed:
+        metrics.receipt("http", metrics.REJECTED)
+        raise
     now = utcnow()
     await receipts.store(session, reports=reports, now=now)
     matched = await receipts.match(
@@ -60,6 +65,10 @@ async def sms_status(
     )
     result = CallbackResult(
         received=len(reports), matched=matched.receipts, settled=len(matched.settled)
+    )
+    metrics.receipt_on_commit(session, "http", metrics.MATCHED, matched.receipts)
+    metrics.receipt_on_commit(
+        session, "http", metrics.WAITING, max(0, len(reports) - matched.receipts)
     )
     return ok(result, status=200)
 

@@ -30,6 +30,7 @@ from rassylka.db import utcnow
 from rassylka.engine.outage import Backoff
 from rassylka.engine.retry import RetryPolicy
 from rassylka.engine.waiting import wait_any
+from rassylka.metrics import definitions as metrics
 from rassylka.webhooks import repository
 
 if TYPE_CHECKING:
@@ -233,6 +234,7 @@ class WebhookSender:
         started = time.monotonic()
         http_status: int | None = None
         error: str | None = None
+        failure: str | None = None  # for the metrics: one of metrics.WEBHOOK_REASONS
         try:
             # httpx's timeout is per read; this bounds the whole exchange, so a receiver that
             # trickles bytes cannot hold a delivery (and its lease) for longer.
@@ -242,11 +244,14 @@ class WebhookSender:
                 ) as response:
                     http_status = response.status_code
                     if not 200 <= http_status < 300:
+                        failure = "http"
                         answer = await _start_of(response)
                         error = f"HTTP {http_status}" + (f": {answer}" if answer else "")
         except (TimeoutError, httpx.TimeoutException):
+            failure = "timeout"
             error = f"Нет ответа за {self.config.timeout:g} с"
         except httpx.HTTPError as problem:
+            failure = "connection"
             error = f"Ошибка соединения: {type(problem).__name__}" + (
                 f": {problem}" if str(problem) else ""
             )
@@ -254,8 +259,11 @@ class WebhookSender:
             raise
         except Exception as problem:  # an odd URL or a library bug must not lose the delivery
             logger.exception("webhook %s: POST to %s raised", delivery.webhook_id, delivery.url)
+            failure = "error"
             error = f"{type(problem).__name__}: {problem}"
         duration_ms = round((time.monotonic() - started) * 1000)
+        if failure is not None:
+            metrics.webhook_failed(failure)
         return http_status, error, duration_ms
 
     async def _write_outcomes(self) -> None:

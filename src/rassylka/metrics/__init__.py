@@ -1,0 +1,2 @@
+"""Prometheus metrics of this process: what they are (``definitions``), the ``/metrics`` route
+(``router``) and the standalone worker's own small server (``server``)."""
