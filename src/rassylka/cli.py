@@ -24,10 +24,16 @@ from rassylka.engine.worker import run_worker
 from rassylka.errors import AppError
 from rassylka.serving import HttpProtocol
 
-app = typer.Typer(help="Rassylka: рассылка email и SMS по расписанию.", no_args_is_help=True)
-db_app = typer.Typer(help="Схема базы данных.", no_args_is_help=True)
+app = typer.Typer(
+    help="Rassylka: рассылка email и SMS по расписанию.\n\nПример: rassylka demo",
+    no_args_is_help=True,
+)
+db_app = typer.Typer(help="Схема базы данных.\n\nПример: rassylka db upgrade", no_args_is_help=True)
 app.add_typer(db_app, name="db")
-apikey_app = typer.Typer(help="Ключи API (см. docs/security.md).", no_args_is_help=True)
+apikey_app = typer.Typer(
+    help="Ключи API (см. docs/security.md).\n\nПример: rassylka apikey create --project 010",
+    no_args_is_help=True,
+)
 app.add_typer(apikey_app, name="apikey")
 console = Console(stderr=True)
 

@@ -16,7 +16,6 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from rassylka.config import get_settings
 from rassylka.console import demo as demo_module
 from rassylka.console import importing, mailings, send_test, watching
 from rassylka.console.api import DEFAULT_URL, EXIT_OK, Api, CliFailure
@@ -26,10 +25,13 @@ out = Console()
 err = Console(stderr=True)
 
 client_app = typer.Typer(
-    help="Клиенты через API работающего сервиса.", no_args_is_help=True, rich_markup_mode="rich"
+    help="Клиенты через API работающего сервиса.\n\n"
+    "Пример: rassylka client import clients.csv --project 010",
+    no_args_is_help=True,
 )
 mailing_app = typer.Typer(
-    help="Рассылки через API работающего сервиса.", no_args_is_help=True, rich_markup_mode="rich"
+    help="Рассылки через API работающего сервиса.\n\nПример: rassylka mailing list",
+    no_args_is_help=True,
 )
 
 Url = Annotated[
@@ -52,7 +54,9 @@ def run(main: Coroutine[Any, Any, T]) -> T:
     try:
         return asyncio.run(main)
     except CliFailure as failure:
-        err.print(f"[red]Ошибка:[/] {escape(failure.message)}", highlight=False)
+        # The API's own messages mostly begin with "Ошибка …" already.
+        prefix = "" if failure.message.startswith("Ошибка") else "Ошибка: "
+        err.print(f"[red]{prefix}{escape(failure.message)}[/]", highlight=False, soft_wrap=True)
         raise typer.Exit(failure.code) from None
     except KeyboardInterrupt:
         raise typer.Exit(EXIT_OK) from None
@@ -158,7 +162,7 @@ def send_test_command(
     """
 
     async def main() -> int:
-        attempts = await send_test.send_test(get_settings(), email=email, phone=phone)
+        attempts = await send_test.send_test(send_test.settings(), email=email, phone=phone)
         return send_test.report(attempts, out=out)
 
     raise typer.Exit(run(main()))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass
 
+from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 
@@ -44,6 +45,17 @@ class Attempt:
         if isinstance(self.outcome, TransientChannelError) and self.outcome.code is None:
             return EXIT_UNREACHABLE
         return EXIT_FAILED
+
+
+def settings() -> Settings:
+    """The environment's settings as they are now (not the process's cached copy)."""
+    try:
+        return Settings()
+    except ValidationError as error:
+        problems = "; ".join(
+            f"RASSYLKA_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in error.errors()
+        )
+        raise CliFailure(f"Неверные настройки: {problems}", EXIT_REFUSED) from None
 
 
 def where(settings: Settings, kind: ChannelKind, channel: Channel) -> str:
@@ -102,9 +114,12 @@ def report(attempts: list[Attempt], *, out: Console) -> int:
             out.print(
                 f"{escape(head)} [green]отправлено[/] ({escape(said)})",
                 highlight=False,
+                soft_wrap=True,
             )
         else:
             out.print(
-                f"{escape(head)} [red]ошибка[/]: {escape(attempt.outcome.reply)}", highlight=False
+                f"{escape(head)} [red]ошибка[/]: {escape(attempt.outcome.reply)}",
+                highlight=False,
+                soft_wrap=True,
             )
     return max((attempt.code for attempt in attempts), default=EXIT_OK)

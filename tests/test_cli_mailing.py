@@ -1,0 +1,131 @@
+"""``rassylka mailing list`` and ``mailing watch`` against a live API, and what every API
+command does when nothing listens at ``--url``."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import httpx
+import pytest
+
+from cli_console import free_port, invoke, invoke_async
+from conftest import StartWorker
+from helpers import assert_ok, make_project, make_template
+from smtp_peer import SmtpPeer
+from test_dispatcher import arrange, client
+
+SQLITE_ONLY = pytest.mark.parametrize("backend", ["sqlite"])
+
+
+@SQLITE_ONLY
+async def test_list_shows_the_mailings_and_filters_them(api: httpx.AsyncClient) -> None:
+    project_id = await make_project(api)
+    other_id = await make_project(api, code="020", name="Другой")
+    template_id = await make_template(api, project_id)
+    other_template = await make_template(api, other_id)
+    for name, status, project, template in [
+        ("Черновик новостей", 0, project_id, template_id),
+        ("Акция", 2, project_id, template_id),
+        ("Чужая", 0, other_id, other_template),
+    ]:
+        body = {
+            "name": name,
+            "project_id": project,
+            "template_id": template,
+            "status": status,
+            "channels": ["email", "sms"],
+            "event": "2030-01-01",
+        }
+        assert_ok(await api.post("/mailing/create", json=body))
+    url = str(api.base_url)
+
+    everything = await invoke_async("mailing", "list", "--url", url)
+    assert everything.exit_code == 0, everything.output
+    assert "Рассылки: 3 из 3" in everything.stdout
+    for name in ("Черновик новостей", "Акция", "Чужая"):
+        assert name in everything.stdout
+    assert "email, sms" in everything.stdout
+
+    drafts = await invoke_async(
+        "mailing", "list", "--project", "010", "--status", "draft", "--url", url
+    )
+    assert drafts.exit_code == 0, drafts.output
+    assert "Черновик новостей" in drafts.stdout
+    assert "Акция" not in drafts.stdout
+    assert "Чужая" not in drafts.stdout
+    assert "черновик" in drafts.stdout
+
+    paused = await invoke_async("mailing", "list", "--status", "2", "--url", url)
+    assert "Рассылки: 1 из 1" in paused.stdout
+    assert "на паузе" in paused.stdout
+
+    bad = await invoke_async("mailing", "list", "--status", "спит", "--url", url)
+    assert bad.exit_code == 2
+    assert bad.stderr.strip().startswith("Ошибка: Неизвестный статус «спит»")
+
+
+async def test_watch_follows_a_mailing_until_it_is_done(
+    api: httpx.AsyncClient, smtp: SmtpPeer, start_worker: StartWorker
+) -> None:
+    smtp.delay = 0.1  # the sends spread over a moment, so the stream has them to tell
+    mailing_id = await arrange(
+        api,
+        [client(n, f"user{n}@example.ru") for n in range(6)]
+        + [client(9, "never@example.ru"), client(10, "off@example.ru", opted_out=True)],
+    )
+    watching = asyncio.create_task(
+        invoke_async("mailing", "watch", str(mailing_id), "--url", str(api.base_url))
+    )
+    await asyncio.sleep(1.0)  # watching: the table is on screen, the stream open
+    assert not watching.done()
+    await start_worker()
+    async with asyncio.timeout(30):
+        result = await watching
+    assert result.exit_code == 0, result.output
+    assert f"Рассылка {mailing_id} «Новости»: завершена" in result.stdout
+    # email: 6 sent, 1 failed (550), 1 skipped (opted out)
+    email = re.search(r"│ email\s*│(.*)│", result.stdout)
+    assert email is not None, result.stdout
+    cells = [int(cell) for cell in email.group(1).split("│")]
+    assert cells == [0, 6, 0, 0, 0, 1, 0, 1, 8], result.stdout
+    events = re.search(r"событий: (\d+)", result.stdout)
+    assert events is not None
+    assert int(events.group(1)) >= 7
+    assert "sending → sent" in result.stdout
+
+
+@SQLITE_ONLY
+async def test_watch_of_a_mailing_that_does_not_exist(api: httpx.AsyncClient) -> None:
+    result = await invoke_async("mailing", "watch", "999", "--url", str(api.base_url))
+    assert result.exit_code == 2
+    assert result.stderr.startswith("Ошибка")
+    assert "999" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["mailing", "list"],
+        ["mailing", "watch", "1"],
+        ["client", "import", "{csv}", "--project", "010"],
+    ],
+)
+def test_connection_refused_is_one_line_and_exit_3(args: list[str], tmp_path: object) -> None:
+    csv = f"{tmp_path}/clients.csv"
+    with open(csv, "w", encoding="utf-8") as file:
+        file.write("guid,first_name\nc1,Анна\n")
+    url = f"http://127.0.0.1:{free_port()}"
+    result = invoke(*[arg.format(csv=csv) for arg in args], "--url", url)
+    assert result.exit_code == 3, result.output
+    lines = [line for line in result.stderr.splitlines() if line.startswith("Ошибка")]
+    assert lines == [f"Ошибка: Не удалось подключиться к {url}: All connection attempts failed"]
+    assert "Traceback" not in result.output
+
+
+def test_the_url_and_the_key_come_from_the_environment() -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    result = invoke("mailing", "list", env={"RASSYLKA_URL": url, "RASSYLKA_API_KEY": "k"})
+    assert result.exit_code == 3
+    assert url in result.stderr
