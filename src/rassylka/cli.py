@@ -19,6 +19,7 @@ from rassylka.bounces.listener import run_listener
 from rassylka.channels.registry import describe, open_channels
 from rassylka.config import Settings, get_settings
 from rassylka.console.commands import register as register_console_commands
+from rassylka.console.commands import run_guarded
 from rassylka.db import create_engine, create_sessionmaker
 from rassylka.engine.worker import run_worker
 from rassylka.errors import AppError
@@ -326,4 +327,4 @@ register_console_commands(app)  # client, mailing, send-test, demo: rassylka.con
 
 
 def main() -> None:
-    app()
+    run_guarded(app)

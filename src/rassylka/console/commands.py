@@ -2,23 +2,35 @@
 ``send-test`` and ``demo``; ``register(app)`` adds them to the ``rassylka`` command.
 
 Every command runs its coroutine through ``run``, which turns a ``CliFailure`` into one red
-line and its exit code, and Ctrl-C into a quiet exit 0.
+line and its exit code, and Ctrl-C into a quiet exit 0; ``run_guarded`` does the same for
+whatever else any command (old or new) lets through.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 
 from rassylka.console import demo as demo_module
 from rassylka.console import importing, mailings, send_test, watching
-from rassylka.console.api import DEFAULT_URL, EXIT_OK, Api, CliFailure
+from rassylka.console.api import (
+    DEFAULT_URL,
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_REFUSED,
+    EXIT_UNREACHABLE,
+    Api,
+    CliFailure,
+)
 
 T = TypeVar("T")
 out = Console()
@@ -180,6 +192,35 @@ def demo_command(
     Пример: rassylka demo
     """
     run(demo_module.run_demo(out=out, port=port, once=once))
+
+
+def run_guarded(app: typer.Typer) -> None:
+    """``app()``, where an error no command caught (the database unreachable, a bad
+    ``RASSYLKA_*`` setting, a bug) is one line and an exit code instead of a traceback;
+    ``RASSYLKA_TRACEBACK=1`` shows the traceback."""
+    try:
+        app()
+    except Exception as error:
+        if os.environ.get("RASSYLKA_TRACEBACK"):
+            raise
+        code, line = describe_unexpected(error)
+        err.print(f"[red]{escape(line)}[/]", highlight=False, soft_wrap=True)
+        sys.exit(code)
+
+
+def describe_unexpected(error: BaseException) -> tuple[int, str]:
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, ValidationError):
+            problems = "; ".join(
+                f"{'.'.join(map(str, item['loc']))}: {item['msg']}" for item in seen.errors()
+            )
+            return EXIT_REFUSED, f"Ошибка: неверные настройки: {problems}"
+        if isinstance(seen, OSError):
+            return EXIT_UNREACHABLE, f"Ошибка: не удалось подключиться: {seen}"
+        seen = seen.__cause__ or seen.__context__
+    hint = " (подробности: RASSYLKA_TRACEBACK=1)"
+    return EXIT_FAILED, f"Ошибка: {type(error).__name__}: {error}{hint}"
 
 
 def register(app: typer.Typer) -> None:
