@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from cli_console import free_port, invoke, invoke_async
-from conftest import StartWorker
+from conftest import StartServer, StartWorker
 from helpers import assert_ok, make_project, make_template
 from smtp_peer import SmtpPeer
 from test_dispatcher import arrange, client
@@ -91,8 +91,46 @@ async def test_watch_follows_a_mailing_until_it_is_done(
     assert cells == [0, 6, 0, 0, 0, 1, 0, 1, 8], result.stdout
     events = re.search(r"событий: (\d+)", result.stdout)
     assert events is not None
-    assert int(events.group(1)) >= 7
+    assert int(events.group(1)) == 8
     assert "sending → sent" in result.stdout
+
+
+async def test_watch_resumes_a_stream_the_server_ends_without_losing_an_event(
+    start_server: StartServer, smtp: SmtpPeer, start_worker: StartWorker
+) -> None:
+    """The server ends every stream after 0.3 s (``event: reconnect``): the watch opens it
+    again with Last-Event-ID, and hears each of the 8 events exactly once."""
+    server = await start_server(sse_max_lifetime=0.3)
+    smtp.delay = 0.1
+    async with httpx.AsyncClient(base_url=server.url) as api:
+        mailing_id = await arrange(
+            api,
+            [client(n, f"user{n}@example.ru") for n in range(6)]
+            + [client(9, "never@example.ru"), client(10, "off@example.ru", opted_out=True)],
+        )
+    watching = asyncio.create_task(
+        invoke_async("mailing", "watch", str(mailing_id), "--url", server.url)
+    )
+    await asyncio.sleep(1.0)  # a few streams have ended and been resumed already
+    await start_worker()
+    async with asyncio.timeout(30):
+        result = await watching
+    assert result.exit_code == 0, result.output
+    events = re.findall(r"^\s*(\d+)\s*│\s*\d\d:\d\d:\d\d", result.stdout, flags=re.MULTILINE)
+    assert len(events) == len(set(events)) == 8, result.stdout  # the last 8: every one, once
+    assert "событий: 8" in result.stdout
+
+
+@SQLITE_ONLY
+async def test_the_api_key_goes_as_a_bearer_token(start_server: StartServer) -> None:
+    server = await start_server(api_keys=["first-key"])
+    allowed = await invoke_async("mailing", "list", "--url", server.url, "--api-key", "first-key")
+    assert allowed.exit_code == 0, allowed.output
+    assert "Рассылки: 0 из 0" in allowed.stdout
+    refused = await invoke_async("mailing", "list", "--url", server.url)
+    assert refused.exit_code == 2
+    assert len(refused.stderr.strip().splitlines()) == 1
+    assert refused.stderr.startswith("Ошибка")
 
 
 @SQLITE_ONLY
