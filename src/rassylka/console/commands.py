@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import tempfile
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -191,7 +192,9 @@ def demo_command(
 
     Пример: rassylka demo
     """
-    run(demo_module.run_demo(out=out, port=port, once=once))
+    # Made and removed out here: Ctrl-C ends the event loop before its own cleanup is done.
+    with tempfile.TemporaryDirectory(prefix="rassylka-demo-", ignore_cleanup_errors=True) as path:
+        run(demo_module.run_demo(Path(path), out=out, port=port, once=once))
 
 
 def run_guarded(app: typer.Typer) -> None:

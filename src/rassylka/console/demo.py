@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
 import socket
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -114,15 +112,17 @@ def delivered(tally: watching.Tally) -> bool:
     return tally.finished and tally.of("sms", "sent") == 0 and tally.of("sms", "queued") == 0
 
 
-async def run_demo(*, out: Console, port: int = 0, once: bool = False) -> watching.Tally | None:
-    """Run the demo; the final counts (None if stopped before the mailing was delivered)."""
+async def run_demo(
+    directory: Path, *, out: Console, port: int = 0, once: bool = False
+) -> watching.Tally | None:
+    """Run the demo with its database in ``directory``; the final counts (None if stopped
+    before the mailing was delivered)."""
     loop = asyncio.get_running_loop()
     mailbox = DemoMailbox()
     smtp = await loop.create_server(
         lambda: SmtpServer(mailbox, hostname="demo.localhost"), sock=_listener()
     )
     smsc = await DemoSmsc().start()
-    directory = Path(tempfile.mkdtemp(prefix="rassylka-demo-"))
     smtp_port = smtp.sockets[0].getsockname()[1]
     settings = demo_settings(directory, smtp_port=smtp_port, smpp_port=smsc.port)
     engine = create_engine(settings.database_url)
@@ -181,4 +181,3 @@ async def run_demo(*, out: Console, port: int = 0, once: bool = False) -> watchi
         await smsc.stop()
         smtp.close()
         await smtp.wait_closed()
-        shutil.rmtree(directory, ignore_errors=True)
