@@ -10,10 +10,10 @@ import httpx
 import pytest
 
 from cli_console import free_port, invoke, invoke_async
-from conftest import StartServer, StartWorker
+from conftest import LiveServer, StartServer, StartWorker
 from helpers import assert_ok, make_project, make_template
 from smtp_peer import SmtpPeer
-from test_dispatcher import arrange, client
+from test_dispatcher import arrange, client, until
 
 SQLITE_ONLY = pytest.mark.parametrize("backend", ["sqlite"])
 
@@ -65,8 +65,18 @@ async def test_list_shows_the_mailings_and_filters_them(api: httpx.AsyncClient) 
     assert bad.stderr.strip().startswith("Ошибка: Неизвестный статус «спит»")
 
 
+async def stream_opened(server: LiveServer) -> None:
+    """Until the server holds an SSE stream: its starting point is fixed by then, so every
+    event after this is the watch's to hear."""
+
+    def held() -> bool:
+        return sum(getattr(server.app.state, "sse_streams", {}).values()) > 0
+
+    await until(lambda: asyncio.sleep(0, held()))
+
+
 async def test_watch_follows_a_mailing_until_it_is_done(
-    api: httpx.AsyncClient, smtp: SmtpPeer, start_worker: StartWorker
+    api: httpx.AsyncClient, live_server: LiveServer, smtp: SmtpPeer, start_worker: StartWorker
 ) -> None:
     smtp.delay = 0.1  # the sends spread over a moment, so the stream has them to tell
     mailing_id = await arrange(
@@ -77,7 +87,7 @@ async def test_watch_follows_a_mailing_until_it_is_done(
     watching = asyncio.create_task(
         invoke_async("mailing", "watch", str(mailing_id), "--url", str(api.base_url))
     )
-    await asyncio.sleep(1.0)  # watching: the table is on screen, the stream open
+    await stream_opened(live_server)
     assert not watching.done()
     await start_worker()
     async with asyncio.timeout(30):
@@ -111,7 +121,8 @@ async def test_watch_resumes_a_stream_the_server_ends_without_losing_an_event(
     watching = asyncio.create_task(
         invoke_async("mailing", "watch", str(mailing_id), "--url", server.url)
     )
-    await asyncio.sleep(1.0)  # a few streams have ended and been resumed already
+    await stream_opened(server)
+    await asyncio.sleep(0.7)  # a few streams have ended and been resumed already
     await start_worker()
     async with asyncio.timeout(30):
         result = await watching
