@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
 
 import httpx
 import pytest
@@ -12,6 +13,7 @@ import pytest
 from cli_console import free_port, invoke, invoke_async
 from conftest import LiveServer, StartServer, StartWorker
 from helpers import assert_ok, make_project, make_template
+from rassylka.config import Settings
 from smtp_peer import SmtpPeer
 from test_dispatcher import arrange, client, until
 
@@ -130,6 +132,44 @@ async def test_watch_resumes_a_stream_the_server_ends_without_losing_an_event(
     events = re.findall(r"^\s*(\d+)\s*│\s*\d\d:\d\d:\d\d", result.stdout, flags=re.MULTILINE)
     assert len(events) == len(set(events)) == 8, result.stdout  # the last 8: every one, once
     assert "событий: 8" in result.stdout
+
+
+@SQLITE_ONLY
+async def test_watch_waits_out_a_restart_of_the_api(
+    start_server: StartServer,
+    database_url: str,
+    smtp: SmtpPeer,
+    start_worker: StartWorker,
+) -> None:
+    """The API stops (its streams end, connections are refused) and comes back on the same
+    port: the watch keeps trying, resumes after the last event it had, and sees the mailing
+    through."""
+    first = await start_server()
+    async with httpx.AsyncClient(base_url=first.url) as api:
+        mailing_id = await arrange(api, [client(n, f"user{n}@example.ru") for n in range(4)])
+    watching = asyncio.create_task(
+        invoke_async("mailing", "watch", str(mailing_id), "--url", first.url)
+    )
+    await stream_opened(first)
+    await first.stop()
+    await asyncio.sleep(1.5)  # refused a time or two
+    assert not watching.done()
+    second = LiveServer(Settings(database_url=database_url))
+    second.socket.close()
+    second.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    second.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    second.socket.bind(("127.0.0.1", first.port))
+    await second.start()
+    try:
+        await stream_opened(second)
+        await start_worker()
+        async with asyncio.timeout(30):
+            result = await watching
+    finally:
+        await second.stop()
+    assert result.exit_code == 0, result.output
+    assert f"Рассылка {mailing_id} «Новости»: завершена" in result.stdout
+    assert "событий: 4" in result.stdout
 
 
 @SQLITE_ONLY

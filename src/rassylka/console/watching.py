@@ -22,7 +22,7 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
-from rassylka.console.api import Api, refusal, unreachable
+from rassylka.console.api import EXIT_UNREACHABLE, Api, CliFailure, refusal, unreachable
 
 STATUSES = (
     "queued",
@@ -213,13 +213,23 @@ async def watch(
 
     async def poll() -> None:
         synced = time.monotonic()
+        failing_since: float | None = None
         while True:
             await asyncio.sleep(POLL_SECONDS)
-            mailing = await api.get(f"/mailing/{mailing_id}")
-            tally.status = int(mailing["status"])
-            if tally.finished or time.monotonic() - synced > RESYNC_SECONDS:
-                tally.take_stats(await api.get(f"/mailing/{mailing_id}/stats"))
-                synced = time.monotonic()
+            try:
+                mailing = await api.get(f"/mailing/{mailing_id}")
+                tally.status = int(mailing["status"])
+                if tally.finished or time.monotonic() - synced > RESYNC_SECONDS:
+                    tally.take_stats(await api.get(f"/mailing/{mailing_id}/stats"))
+                    synced = time.monotonic()
+            except CliFailure as failure:
+                # A restarting API: the stream waits for it as long, so does this.
+                now = time.monotonic()
+                failing_since = failing_since or now
+                if failure.code != EXIT_UNREACHABLE or now - failing_since > GIVE_UP_AFTER:
+                    raise
+                continue
+            failing_since = None
             if finished(tally):
                 return
 
