@@ -114,12 +114,20 @@ async def import_file(
     with Progress(*columns, console=console) as progress:
         task = progress.add_task(f"Импорт {path.name}", total=shape.records)
         for batch in batches(path, shape, batch_rows):
-            result = await api.post(
-                "/client/import",
-                params={"project": project},
-                content=batch.body,
-                headers={"Content-Type": "text/csv; charset=utf-8"},
-            )
+            try:
+                result = await api.post(
+                    "/client/import",
+                    params={"project": project},
+                    content=batch.body,
+                    headers={"Content-Type": "text/csv; charset=utf-8"},
+                )
+            except CliFailure as failure:
+                if batch.numbers[0] == 2:  # nothing saved yet: the message alone says it
+                    raise
+                raise CliFailure(
+                    f"{failure.message} (строки файла до {batch.numbers[0]} уже сохранены)",
+                    failure.code,
+                ) from None
             summary.created += int(result["created"])
             summary.updated += int(result["updated"])
             summary.rejected += int(result["rejected"])
