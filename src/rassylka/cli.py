@@ -18,15 +18,23 @@ from rassylka.access import service as key_service
 from rassylka.bounces.listener import run_listener
 from rassylka.channels.registry import describe, open_channels
 from rassylka.config import Settings, get_settings
+from rassylka.console.commands import register as register_console_commands
+from rassylka.console.commands import run_guarded
 from rassylka.db import create_engine, create_sessionmaker
 from rassylka.engine.worker import run_worker
 from rassylka.errors import AppError
 from rassylka.serving import HttpProtocol
 
-app = typer.Typer(help="Rassylka: рассылка email и SMS по расписанию.", no_args_is_help=True)
-db_app = typer.Typer(help="Схема базы данных.", no_args_is_help=True)
+app = typer.Typer(
+    help="Rassylka: рассылка email и SMS по расписанию.\n\nПример: rassylka demo",
+    no_args_is_help=True,
+)
+db_app = typer.Typer(help="Схема базы данных.\n\nПример: rassylka db upgrade", no_args_is_help=True)
 app.add_typer(db_app, name="db")
-apikey_app = typer.Typer(help="Ключи API (см. docs/security.md).", no_args_is_help=True)
+apikey_app = typer.Typer(
+    help="Ключи API (см. docs/security.md).\n\nПример: rassylka apikey create --project 010",
+    no_args_is_help=True,
+)
 app.add_typer(apikey_app, name="apikey")
 console = Console(stderr=True)
 
@@ -68,7 +76,10 @@ def serve(
     port: Annotated[int, typer.Option(help="Порт HTTP API")] = 8000,
     insecure_no_auth: InsecureNoAuth = False,
 ) -> None:
-    """Всё в одном процессе: HTTP API, планировщик и отправка (схема базы обновляется)."""
+    """Всё в одном процессе: HTTP API, планировщик и отправка (схема базы обновляется).
+
+    Пример: rassylka serve --port 8000
+    """
     settings = get_settings()
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -99,7 +110,10 @@ def api(
     insecure_no_auth: InsecureNoAuth = False,
 ) -> None:
     """Только HTTP API, без отправки: рядом запускают `rassylka worker` (сколько угодно, на
-    одной PostgreSQL). Схему базы не меняет — для этого `rassylka db upgrade`."""
+    одной PostgreSQL). Схему базы не меняет — для этого `rassylka db upgrade`.
+
+    Пример: rassylka api --host 0.0.0.0 --workers 4
+    """
     settings = get_settings()
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -164,7 +178,10 @@ async def _stored_keys(settings: Settings) -> bool:
 @app.command()
 def worker() -> None:
     """Только планировщик и отправка, без HTTP API; их может быть сколько угодно на одной
-    PostgreSQL. Останавливается по SIGTERM, дождавшись начатых отправок."""
+    PostgreSQL. Останавливается по SIGTERM, дождавшись начатых отправок.
+
+    Пример: RASSYLKA_DATABASE_URL=postgresql+asyncpg://rassylka@db/rassylka rassylka worker
+    """
     settings = get_settings()
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -176,7 +193,10 @@ def worker() -> None:
 @app.command()
 def bounces() -> None:
     """Только приём возвратов писем (DSN) по SMTP на RASSYLKA_BOUNCE_HOST:RASSYLKA_BOUNCE_PORT
-    для адресов @RASSYLKA_BOUNCE_DOMAIN. Останавливается по SIGTERM."""
+    для адресов @RASSYLKA_BOUNCE_DOMAIN. Останавливается по SIGTERM.
+
+    Пример: RASSYLKA_BOUNCE_DOMAIN=bounces.example.ru rassylka bounces
+    """
     settings = get_settings()
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -193,14 +213,20 @@ def bounces() -> None:
 
 @db_app.command("upgrade")
 def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
-    """Обновить схему до ревизии (по умолчанию — до последней)."""
+    """Обновить схему до ревизии (по умолчанию — до последней).
+
+    Пример: rassylka db upgrade
+    """
     asyncio.run(_migrate(revision))
     console.print(f"Схема обновлена до {revision}")
 
 
 @db_app.command("downgrade", context_settings={"ignore_unknown_options": True})
 def db_downgrade(revision: Annotated[str, typer.Argument(help="Например -1 или base")]) -> None:
-    """Вернуть схему к ревизии."""
+    """Вернуть схему к ревизии.
+
+    Пример: rassylka db downgrade -1
+    """
     asyncio.run(_migrate(revision, down=True))
     console.print(f"Схема возвращена к {revision}")
 
@@ -248,7 +274,10 @@ def apikey_create(
     ] = None,
     name: Annotated[str | None, typer.Option(help="Для кого ключ (видно в списке)")] = None,
 ) -> None:
-    """Создать ключ API. Секрет печатается один раз: хранится только его хеш."""
+    """Создать ключ API. Секрет печатается один раз: хранится только его хеш.
+
+    Пример: rassylka apikey create --project 010 --name crm
+    """
     try:
         key_id, secret = asyncio.run(_create_key(project, name))
     except AppError as error:
@@ -260,7 +289,10 @@ def apikey_create(
 
 @apikey_app.command("list")
 def apikey_list() -> None:
-    """Ключи API: id, начало ключа, проект, имя, когда создан и отозван (секретов нет)."""
+    """Ключи API: id, начало ключа, проект, имя, когда создан и отозван (секретов нет).
+
+    Пример: rassylka apikey list
+    """
     keys = asyncio.run(_list_keys())
     typer.echo("id\tprefix\tproject\tname\tcreated\trevoked")
     for key in keys:
@@ -280,7 +312,10 @@ def apikey_list() -> None:
 
 @apikey_app.command("revoke")
 def apikey_revoke(key_id: Annotated[int, typer.Argument(metavar="ID", min=1)]) -> None:
-    """Отозвать ключ: API перестаёт его принимать в течение нескольких секунд."""
+    """Отозвать ключ: API перестаёт его принимать в течение нескольких секунд.
+
+    Пример: rassylka apikey revoke 3
+    """
     try:
         asyncio.run(_revoke_key(key_id))
     except AppError as error:
@@ -288,5 +323,8 @@ def apikey_revoke(key_id: Annotated[int, typer.Argument(metavar="ID", min=1)]) -
     console.print(f"Ключ {key_id} отозван")
 
 
+register_console_commands(app)  # client, mailing, send-test, demo: rassylka.console
+
+
 def main() -> None:
-    app()
+    run_guarded(app)
