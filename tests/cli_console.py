@@ -38,3 +38,17 @@ def free_port() -> int:
     port = int(probe.getsockname()[1])
     probe.close()
     return port
+
+
+def channel_counts(stdout: str, channel: str) -> list[int]:
+    """One channel's column of ``mailing watch``'s table (statuses down, channels across), in
+    the order of ``watching.STATUSES``, then the channel's total (the last table drawn)."""
+    from rassylka.console.watching import CHANNELS, STATUS_NAMES, STATUSES
+
+    column = 1 + CHANNELS.index(channel)
+    cells: dict[str, int] = {}
+    for line in stdout.splitlines():
+        parts = [part.strip() for part in line.strip().strip("│┃").split("│")]
+        if len(parts) == len(CHANNELS) + 2 and parts[column].isdigit():
+            cells[parts[0]] = int(parts[column])
+    return [cells[STATUS_NAMES[status]] for status in STATUSES] + [cells["всего"]]

@@ -119,15 +119,16 @@ def render(tally: Tally) -> Group:
     table = Table(
         title=f"Рассылка {tally.mailing_id} «{escape(tally.name)}»: {state}", title_justify="left"
     )
-    table.add_column("канал")
-    for status in STATUSES:
-        table.add_column(STATUS_NAMES[status], justify="right")
-    table.add_column("всего", justify="right")
+    # Statuses down, channels across: fits an 80-column terminal with every name whole.
+    table.add_column("статус")
     for channel in CHANNELS:
-        row = [tally.of(channel, status) for status in STATUSES]
-        table.add_row(channel, *map(str, row), str(sum(row)))
-    totals = [sum(tally.of(channel, status) for channel in CHANNELS) for status in STATUSES]
-    table.add_row("итого", *map(str, totals), str(sum(totals)), style="bold")
+        table.add_column(channel, justify="right")
+    table.add_column("итого", justify="right")
+    for status in STATUSES:
+        row = [tally.of(channel, status) for channel in CHANNELS]
+        table.add_row(STATUS_NAMES[status], *map(str, row), str(sum(row)))
+    totals = [sum(tally.of(channel, status) for status in STATUSES) for channel in CHANNELS]
+    table.add_row("всего", *map(str, totals), str(sum(totals)), style="bold")
     table.caption = (
         f"темп: {tally.rate():.1f} отправок/с (по событиям), {tally.stats_rate:.1f}/с за минуту"
         f" · событий: {tally.seen}"
