@@ -79,21 +79,32 @@ async def test_the_form_says_what_is_wrong_beside_each_field(
 
     wrong = await browser.post(
         f"/ui/project/{project}/mailings",
-        [("name", "Осенняя"), ("when", "event"), ("timezone", "Mars/Olympus"),
-         ("window_start", "25:00"), ("window_end", "21:00")],
+        [
+            ("name", "Осенняя"),
+            ("when", "event"),
+            ("timezone", "Mars/Olympus"),
+            ("window_start", "25:00"),
+            ("window_end", "21:00"),
+        ],
     )
     assert wrong.status_code == 400
     text = wrong.text
-    assert 'id="e-event"' in text and "Укажите дату и время отправки" in text
+    assert 'id="e-event"' in text
+    assert "Укажите дату и время отправки" in text
     assert 'id="e-cron"' not in text
     # What was typed stays.
-    assert 'value="Осенняя"' in text and 'value="Mars/Olympus"' in text
+    assert 'value="Осенняя"' in text
+    assert 'value="Mars/Olympus"' in text
 
     # The form's own checks passed: the schema's, on the form's fields.
     wrong = await browser.post(
         f"/ui/project/{project}/mailings",
-        [("name", "Осенняя"), ("when", "now"), ("timezone", "Mars/Olympus"),
-         ("tags_any", "vip, " + "x" * 70)],
+        [
+            ("name", "Осенняя"),
+            ("when", "now"),
+            ("timezone", "Mars/Olympus"),
+            ("tags_any", "vip, " + "x" * 70),
+        ],
     )
     assert wrong.status_code == 400
     assert re.search(r'id="e-timezone">Неизвестный часовой пояс «Mars/Olympus»', wrong.text)
@@ -109,8 +120,13 @@ async def test_the_form_says_what_is_wrong_beside_each_field(
     assert re.search(r'id="e-channels">Канал email: в шаблоне \d+ нет письма', wrong.text)
     wrong = await browser.post(
         f"/ui/project/{project}/mailings",
-        {**FORM, "template_id": str(sms_only), "channels": "sms", "when": "schedule",
-         "cron": "every day"},
+        {
+            **FORM,
+            "template_id": str(sms_only),
+            "channels": "sms",
+            "when": "schedule",
+            "cron": "every day",
+        },
     )
     assert wrong.status_code == 400
     assert 'id="e-cron"' in wrong.text
@@ -118,9 +134,16 @@ async def test_the_form_says_what_is_wrong_beside_each_field(
 
     created = await browser.post(
         f"/ui/project/{project}/mailings",
-        {**FORM, "template_id": str(sms_only), "channels": "sms", "when": "schedule",
-         "cron": "0 10 * * 1-5", "window_start": "09:00", "window_end": "21:00",
-         "tags_all": "vip, moscow"},
+        {
+            **FORM,
+            "template_id": str(sms_only),
+            "channels": "sms",
+            "when": "schedule",
+            "cron": "0 10 * * 1-5",
+            "window_start": "09:00",
+            "window_end": "21:00",
+            "tags_all": "vip, moscow",
+        },
     )
     mailing = assert_ok(await api.get(f"/mailing/{mailing_id_of(created)}"), 200)
     assert mailing["status"] == 0
@@ -143,15 +166,21 @@ async def test_the_list_and_the_buttons_follow_the_lifecycle(
     mailing = mailing_id_of(created)
     listed = await browser.get(f"/ui/project/{project}/mailings")
     assert listed.status_code == 200
-    assert "Осенняя" in listed.text and "черновик" in listed.text
+    assert "Осенняя" in listed.text
+    assert "черновик" in listed.text
     assert buttons(listed.text) == {"start", "cancel"}
 
     back = f"/ui/project/{project}/mailings"
-    moves = [("start", 1, {"pause", "cancel"}), ("pause", 2, {"resume", "cancel"}),
-             ("resume", 1, {"pause", "cancel"}), ("cancel", 4, set())]
+    moves = [
+        ("start", 1, {"pause", "cancel"}),
+        ("pause", 2, {"resume", "cancel"}),
+        ("resume", 1, {"pause", "cancel"}),
+        ("cancel", 4, set()),
+    ]
     for action, status, shown in moves:
         answer = await browser.post(f"/ui/mailing/{mailing}/{action}", {"next": back})
-        assert answer.status_code == 303 and answer.headers["location"] == back
+        assert answer.status_code == 303
+        assert answer.headers["location"] == back
         assert assert_ok(await api.get(f"/mailing/{mailing}"), 200)["status"] == status
         live = await browser.get(f"/ui/mailing/{mailing}")
         assert live.status_code == 200
@@ -180,7 +209,9 @@ async def test_the_live_page_starts_with_the_numbers_and_the_stream_cursor(
     mailing = mailing_id_of(created)
     page = await browser.get(f"/ui/mailing/{mailing}")
     assert page.status_code == 200
-    found = re.search(r'<script type="application/json" id="mailing-live">(.*?)</script>', page.text)
+    found = re.search(
+        r'<script type="application/json" id="mailing-live">(.*?)</script>', page.text
+    )
     assert found
     live = httpx.Response(200, content=found.group(1)).json()
     assert live["mailing_id"] == mailing
@@ -200,12 +231,19 @@ async def test_a_project_key_sees_only_its_own_mailings(
     server = await start_server(api_keys=["global-key"])
     admin_headers = {"Authorization": "Bearer global-key"}
     async with httpx.AsyncClient(base_url=server.url, headers=admin_headers) as admin:
-        projects = {code: await make_project(admin, code=code, name=code) for code in ("AAA", "BBB")}
+        projects = {
+            code: await make_project(admin, code=code, name=code) for code in ("AAA", "BBB")
+        }
         mailings = {}
         for code, project in projects.items():
             template = await make_template(admin, project)
-            body = {"name": "M", "project_id": project, "template_id": template, "status": 0,
-                    "channels": [1]}
+            body = {
+                "name": "M",
+                "project_id": project,
+                "template_id": template,
+                "status": 0,
+                "channels": [1],
+            }
             mailings[code] = assert_ok(await admin.post("/mailing/create", json=body))["id"]
     async with create_sessionmaker(engine)() as session, session.begin():
         _, secret = await key_service.create(session, project_code="AAA", name=None)
@@ -217,12 +255,17 @@ async def test_a_project_key_sees_only_its_own_mailings(
         assert own.status_code == 200
         assert (await scoped.get(f"/ui/project/{projects['AAA']}/mailings")).status_code == 200
         b = projects["BBB"]
-        for path in (f"/ui/mailing/{mailings['BBB']}", f"/ui/project/{b}/mailings",
-                     f"/ui/project/{b}/mailings/new"):
+        for path in (
+            f"/ui/mailing/{mailings['BBB']}",
+            f"/ui/project/{b}/mailings",
+            f"/ui/project/{b}/mailings/new",
+        ):
             assert (await scoped.get(path)).status_code == 404, path
-        for path, data in ((f"/ui/mailing/{mailings['BBB']}/start", {}),
-                           (f"/ui/mailing/{mailings['BBB']}/retry-failed", {}),
-                           (f"/ui/project/{b}/mailings", FORM)):
+        for path, data in (
+            (f"/ui/mailing/{mailings['BBB']}/start", {}),
+            (f"/ui/mailing/{mailings['BBB']}/retry-failed", {}),
+            (f"/ui/project/{b}/mailings", FORM),
+        ):
             assert (await scoped.post(path, data)).status_code == 404, path
     async with httpx.AsyncClient(base_url=server.url, headers=admin_headers) as admin:
         assert assert_ok(await admin.get(f"/mailing/{mailings['BBB']}"), 200)["status"] == 0

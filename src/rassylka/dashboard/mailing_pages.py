@@ -4,8 +4,8 @@ by static/mailing.js from the mailing's event stream)."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
 from datetime import datetime
+from typing import Annotated, Any
 from zoneinfo import ZoneInfo, available_timezones
 
 from fastapi import APIRouter, Path, Query, Request, Response
@@ -182,7 +182,9 @@ def _tags(value: Any) -> list[str] | None:
     return tags or None
 
 
-def request_of(values: dict[str, Any], *, project_id: int) -> tuple[dict[str, Any], list[FieldError]]:
+def request_of(
+    values: dict[str, Any], *, project_id: int
+) -> tuple[dict[str, Any], list[FieldError]]:
     """The form's fields as ``MailingCreate``'s body, so the page is held to the JSON API's
     rules and messages; what only the form can get wrong (the choice of "when" without its
     value) is refused here, beside its field."""
@@ -208,7 +210,9 @@ def request_of(values: dict[str, Any], *, project_id: int) -> tuple[dict[str, An
             if values.get("event"):
                 body["event"] = values["event"]  # the recurrence's start
         else:
-            errors.append(FieldError(field="cron", message="Укажите cron-выражение, например 0 10 * * 1-5"))
+            errors.append(
+                FieldError(field="cron", message="Укажите cron-выражение, например 0 10 * * 1-5")
+            )
     elif when != "now":
         errors.append(FieldError(field="when", message="Выберите, когда отправить"))
     if values.get("window_start") or values.get("window_end"):
@@ -249,9 +253,7 @@ async def _form(
     errors: dict[str, str],
     status: int = 200,
 ) -> Response:
-    found, _ = await template_service.page(
-        db, project=project.id, limit=TEMPLATES_SHOWN, offset=0
-    )
+    found, _ = await template_service.page(db, project=project.id, limit=TEMPLATES_SHOWN, offset=0)
     return page(
         request,
         "mailing_new.html",

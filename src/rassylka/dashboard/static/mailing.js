@@ -140,13 +140,13 @@
     const first = points[0].t;
     const span = Math.max(10000, points[points.length - 1].t - first);
     const top = Math.max(1, ...points.map((p) => Math.max(p.sent, p.delivered, p.failed)));
+    const x = (p) => (((p.t - first) / span) * width).toFixed(1);
     for (const line of svg.querySelectorAll("polyline[data-series]")) {
       const series = line.dataset.series;
-      line.setAttribute("points", points.map((p) => {
-        const x = ((p.t - first) / span) * width;
-        const y = height - 1 - (p[series] / top) * (height - 10);
-        return `${x.toFixed(1)},${y.toFixed(1)}`;
-      }).join(" "));
+      const y = (p) => (height - 1 - (p[series] / top) * (height - 10)).toFixed(1);
+      // Steps: a count holds until the next look changes it.
+      line.setAttribute("points", points.map((p, i) =>
+        (i ? `${x(p)},${y(points[i - 1])} ` : "") + `${x(p)},${y(p)}`).join(" "));
     }
     $("#chart-scale").textContent = `шкала: 0–${top} сообщ., ${Math.round(span / 1000)} с`;
   }
