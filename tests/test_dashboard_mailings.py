@@ -112,6 +112,19 @@ async def test_the_form_says_what_is_wrong_beside_each_field(
     assert re.search(r'id="e-template_id">Обязательное поле', wrong.text)
     assert 'id="e-tags_any"' in wrong.text
 
+    wrong = await browser.post(
+        f"/ui/project/{project}/mailings",
+        {
+            **FORM,
+            "template_id": str(sms_only),
+            "channels": "sms",
+            "window_start": "25:00",
+            "window_end": "21:00",
+        },
+    )
+    assert wrong.status_code == 400
+    assert 'id="e-window_start"' in wrong.text
+
     # The service's refusals: the template has no email; a cron that is not one.
     wrong = await browser.post(
         f"/ui/project/{project}/mailings", {**FORM, "template_id": str(sms_only)}

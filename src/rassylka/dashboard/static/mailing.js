@@ -1,7 +1,7 @@
 // A mailing's live page (docs/dashboard-mailing.md). The server renders the numbers; this keeps
 // them current without reloading: the mailing's event stream (EventSource, resumed with
 // Last-Event-ID) shows each status change as it happens and tells when to fetch the numbers
-// again (GET /mailing/{id}/stats, at most once a second). Some changes have no event (a run's
+// again (GET /mailing/{id}/stats, at most once a second, less often when counting takes long). Some changes have no event (a run's
 // messages made as queued, the mailing's own status), so a slow poll catches those.
 "use strict";
 (() => {
@@ -10,9 +10,14 @@
   const ACTIVE = 1, PAUSED = 2;
   const RATE_WINDOW_MS = 10000;
   const REFRESH_GAP_MS = 1000;
+  // A big mailing's numbers take a while to count: the page then asks less often, so that an
+  // open page never keeps the database busy (at most a fifth of its time).
+  const REFRESH_COST_FACTOR = 5;
   const MAX_POINTS = 600;
   // Set once per page load: a test (or a person in the console) can tell the page was not reloaded.
-  window.rassylkaMailingPage = { mailingId: id, loadedAt: Date.now(), events: 0, refreshes: 0 };
+  window.rassylkaMailingPage = {
+    mailingId: id, loadedAt: Date.now(), received: 0, events: 0, reconnects: 0, refreshes: 0,
+  };
   const state = window.rassylkaMailingPage;
 
   const $ = (selector) => document.querySelector(selector);
@@ -22,6 +27,7 @@
   let lastEventId = config.cursor;
   let failedDirty = false;
   let refreshing = false, refreshAgain = false, lastRefresh = 0, refreshTimer = null;
+  let refreshGap = REFRESH_GAP_MS;
   const sends = [];  // arrival times of send attempts that ended (events from "sending")
   const points = [];
 
@@ -106,6 +112,7 @@
       if (failed && failed.ok) renderFailed(failed.payload.data);
       else if (wantFailed) failedDirty = true;
       state.refreshes += 1;
+      refreshGap = Math.max(REFRESH_GAP_MS, (Date.now() - lastRefresh) * REFRESH_COST_FACTOR);
     } catch (_) {
       failedDirty = true;  // the server away: the next poll tries again
     } finally {
@@ -117,7 +124,7 @@
   // A burst of events fetches the numbers once a second, not once per event.
   function soon() {
     if (refreshTimer !== null) return;
-    const wait = Math.max(0, lastRefresh + REFRESH_GAP_MS - Date.now());
+    const wait = Math.max(0, lastRefresh + refreshGap - Date.now());
     refreshTimer = setTimeout(() => { refreshTimer = null; refresh(); }, wait);
   }
 
@@ -181,6 +188,7 @@
 
   function onStatus(message) {
     const event = JSON.parse(message.data);
+    state.received += 1;
     if (event.id <= lastEventId) return;  // shown already (a resumed stream repeats nothing, but the page's first list may)
     lastEventId = event.id;
     state.events += 1;
@@ -209,7 +217,12 @@
     const source = new EventSource(`/mailing/${id}/events?last_event_id=${lastEventId}`);
     source.addEventListener("open", () => streamState("Обновление: подключено"));
     source.addEventListener("status", onStatus);
-    source.addEventListener("reconnect", () => streamState("Обновление: переподключение…"));
+    source.addEventListener("reconnect", () => {
+      // The server ends a stream now and then (its lifetime, a restart); EventSource comes
+      // back by itself, resuming after the last id with Last-Event-ID.
+      state.reconnects += 1;
+      streamState("Обновление: переподключение…");
+    });
     source.addEventListener("error", () => {
       if (source.readyState === EventSource.CLOSED) {
         // Refused (a 4xx/5xx answer): EventSource gives up for good; try again later, from
