@@ -12,10 +12,11 @@ import httpx
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from conftest import StartServer
+from conftest import StartServer, StartWorker
 from helpers import assert_ok, make_project, make_template
 from rassylka.access import service as key_service
 from rassylka.db import create_sessionmaker
+from test_dispatcher import until
 
 FORM = {
     "name": "Осенняя",
@@ -212,14 +213,30 @@ async def test_the_list_and_the_buttons_follow_the_lifecycle(
 
 
 async def test_the_live_page_starts_with_the_numbers_and_the_stream_cursor(
-    api: httpx.AsyncClient, browser: Browser
+    api: httpx.AsyncClient, browser: Browser, start_worker: StartWorker
 ) -> None:
     project = await make_project(api)
     template = await make_template(api, project)
+    for guid, address in (("anna", "anna@example.ru"), ("nobody", "never@example.ru")):
+        client = {
+            "project": project,
+            "guid": guid,
+            "first_name": "А",
+            "last_name": "Б",
+            "email": address,
+        }
+        assert_ok(await api.post("/client/create", json=client))
     created = await browser.post(
-        f"/ui/project/{project}/mailings", {**FORM, "template_id": str(template)}
+        f"/ui/project/{project}/mailings", {**FORM, "template_id": str(template), "start": "1"}
     )
     mailing = mailing_id_of(created)
+    await start_worker()
+
+    async def settled() -> bool:
+        stats = assert_ok(await api.get(f"/mailing/{mailing}/stats"), 200)
+        return stats["total"]["by_status"] == {"sent": 1, "failed": 1}
+
+    await until(settled)
     page = await browser.get(f"/ui/mailing/{mailing}")
     assert page.status_code == 200
     found = re.search(
@@ -228,11 +245,22 @@ async def test_the_live_page_starts_with_the_numbers_and_the_stream_cursor(
     assert found
     live = httpx.Response(200, content=found.group(1)).json()
     assert live["mailing_id"] == mailing
-    assert live["status"] == 0
-    assert isinstance(live["cursor"], int)
-    assert live["stats"]["total"]["messages"] == 0
-    assert 'role="status"' in page.text
-    assert "Повторить неудачные" in page.text
+    assert live["status"] in (1, 3)  # completed once the engine has looked
+    assert live["stats"]["total"]["by_status"] == {"sent": 1, "failed": 1}
+    # The stream resumes after the newest event, and the two events are already on the page.
+    events = re.findall(r'<li data-event-id="(\d+)">', page.text)
+    assert len(events) == 2
+    assert live["cursor"] >= max(int(event) for event in events)
+    assert int(events[0]) > int(events[1])  # newest first
+    assert re.search(r'<tr data-channel="all">.*?data-status="sent">1<', page.text, re.S)
+    assert "never@example.ru" in page.text
+    assert "550 5.1.1 No such user here" in page.text
+    assert 'id="stream-state" class="stream-state" role="status"' in page.text
+    # The list counts them too.
+    listed = await browser.get(f"/ui/project/{project}/mailings")
+    assert re.search(
+        r'class="num">2</td>\s*<td class="num">1</td>\s*<td class="num">1</td>', listed.text
+    )
     # The script and style it names are served.
     assert (await browser.get("/ui/static/mailing.js")).status_code == 200
     assert (await browser.get("/ui/static/mailing.css")).status_code == 200
