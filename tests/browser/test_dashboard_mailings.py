@@ -79,6 +79,12 @@ async def test_a_mailing_made_on_the_page_is_watched_live_and_its_failure_retrie
     )
     await expect(page.get_by_label("Email")).to_be_checked()
     await expect(page.get_by_label("Сейчас")).to_be_checked()
+    # Only the choice's own fields are shown.
+    await expect(page.get_by_label("Cron-выражение")).to_be_hidden()
+    await page.get_by_label("По расписанию (cron)").check()
+    await expect(page.get_by_label("Cron-выражение")).to_be_visible()
+    await page.get_by_label("Сейчас").check()
+    await expect(page.get_by_label("Дата и время")).to_be_hidden()
     await screenshot(page, "mailing-new")
     await page.get_by_role("button", name="Создать рассылку").click()
 
