@@ -64,6 +64,24 @@ async def after(
     ]
 
 
+async def latest(
+    session: AsyncSession, *, mailing_id: int, upto: int, limit: int
+) -> list[StatusEvent]:
+    """A mailing's newest ``limit`` events with an id up to ``upto``, newest first: what a page
+    shows before its stream (which resumes after ``upto``) brings the rest."""
+    rows = await session.execute(
+        select(EVENT.c.id)
+        .where(EVENT.c.mailing_id == mailing_id, EVENT.c.id <= upto)
+        .order_by(EVENT.c.id.desc())
+        .limit(limit)
+    )
+    ids = [int(row[0]) for row in rows]
+    if not ids:
+        return []
+    found = await after(session, cursor=ids[-1] - 1, limit=len(ids), mailing_id=mailing_id)
+    return [event for event in reversed(found) if event.id <= upto]
+
+
 async def last_id(session: AsyncSession) -> int:
     """The newest event's id (0 when there is none): where a reader that wants only what
     happens from now on starts."""

@@ -497,6 +497,23 @@ async def stats(session: AsyncSession, *, mailing_id: int, since: datetime) -> d
     return {"groups": [tuple(row) for row in rows], "recent": int(recent or 0)}
 
 
+async def counts_by_mailing(
+    session: AsyncSession, *, mailing_ids: Sequence[int]
+) -> dict[int, dict[str, int]]:
+    """Messages per status of each of ``mailing_ids`` (a page of a list): one grouped query."""
+    if not mailing_ids:
+        return {}
+    rows = await session.execute(
+        select(MESSAGE.c.mailing_id, MESSAGE.c.status, func.count())
+        .where(MESSAGE.c.mailing_id.in_(list(mailing_ids)))
+        .group_by(MESSAGE.c.mailing_id, MESSAGE.c.status)
+    )
+    counts: dict[int, dict[str, int]] = {}
+    for mailing_id, status, count in rows:
+        counts.setdefault(int(mailing_id), {})[str(status)] = int(count)
+    return counts
+
+
 async def retry_failed(
     session: AsyncSession, *, mailing_id: int, now: datetime
 ) -> tuple[int, list[int]]:
