@@ -260,7 +260,9 @@ async def test_the_preview_renders_for_a_client_and_counts_the_sms(api: httpx.As
     assert shown["subject"] == "Привет, <b>Анна</b> из Казань"
     # HTML escapes the client's data as the email would (it is shown in a sandboxed iframe).
     assert shown["html"] == "<p>&lt;b&gt;Анна&lt;/b&gt; · Магазин</p>"
-    assert shown["text"] is None
+    # No text of its own: the plain part made from the HTML, as the email would carry it.
+    assert shown["text"] == "<b>Анна</b> · Магазин"
+    assert shown["text_from_html"] is True
     assert shown["sms"] == "Петрова"
     assert shown["problems"] == {}
     # By guid, typed; the sample client when none is chosen.

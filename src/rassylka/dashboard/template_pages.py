@@ -10,7 +10,13 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from rassylka.access import scope
-from rassylka.channels.sms_text import MAX_PARTS, SmsCoding, choose_coding, count_parts
+from rassylka.channels.sms_text import (
+    MAX_PARTS,
+    SmsCoding,
+    choose_coding,
+    count_parts,
+    count_units,
+)
 from rassylka.clients import service as client_service
 from rassylka.clients.models import Client
 from rassylka.dashboard import forms, session
@@ -23,7 +29,7 @@ from rassylka.projects.models import Project
 from rassylka.schemas import MAX_ID, ok
 from rassylka.templates import service as template_service
 from rassylka.templates.models import Template
-from rassylka.templates.rendering import TemplateSources
+from rassylka.templates.rendering import TemplateSources, plain_text
 from rassylka.templates.schemas import TemplateContent, TemplateCreate, TemplateUpdate
 
 router = APIRouter(prefix=session.PREFIX, route_class=PageRoute, include_in_schema=False)
@@ -50,12 +56,9 @@ def sms_counter(text: str) -> dict[str, Any]:
     character two; UTF-16 units) and the parts; ``summary`` says it in words."""
     coding = choose_coding(text)
     try:
-        segments = count_parts(text)
+        segments, units = count_parts(text), count_units(text)
     except ValueError:  # a lone surrogate: no coding carries it
-        segments = 0
-    units = sum(2 if ord(char) > 0xFFFF else 1 for char in text)
-    if coding is SmsCoding.GSM7:
-        units = len(text) + sum(char in "\f^{}\\[~]|€" for char in text)
+        segments = units = 0
     length = len(text)
     summary = (
         f"{length} {plural(length, 'символ', 'символа', 'символов')} · {CODING_NAMES[coding]}"
@@ -225,13 +228,18 @@ async def _preview(request: Request, db: SessionDep) -> dict[str, Any]:
     rendered = await template_service.preview(TemplateSources(**sources), context=context)
     problems.update(rendered.problems)
     sms = rendered.rendered.get("sms_text")
+    html = rendered.rendered.get("email_html")
+    text = rendered.rendered.get("email_text")
+    # Without a text of its own the email's plain part is made from its HTML (as dispatch does).
+    text_from_html = text is None and html is not None and "email_text" not in problems
     return {
         "client": None
         if client is None
         else {"id": client.id, "guid": client.guid, "name": _name(client)},
         "subject": rendered.rendered.get("email_subject"),
-        "html": rendered.rendered.get("email_html"),
-        "text": rendered.rendered.get("email_text"),
+        "html": html,
+        "text": plain_text(html or "") if text_from_html else text,
+        "text_from_html": text_from_html,
         "sms": sms,
         "sms_counter": None if sms is None else sms_counter(sms),
         "problems": problems,

@@ -173,7 +173,9 @@ class CompiledTemplate:
         if subject is None or (html is None and text is None):
             raise RenderError("email_subject", "в шаблоне нет письма (темы и текста)")
         # A mail with only HTML still carries a plain part: some clients show nothing else.
-        return RenderedEmail(subject=subject.strip(), text=text or _plain(html or ""), html=html)
+        return RenderedEmail(
+            subject=subject.strip(), text=text or plain_text(html or ""), html=html
+        )
 
     def render_sms(self, context: Mapping[str, Any], limits: RenderLimits | None = None) -> str:
         text = self._render("sms_text", self._variables(context), limits)
@@ -206,7 +208,8 @@ class _TextCollector(HTMLParser):
         self.chunks.append(data)
 
 
-def _plain(html: str) -> str:
+def plain_text(html: str) -> str:
+    """The plain part of an email that has only HTML: its text, runs of spaces as one."""
     collector = _TextCollector()
     collector.feed(html)
     return " ".join(" ".join(collector.chunks).split())

@@ -40,7 +40,9 @@
       const head = el("tr");
       head.append(el("th", "Строка", { scope: "col", class: "num" }), el("th", "Поле", { scope: "col" }),
         el("th", "Ошибка", { scope: "col" }));
-      table.append(el("thead")).append(head);
+      const thead = el("thead");
+      thead.append(head);
+      table.append(thead);
       const body = el("tbody");
       for (const error of data.errors) {
         const row = el("tr");

@@ -53,8 +53,11 @@
     }
     const data = payload.data;
     show("preview-subject", data.subject);
-    $("preview-html").srcdoc = data.html || "";
+    const frame = $("preview-html");
+    // Only a change reloads the frame: typing in the SMS must not make the email blink.
+    if (frame.srcdoc !== (data.html || "")) frame.srcdoc = data.html || "";
     show("preview-text", data.text);
+    $("preview-text-origin").textContent = data.text_from_html ? "(сделан из HTML)" : "";
     show("preview-sms", data.sms);
     const counter = $("sms-counter");
     counter.textContent = data.sms_counter ? `SMS: ${data.sms_counter.summary}` : "";
