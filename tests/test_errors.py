@@ -127,9 +127,7 @@ async def test_no_keys_configured_means_open(api: httpx.AsyncClient) -> None:
 # -- 404 ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "path", ["/nothing", "/projects/create", "/project/1/delete", "/client/abc"]
-)
+@pytest.mark.parametrize("path", ["/nothing", "/projects/create", "/project/1/delete", "/client/abc"])
 async def test_unknown_path_is_404(api: httpx.AsyncClient, path: str) -> None:
     assert (await api.get(path)).json() == {
         "code": 404,
