@@ -327,7 +327,12 @@ async def test_the_preview_says_what_fails_and_renders_the_rest(api: httpx.Async
     await make_clients(api, "other", [{**NAMES, "guid": "o1", "email": "o@b.ru"}])
     foreign = assert_ok(await api.get("/client/list", params={"project": "other"}), 200)
     foreign_id = foreign["items"][0]["id"]
-    for fields in ({"client_id": str(foreign_id)}, {"client_guid": "o1"}, {"client_id": "x"}):
+    for fields in (
+        {"client_id": str(foreign_id)},
+        {"client_guid": "o1"},
+        {"client_id": "x"},
+        {"client_guid": "g\x001"},
+    ):
         answer = await post_form(
             api, "/ui/template/preview", {"project_id": str(project), "sms_text": "x", **fields}
         )

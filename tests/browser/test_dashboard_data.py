@@ -9,7 +9,7 @@ import httpx
 from playwright.async_api import Page, expect
 
 from browser.conftest import screenshot
-from conftest import LiveServer
+from conftest import LiveServer, StartServer
 from helpers import assert_ok, make_project
 
 CLIENTS = [
@@ -41,9 +41,12 @@ CLIENTS = [
 ]
 
 
-async def arrange(server: LiveServer, **template: Any) -> tuple[int, int | None]:
+async def arrange(
+    server: LiveServer, key: str | None = None, **template: Any
+) -> tuple[int, int | None]:
     """A project with three clients (and a template, if its texts are given)."""
-    async with httpx.AsyncClient(base_url=server.url, timeout=30) as api:
+    headers = {} if key is None else {"Authorization": f"Bearer {key}"}
+    async with httpx.AsyncClient(base_url=server.url, timeout=30, headers=headers) as api:
         project = await make_project(api, "shop", "Магазин")
         body = {"project": "shop", "clients": CLIENTS}
         assert_ok(await api.post("/client/import", json=body))
@@ -83,10 +86,16 @@ async def test_a_client_is_made_with_the_form_and_found(page: Page, service: Liv
 
 
 async def test_a_csv_import_shows_its_progress_and_the_rejected_row(
-    page: Page, service: LiveServer
+    page: Page, start_server: StartServer
 ) -> None:
-    project, _ = await arrange(service)
+    """With API keys: the page's request to the JSON API is authorised by the login's cookie
+    and carries the CSRF token."""
+    service = await start_server(api_keys=["the-key"])
+    project, _ = await arrange(service, key="the-key")
     await page.goto(f"{service.url}/ui/project/{project}/clients/import")
+    await page.get_by_label("Ключ API").fill("the-key")
+    await page.get_by_role("button", name="Войти").click()
+    await expect(page.get_by_role("heading", name="Импорт клиентов")).to_be_visible()
     csv = (
         "guid;first_name;last_name;email;phone;tags\n"
         "crm-1001;Анна;Петрова-Лебедева;anna@example.ru;;vip\n"

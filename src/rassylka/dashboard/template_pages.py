@@ -265,6 +265,8 @@ async def _preview_client(
     sample client."""
     guid = values.get("client_guid")
     if isinstance(guid, str) and guid.strip():
+        if "\x00" in guid:  # PostgreSQL refuses NUL in text: no guid holds it
+            raise NotFound.on("client_guid", "Клиент с таким guid не найден")
         found, _ = await client_service.page(
             db, project=project.id, guid=guid.strip(), limit=1, offset=0
         )
