@@ -47,6 +47,15 @@ CLEARED: dict[str, Any] = {
 refused by ``service.update`` as one that cannot be cleared)."""
 
 
+def form_id(value: Any) -> int | None:
+    """An id a form names (a hidden field, a select), or None if it is not one."""
+    try:
+        number = int(str(value))
+    except ValueError:
+        return None
+    return number if 1 <= number <= MAX_ID else None
+
+
 async def visible_project(request: Request, db: AsyncSession, project_id: int) -> Project:
     """The project, if the caller's key sees it (another project's: 404, as if it did not
     exist)."""
@@ -206,20 +215,19 @@ async def update_client(request: Request, db: SessionDep, id: ClientId) -> Respo
     )
 
 
-def _import_context(project: Project) -> dict[str, Any]:
+def _import_context(request: Request, project: Project) -> dict[str, Any]:
     return {
         "project": project,
         "import_path": IMPORT_PATH,
         "columns": sorted(CSV_COLUMNS),
-        "max_rows": None,
+        "max_rows": request.app.state.settings.max_import_rows,
     }
 
 
 @router.get("/project/{id:int}/clients/import")
 async def import_page(request: Request, db: SessionDep, id: ProjectId) -> Response:
     project = await visible_project(request, db, id)
-    context = _import_context(project)
-    context["max_rows"] = request.app.state.settings.max_import_rows
+    context = _import_context(request, project)
     return page(request, "clients_import.html", result=None, errors=[], **context)
 
 
@@ -228,18 +236,12 @@ async def import_clients(request: Request, db: SessionDep) -> Response:
     """The import without JavaScript: the same checks and the same upsert as
     ``POST /client/import`` with a CSV file, and the same summary as the page's script shows."""
     values = await forms.read(request)
-    try:
-        project_id = int(str(values.get("project_id", "")))
-    except ValueError:
-        raise NotFound.on(
-            "project_id", PROJECT_NOT_FOUND.format(values.get("project_id"))
-        ) from None
-    if not 1 <= project_id <= MAX_ID:
-        raise NotFound.on("project_id", PROJECT_NOT_FOUND.format(project_id))
+    project_id = form_id(values.get("project_id"))
+    if project_id is None:
+        raise NotFound.on("project_id", PROJECT_NOT_FOUND.format(values.get("project_id")))
     project = await visible_project(request, db, project_id)
-    context = _import_context(project)
-    limit = request.app.state.settings.max_import_rows
-    context["max_rows"] = limit
+    context = _import_context(request, project)
+    limit = context["max_rows"]
     upload = values.get("file")
     result: ImportResult | None = None
     errors: list[FieldError] = []

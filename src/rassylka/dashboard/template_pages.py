@@ -20,7 +20,7 @@ from rassylka.channels.sms_text import (
 from rassylka.clients import service as client_service
 from rassylka.clients.models import Client
 from rassylka.dashboard import forms, session
-from rassylka.dashboard.client_pages import PROJECT_NOT_FOUND, visible_project
+from rassylka.dashboard.client_pages import PROJECT_NOT_FOUND, form_id, visible_project
 from rassylka.dashboard.project_pages import PAGE_SIZE, redirect
 from rassylka.dashboard.rendering import PageRoute, page
 from rassylka.db import SessionDep
@@ -206,7 +206,7 @@ async def preview(request: Request, db: SessionDep) -> Response:
 
 async def _preview(request: Request, db: SessionDep) -> dict[str, Any]:
     values = await forms.read(request)
-    project_id = _id(values.get("project_id"))
+    project_id = form_id(values.get("project_id"))
     if project_id is None:
         raise NotFound.on("project_id", PROJECT_NOT_FOUND.format(values.get("project_id")))
     project = await visible_project(request, db, project_id)
@@ -246,14 +246,6 @@ async def _preview(request: Request, db: SessionDep) -> dict[str, Any]:
     }
 
 
-def _id(value: Any) -> int | None:
-    try:
-        number = int(str(value))
-    except ValueError:
-        return None
-    return number if 1 <= number <= MAX_ID else None
-
-
 def _name(client: Client) -> str:
     return " ".join(part for part in (client.last_name, client.first_name) if part)
 
@@ -275,7 +267,7 @@ async def _preview_client(
         return found[0]
     if values.get("client_id") in (None, "", "sample"):
         return None
-    client_id = _id(values.get("client_id"))
+    client_id = form_id(values.get("client_id"))
     client = None if client_id is None else await client_service.get(db, client_id=client_id)
     if client is None or client.project_id != project.id:
         raise NotFound.on("client_id", client_service.NOT_FOUND.format(values.get("client_id")))
