@@ -55,6 +55,20 @@ async def test_syntax_error_is_400_naming_the_field(
     assert details[0]["message"].startswith("Ошибка синтаксиса шаблона в строке 1")
 
 
+async def test_brackets_nested_too_deep_for_the_parser_are_a_syntax_error(
+    api: httpx.AsyncClient, project_id: int
+) -> None:
+    """Jinja's parser recurses once per bracket: ``{`` * 81 ran out of stack (a 500)."""
+    body = {"project_id": project_id, "name": "t", "sms_text": "{" * 500}
+    details = assert_error(await api.post("/template/create", json=body), 400, "Ошибка валидации")
+    assert details == [
+        {
+            "field": "sms_text",
+            "message": "Ошибка синтаксиса шаблона: слишком глубокая вложенность скобок",
+        }
+    ]
+
+
 async def test_a_template_says_something(api: httpx.AsyncClient, project_id: int) -> None:
     response = await api.post("/template/create", json={"project_id": project_id, "name": "t"})
     assert fields(assert_error(response, 400, "Ошибка валидации")) == {"email_subject", "sms_text"}

@@ -26,6 +26,7 @@ from rassylka.clients.fast_create import FastCreate
 from rassylka.clients.repository import EngineNewClients, NewClients, PoolNewClients
 from rassylka.clients.router import router as client_router
 from rassylka.config import Settings, environment_settings
+from rassylka.dashboard.client_pages import IMPORT_PATH as dashboard_import_path
 from rassylka.dashboard.router import router as dashboard_router
 from rassylka.db import create_engine, create_sessionmaker
 from rassylka.engine.worker import Worker, run_until_stopped
@@ -137,7 +138,10 @@ def create_app(
     app.add_middleware(
         BodyLimitMiddleware,
         default=settings.max_body_bytes,
-        per_path={"/client/import": settings.max_import_bytes},
+        per_path={
+            "/client/import": settings.max_import_bytes,
+            dashboard_import_path: settings.max_import_bytes,
+        },
     )
     app.add_middleware(SettingsMiddleware, settings=settings)
     # Each behind AuthMiddleware; each router holds a project-scoped key to its project

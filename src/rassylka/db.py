@@ -113,8 +113,15 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.close()
+    # Unicode case folding for searches (clients.repository): SQLite's lower() and LIKE fold
+    # ASCII only, and most names here are Cyrillic.
+    dbapi_connection.create_function("casefold", 1, _casefold, deterministic=True)
     # The driver's own implicit BEGIN is turned off; _sqlite_begin says BEGIN IMMEDIATE instead.
     dbapi_connection.isolation_level = None
+
+
+def _casefold(value: Any) -> Any:
+    return value.casefold() if isinstance(value, str) else value
 
 
 def _sqlite_begin(connection: Any) -> None:

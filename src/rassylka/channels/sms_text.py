@@ -145,6 +145,13 @@ def count_parts(text: str) -> int:
     return len(_split(_unit_costs(text, coding), coding))
 
 
+def count_units(text: str) -> int:
+    """What the text's coding counts (for a preview's counter): septets for GSM-7, an
+    extension character two; UTF-16 code units for UCS-2. ``ValueError`` for a lone
+    surrogate, as :func:`encode_sms`."""
+    return sum(_unit_costs(text, choose_coding(text)))
+
+
 def encode_sms(text: str) -> EncodedSms:
     """Encode ``text`` as SMPP sends it: GSM-7 unpacked (one septet per octet) or UTF-16BE.
 

@@ -11,7 +11,7 @@ from functools import cache
 from typing import Any, Protocol, cast
 
 import asyncpg  # type: ignore[import-untyped]
-from sqlalchemy import Table, bindparam, case, func, or_, select
+from sqlalchemy import ColumnElement, Table, bindparam, case, func, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.sql.dml import Insert
@@ -60,15 +60,49 @@ async def page(
     guid: str | None,
     limit: int,
     offset: int,
+    search: str | None = None,
+    phone: str | None = None,
 ) -> tuple[Sequence[Client], int]:
+    """A page of clients by id; ``search``: those whose name, guid, email or phone holds it,
+    whatever the case (or whose phone is ``phone``, the search as an E.164 number)."""
     query = select(Client)
     if project_id is not None:
         query = query.where(Client.project_id == project_id)
     if guid is not None:
         query = query.where(Client.guid == guid)
+    if search:
+        query = query.where(_matches(session.get_bind().dialect.name, search, phone))
     total = await session.scalar(select(func.count()).select_from(query.subquery()))
     rows = await session.scalars(query.order_by(Client.id).limit(limit).offset(offset))
     return rows.all(), total or 0
+
+
+SEARCHED = (
+    Client.guid,
+    Client.first_name,
+    Client.last_name,
+    Client.middle_name,
+    Client.email,
+    Client.phone,
+)
+
+
+def _matches(dialect: str, search: str, phone: str | None) -> ColumnElement[bool]:
+    """A substring of any searched column, case folded (Cyrillic too: PostgreSQL's ``lower``
+    folds it, SQLite's only folds ASCII, so there ``casefold``, registered by ``db``, does).
+
+    A substring can use no B-tree index: this reads the project's rows (the unique index on
+    ``(project_id, guid)`` finds them), which a page of a person's search can afford; the
+    phone as a number is compared whole."""
+    sqlite = dialect == "sqlite"
+    needle = search.casefold() if sqlite else search.lower()
+    fold = func.casefold if sqlite else func.lower
+    found: list[ColumnElement[bool]] = [
+        fold(column).contains(needle, autoescape=True) for column in SEARCHED
+    ]
+    if phone is not None:
+        found.append(Client.phone == phone)
+    return or_(*found)
 
 
 async def insert_new(

@@ -105,13 +105,28 @@ async def import_clients(
     # connection would keep sending them all to that one process. Closed, its next request
     # is a new connection, which a free API process (rassylka api --workers N) accepts first.
     response.headers["Connection"] = "close"
-    # One import at a time in a process: its CPU work holds the interpreter anyway, and its
-    # memory stays that of one import (rows and body) however many arrive together.
+    async with import_lock(request):
+        return await _import(request, session, project)
+
+
+def import_lock(request: Request) -> asyncio.Lock:
+    """One import at a time in a process (the API's and the dashboard's): its CPU work holds
+    the interpreter anyway, and its memory stays that of one import (rows and body) however
+    many arrive together."""
     app_state = request.app.state
     if getattr(app_state, "import_lock", None) is None:
         app_state.import_lock = asyncio.Lock()
-    async with app_state.import_lock:
-        return await _import(request, session, project)
+    lock: asyncio.Lock = app_state.import_lock
+    return lock
+
+
+async def check_csv(data: bytes, *, limit: int) -> importing.CheckedRows:
+    """A CSV file's rows checked in a worker thread, as they are read (the file's rows are
+    never all held at once); too many rows: ``ValidationFailed``."""
+    try:
+        return await to_thread.run_sync(_check_csv, data, limit)
+    except importing.TooManyRows:
+        raise ValidationFailed.on("file", f"Не больше {limit} клиентов за один запрос") from None
 
 
 async def _import(
@@ -132,12 +147,7 @@ async def _import(
                 raise ValidationFailed.on("file", "Приложите CSV-файл в поле file")
             data = await upload.read()
         reference: str | int = project
-        try:  # checked as it is read: the file's rows are never all held at once
-            checked = await to_thread.run_sync(_check_csv, data, limit)
-        except importing.TooManyRows:
-            raise ValidationFailed.on(
-                "file", f"Не больше {limit} клиентов за один запрос"
-            ) from None
+        checked = await check_csv(data, limit=limit)
         del data
     elif content_type in {"application/json", ""}:
         body = await _json_body(request)
@@ -201,11 +211,19 @@ async def list_clients(
     page: PageDep,
     project: Annotated[str | None, Query(description="Код или id проекта")] = None,
     guid: Annotated[str | None, Query(description="guid клиента")] = None,
+    q: Annotated[
+        str | None,
+        Query(
+            max_length=255,
+            description="Поиск: часть имени, guid, email или телефона (без учёта регистра)",
+        ),
+    ] = None,
 ) -> dict[str, object]:
     clients, total = await service.page(
         session,
         project=scope.scoped_reference(request, project),
         guid=guid,
+        search=q,
         limit=page.limit,
         offset=page.offset,
     )

@@ -11,7 +11,12 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from rassylka.clients import repository
 from rassylka.clients.importing import ROW_GUID, ROW_OPTED_OUT, ValidRow, row_fields
 from rassylka.clients.models import Client
-from rassylka.clients.schemas import ClientCreate, ClientUpdate, contact_problems
+from rassylka.clients.schemas import (
+    ClientCreate,
+    ClientUpdate,
+    contact_problems,
+    normalize_phone,
+)
 from rassylka.db import utcnow
 from rassylka.errors import Conflict, NotFound, ValidationFailed
 from rassylka.messages import queue
@@ -107,13 +112,32 @@ async def page(
     guid: str | None,
     limit: int,
     offset: int,
+    search: str | None = None,
 ) -> tuple[Sequence[Client], int]:
+    """A page of clients; ``search``: a part of a name, guid, email or phone, or a phone
+    number written any way a person writes it (``8 916 123-45-67``)."""
     project_id = None
     if project is not None:
         project_id = (await project_service.resolve(session, reference=project, field="project")).id
+    search = (search or "").strip() or None
     return await repository.page(
-        session, project_id=project_id, guid=guid, limit=limit, offset=offset
+        session,
+        project_id=project_id,
+        guid=guid,
+        limit=limit,
+        offset=offset,
+        search=search,
+        phone=_as_phone(search),
     )
+
+
+def _as_phone(search: str | None) -> str | None:
+    if search is None or not any(char.isdigit() for char in search):
+        return None
+    try:
+        return normalize_phone(search)
+    except ValueError:
+        return None
 
 
 async def delete(session: AsyncSession, *, client_id: int) -> None:

@@ -13,7 +13,7 @@ from functools import lru_cache
 from html.parser import HTMLParser
 from typing import Any
 
-from jinja2 import StrictUndefined, Template, TemplateError, TemplateSyntaxError
+from jinja2 import StrictUndefined, Template, TemplateError, TemplateSyntaxError, UndefinedError
 from jinja2.exceptions import SecurityError
 
 from rassylka.templates.budget import (
@@ -38,6 +38,8 @@ def syntax_problem(source: str) -> str | None:
         environment.compile(source)
     except TemplateSyntaxError as error:
         return f"Ошибка синтаксиса шаблона в строке {error.lineno}: {error.message}"
+    except RecursionError:  # Jinja's parser recurses per bracket: "{" * 81 is too deep for it
+        return "Ошибка синтаксиса шаблона: слишком глубокая вложенность скобок"
     return None
 
 
@@ -123,6 +125,8 @@ class CompiledTemplate:
             raise RenderError(name, problem, over_budget=True) from None
         except MemoryError:
             raise RenderError(name, "не хватило памяти", over_budget=True) from None
+        except UndefinedError as error:  # a name or field this recipient's data lacks
+            raise RenderError(name, f"нет такого имени или поля ({error.message})") from None
         except TemplateError as error:
             raise RenderError(name, error.message or type(error).__name__) from None
         except Exception as error:  # a filter or operation failing on this client's data
@@ -141,6 +145,24 @@ class CompiledTemplate:
                     problems[name] = error.problem
         return problems
 
+    def render_parts(
+        self, context: Mapping[str, Any], limits: RenderLimits | None = None
+    ) -> tuple[dict[str, str], dict[str, RenderError]]:
+        """Every part rendered for ``context`` on its own (a preview: one part's error does
+        not hide the others), as a message's parts are: the subject and the SMS stripped."""
+        variables = self._variables(context)
+        rendered: dict[str, str] = {}
+        failed: dict[str, RenderError] = {}
+        for name in self._compiled:
+            try:
+                text = self._render(name, variables, limits)
+            except RenderError as error:
+                failed[name] = error
+                continue
+            assert text is not None  # the part is compiled
+            rendered[name] = text.strip() if name in {"email_subject", "sms_text"} else text
+        return rendered, failed
+
     def render_email(
         self, context: Mapping[str, Any], limits: RenderLimits | None = None
     ) -> RenderedEmail:
@@ -151,7 +173,9 @@ class CompiledTemplate:
         if subject is None or (html is None and text is None):
             raise RenderError("email_subject", "в шаблоне нет письма (темы и текста)")
         # A mail with only HTML still carries a plain part: some clients show nothing else.
-        return RenderedEmail(subject=subject.strip(), text=text or _plain(html or ""), html=html)
+        return RenderedEmail(
+            subject=subject.strip(), text=text or plain_text(html or ""), html=html
+        )
 
     def render_sms(self, context: Mapping[str, Any], limits: RenderLimits | None = None) -> str:
         text = self._render("sms_text", self._variables(context), limits)
@@ -184,7 +208,8 @@ class _TextCollector(HTMLParser):
         self.chunks.append(data)
 
 
-def _plain(html: str) -> str:
+def plain_text(html: str) -> str:
+    """The plain part of an email that has only HTML: its text, runs of spaces as one."""
     collector = _TextCollector()
     collector.feed(html)
     return " ".join(" ".join(collector.chunks).split())

@@ -4,18 +4,26 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from rassylka.clients.models import Client
 from rassylka.config import get_settings
 from rassylka.errors import Conflict, FieldError, NotFound, ValidationFailed
 from rassylka.mailings import repository as mailing_repository
 from rassylka.projects import service as project_service
+from rassylka.projects.models import Project
 from rassylka.templates import repository
 from rassylka.templates.budget import RenderLimits
 from rassylka.templates.models import Template
-from rassylka.templates.rendering import TemplateSources, compiled, context_for
+from rassylka.templates.rendering import (
+    CompiledTemplate,
+    TemplateSources,
+    compiled,
+    context_for,
+)
 from rassylka.templates.schemas import TemplateCreate, TemplateUpdate
 
 CONTENT_FIELDS = ("email_subject", "email_html", "email_text", "sms_text")
@@ -51,8 +59,25 @@ class _AnyAttributes(dict[str, Any]):
         return ""
 
 
-def _sample_context() -> dict[str, Any]:
-    client = {
+SAMPLE_MAILING = {"id": 1, "name": "Рассылка", "event": "2026-01-01", "timezone": "Europe/Moscow"}
+PREVIEW_CLIENT_FIELDS = (
+    "id",
+    "guid",
+    "first_name",
+    "last_name",
+    "middle_name",
+    "email",
+    "phone",
+    "timezone",
+    "tags",
+    "attributes",
+)
+"""A client's fields as its templates see them (``engine.dispatcher.CLIENT_FIELDS``)."""
+
+
+def sample_client() -> dict[str, Any]:
+    """A client to try a template on, whose attributes have every name asked for (empty)."""
+    return {
         "id": 1,
         "guid": "sample",
         "first_name": "Иван",
@@ -64,9 +89,48 @@ def _sample_context() -> dict[str, Any]:
         "tags": ["sample"],
         "attributes": _AnyAttributes(),
     }
+
+
+def preview_context(*, client: Client | None, project: Project) -> dict[str, Any]:
+    """What the template sees when sent to ``client`` (the sample client if None) of
+    ``project`` by a mailing (a sample one: a preview has none)."""
+    if client is None:
+        fields = sample_client()
+    else:
+        fields = {name: getattr(client, name) for name in PREVIEW_CLIENT_FIELDS}
+        fields["tags"] = fields["tags"] or []
+        fields["attributes"] = fields["attributes"] or {}
+    shown = {"id": project.id, "code": project.code, "name": project.name}
+    return context_for(client=fields, project=shown, mailing=dict(SAMPLE_MAILING))
+
+
+@dataclass(frozen=True)
+class Preview:
+    """A template's texts rendered for one client, each part that failed with its reason."""
+
+    rendered: dict[str, str]
+    problems: dict[str, str]
+
+
+async def preview(sources: TemplateSources, *, context: dict[str, Any]) -> Preview:
+    """``sources`` rendered for ``context`` as dispatch renders them: the same sandbox, the
+    same budget (in a thread, as ``budget_problems``). Compiled afresh, not through
+    ``compiled``'s cache: a preview as one types would push the templates being sent out."""
+    settings = get_settings()
+    limits = RenderLimits(
+        max_bytes=settings.max_render_bytes, max_seconds=settings.max_render_seconds
+    )
+
+    def render() -> Preview:
+        rendered, failed = CompiledTemplate(sources).render_parts(context, limits)
+        return Preview(rendered, {name: error.problem for name, error in failed.items()})
+
+    return await asyncio.to_thread(render)
+
+
+def _sample_context() -> dict[str, Any]:
     project = {"id": 1, "code": "sample", "name": "Проект"}
-    mailing = {"id": 1, "name": "Рассылка", "event": "2026-01-01", "timezone": "Europe/Moscow"}
-    return context_for(client=client, project=project, mailing=mailing)
+    return context_for(client=sample_client(), project=project, mailing=dict(SAMPLE_MAILING))
 
 
 async def budget_problems(template: Template) -> list[FieldError]:
