@@ -24,9 +24,12 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 run: $(VENV)/.installed
 	$(BIN)/rassylka serve --host $(HOST) --port $(PORT)
 
+# Two pytest processes (pytest-xdist): most tests wait on a server, a peer or a database, so
+# two share this machine's cores well; TEST_WORKERS=0 runs them in one process.
+TEST_WORKERS ?= 2
 test: $(VENV)/.installed-dev
 	tests/peers/install.sh
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS)
 
 # The fault suite (tests/chaos, docs/reliability.md): workers killed, the database restarted,
 # peers in trouble; each test prints what it measured. ~3 min; PostgreSQL and Node needed.

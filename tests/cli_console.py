@@ -43,7 +43,8 @@ def free_port() -> int:
 def channel_counts(stdout: str, channel: str) -> list[int]:
     """One channel's column of ``mailing watch``'s table (statuses down, channels across), in
     the order of ``watching.STATUSES``, then the channel's total (the last table drawn)."""
-    from rassylka.console.watching import CHANNELS, STATUS_NAMES, STATUSES
+    from rassylka.console.watching import CHANNELS, STATUSES
+    from rassylka.messages.models import STATUS_NAMES, MessageStatus
 
     column = 1 + CHANNELS.index(channel)
     cells: dict[str, int] = {}
@@ -51,4 +52,4 @@ def channel_counts(stdout: str, channel: str) -> list[int]:
         parts = [part.strip() for part in line.strip().strip("│┃").split("│")]
         if len(parts) == len(CHANNELS) + 2 and parts[column].isdigit():
             cells[parts[0]] = int(parts[column])
-    return [cells[STATUS_NAMES[status]] for status in STATUSES] + [cells["всего"]]
+    return [cells[STATUS_NAMES[MessageStatus(status)]] for status in STATUSES] + [cells["всего"]]

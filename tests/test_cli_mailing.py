@@ -60,7 +60,7 @@ async def test_list_shows_the_mailings_and_filters_them(api: httpx.AsyncClient) 
 
     paused = await invoke_async("mailing", "list", "--status", "2", "--url", url)
     assert "Рассылки: 1 из 1" in paused.stdout
-    assert "на паузе" in paused.stdout
+    assert "приостановлена" in paused.stdout
 
     bad = await invoke_async("mailing", "list", "--status", "спит", "--url", url)
     assert bad.exit_code == 2

@@ -23,6 +23,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from rassylka.console.api import EXIT_UNREACHABLE, Api, CliFailure, refusal, unreachable
+from rassylka.mailings import lifecycle
+from rassylka.messages.models import STATUS_NAMES, MessageStatus
 
 STATUSES = (
     "queued",
@@ -34,23 +36,7 @@ STATUSES = (
     "expired",
     "skipped",
 )
-STATUS_NAMES = {
-    "queued": "в очереди",
-    "sent": "отправлено",
-    "delivered": "доставлено",
-    "undelivered": "не доставлено",
-    "bounced": "возврат",
-    "failed": "ошибка",
-    "expired": "истекло",
-    "skipped": "пропущено",
-}
-MAILING_STATUSES = {
-    0: "черновик",
-    1: "активна",
-    2: "на паузе",
-    3: "завершена",
-    4: "отменена",
-}
+MAILING_STATUSES = {int(status): name for status, name in lifecycle.STATUS_NAMES.items()}
 FINISHED = {3, 4}
 CHANNELS = ("email", "sms")
 RESYNC_SECONDS = 10.0
@@ -126,7 +112,7 @@ def render(tally: Tally) -> Group:
     table.add_column("итого", justify="right")
     for status in STATUSES:
         row = [tally.of(channel, status) for channel in CHANNELS]
-        table.add_row(STATUS_NAMES[status], *map(str, row), str(sum(row)))
+        table.add_row(STATUS_NAMES[MessageStatus(status)], *map(str, row), str(sum(row)))
     totals = [sum(tally.of(channel, status) for status in STATUSES) for channel in CHANNELS]
     table.add_row("всего", *map(str, totals), str(sum(totals)), style="bold")
     table.caption = (

@@ -23,6 +23,7 @@ from rassylka.mailings import lifecycle
 from rassylka.mailings import service as mailing_service
 from rassylka.mailings.models import Channel, Mailing, MailingStatus
 from rassylka.mailings.schemas import MailingCreate
+from rassylka.messages import models as message_models
 from rassylka.messages import repository as message_repository
 from rassylka.messages.models import MessageStatus
 from rassylka.projects import service as project_service
@@ -322,6 +323,7 @@ async def mailing_page(request: Request, db: SessionDep, id: MailingId) -> Respo
         template=template,
         stats=stats,
         statuses=STATUSES,
+        message_status_names=message_models.STATUS_NAMES,
         failed=failed,
         failed_total=failed_total,
         latest=latest,

@@ -37,6 +37,20 @@ class MessageStatus(StrEnum):
     SKIPPED = "skipped"
 
 
+STATUS_NAMES = {
+    MessageStatus.QUEUED: "в очереди",
+    MessageStatus.SENDING: "отправляется",
+    MessageStatus.SENT: "отправлено",
+    MessageStatus.DELIVERED: "доставлено",
+    MessageStatus.UNDELIVERED: "не доставлено",
+    MessageStatus.BOUNCED: "возврат",
+    MessageStatus.FAILED: "ошибка",
+    MessageStatus.EXPIRED: "истекло",
+    MessageStatus.SKIPPED: "пропущено",
+}
+"""A message's status as the dashboard and the console name it."""
+
+
 FINAL_STATUSES = frozenset(
     {
         MessageStatus.SENT,
