@@ -67,6 +67,9 @@ from rassylka.scheduling import (
 from rassylka.templates.budget import RenderLimits
 from rassylka.templates.models import Template
 from rassylka.templates.rendering import (
+    CLIENT_FIELDS as TEMPLATE_CLIENT_FIELDS,
+)
+from rassylka.templates.rendering import (
     RenderError,
     TemplateSources,
     compiled,
@@ -776,21 +779,7 @@ class _Contexts:
     clients: dict[int, dict[str, Any]]
 
 
-CLIENT_FIELDS = {
-    name: getattr(Client, name)
-    for name in (
-        "id",
-        "guid",
-        "first_name",
-        "last_name",
-        "middle_name",
-        "email",
-        "phone",
-        "timezone",
-        "tags",
-        "attributes",
-    )
-}
+CLIENT_FIELDS = {name: getattr(Client, name) for name in TEMPLATE_CLIENT_FIELDS}
 """A client's fields as its templates see them."""
 
 

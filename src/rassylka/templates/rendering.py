@@ -32,6 +32,21 @@ TEXT_FIELDS = ("email_subject", "email_text", "sms_text")
 HTML_FIELDS = ("email_html",)
 
 
+CLIENT_FIELDS = (
+    "id",
+    "guid",
+    "first_name",
+    "last_name",
+    "middle_name",
+    "email",
+    "phone",
+    "timezone",
+    "tags",
+    "attributes",
+)
+"""A client's fields as its templates see them (at dispatch and in the dashboard's preview)."""
+
+
 def syntax_problem(source: str) -> str | None:
     """Why ``source`` is not a valid template, in words for the CRM's user; None if it is."""
     try:

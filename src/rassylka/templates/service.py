@@ -19,6 +19,9 @@ from rassylka.templates import repository
 from rassylka.templates.budget import RenderLimits
 from rassylka.templates.models import Template
 from rassylka.templates.rendering import (
+    CLIENT_FIELDS as TEMPLATE_CLIENT_FIELDS,
+)
+from rassylka.templates.rendering import (
     CompiledTemplate,
     TemplateSources,
     compiled,
@@ -60,19 +63,6 @@ class _AnyAttributes(dict[str, Any]):
 
 
 SAMPLE_MAILING = {"id": 1, "name": "Рассылка", "event": "2026-01-01", "timezone": "Europe/Moscow"}
-PREVIEW_CLIENT_FIELDS = (
-    "id",
-    "guid",
-    "first_name",
-    "last_name",
-    "middle_name",
-    "email",
-    "phone",
-    "timezone",
-    "tags",
-    "attributes",
-)
-"""A client's fields as its templates see them (``engine.dispatcher.CLIENT_FIELDS``)."""
 
 
 def sample_client() -> dict[str, Any]:
@@ -97,7 +87,7 @@ def preview_context(*, client: Client | None, project: Project) -> dict[str, Any
     if client is None:
         fields = sample_client()
     else:
-        fields = {name: getattr(client, name) for name in PREVIEW_CLIENT_FIELDS}
+        fields = {name: getattr(client, name) for name in TEMPLATE_CLIENT_FIELDS}
         fields["tags"] = fields["tags"] or []
         fields["attributes"] = fields["attributes"] or {}
     shown = {"id": project.id, "code": project.code, "name": project.name}
