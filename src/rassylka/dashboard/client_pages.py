@@ -17,7 +17,7 @@ from rassylka.clients.importing import CSV_COLUMNS
 from rassylka.clients.models import Client
 from rassylka.clients.schemas import ClientCreate, ClientUpdate, ImportResult
 from rassylka.dashboard import forms, session
-from rassylka.dashboard.project_pages import PAGE_SIZE, redirect
+from rassylka.dashboard.project_pages import PAGE_SIZE, PROJECT_NOT_FOUND, redirect, visible_project
 from rassylka.dashboard.rendering import PageRoute, page
 from rassylka.db import SessionDep
 from rassylka.errors import AppError, FieldError, NotFound, ValidationFailed
@@ -28,7 +28,6 @@ from rassylka.schemas import MAX_ID
 router = APIRouter(prefix=session.PREFIX, route_class=PageRoute, include_in_schema=False)
 ProjectId = Annotated[int, Path(ge=1, le=MAX_ID)]
 ClientId = Annotated[int, Path(ge=1, le=MAX_ID)]
-PROJECT_NOT_FOUND = "Проект {} не найден"
 
 IMPORT_PATH = f"{session.PREFIX}/clients/import"
 """The import form's target without JavaScript: one fixed path (the project is a field), so
@@ -54,13 +53,6 @@ def form_id(value: Any) -> int | None:
     except ValueError:
         return None
     return number if 1 <= number <= MAX_ID else None
-
-
-async def visible_project(request: Request, db: AsyncSession, project_id: int) -> Project:
-    """The project, if the caller's key sees it (another project's: 404, as if it did not
-    exist)."""
-    scope.see_project(request, project_id, PROJECT_NOT_FOUND)
-    return await project_service.get(db, project_id=project_id)
 
 
 async def visible_client(request: Request, db: AsyncSession, client_id: int) -> Client:

@@ -15,6 +15,7 @@ from starlette.background import BackgroundTask
 
 from rassylka.access import scope
 from rassylka.dashboard import forms, session
+from rassylka.dashboard.project_pages import visible_project
 from rassylka.dashboard.rendering import PageRoute, page
 from rassylka.db import SessionDep
 from rassylka.errors import AppError, FieldError, NotFound
@@ -95,11 +96,6 @@ def all_actions() -> list[dict[str, Any]]:
     ]
 
 
-async def _project(db: AsyncSession, request: Request, project_id: int) -> Project:
-    scope.see_project(request, project_id, "Проект {} не найден")
-    return await project_service.get(db, project_id=project_id)
-
-
 async def _mailing(db: AsyncSession, request: Request, mailing_id: int) -> Mailing:
     """The mailing, or 404 (also for a key of another project: the same answer)."""
     mailing = await mailing_service.get(db, mailing_id=mailing_id)
@@ -118,7 +114,7 @@ async def mailings_page(
     id: ProjectId,
     offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
 ) -> Response:
-    project = await _project(db, request, id)
+    project = await visible_project(request, db, id)
     mailings, total = await mailing_service.page(
         db, project=project.id, status=None, limit=PAGE_SIZE, offset=offset
     )
@@ -145,7 +141,7 @@ async def mailings_page(
 
 @router.get("/project/{id}/mailings/new")
 async def new_mailing_page(request: Request, db: SessionDep, id: ProjectId) -> Response:
-    project = await _project(db, request, id)
+    project = await visible_project(request, db, id)
     values = {
         "timezone": request.app.state.settings.default_timezone,
         "when": "now",
@@ -158,7 +154,7 @@ async def new_mailing_page(request: Request, db: SessionDep, id: ProjectId) -> R
 @router.post("/project/{id}/mailings")
 async def create_mailing(request: Request, db: SessionDep, id: ProjectId) -> Response:
     values = await forms.read(request)
-    project = await _project(db, request, id)
+    project = await visible_project(request, db, id)
     body, errors = request_of(values, project_id=project.id)
     if not errors:
         data, errors = forms.validate(MailingCreate, body)

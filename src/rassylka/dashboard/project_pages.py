@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import RedirectResponse
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from rassylka.access import scope
 from rassylka.dashboard import forms, session
@@ -13,12 +14,23 @@ from rassylka.dashboard.rendering import PageRoute, page, set_cookie
 from rassylka.db import SessionDep
 from rassylka.errors import AppError, FieldError
 from rassylka.projects import service as project_service
+from rassylka.projects.models import Project
 from rassylka.projects.schemas import ProjectCreate
 from rassylka.schemas import MAX_ID
 
 router = APIRouter(prefix=session.PREFIX, route_class=PageRoute, include_in_schema=False)
 ProjectId = Annotated[int, Path(ge=1, le=MAX_ID)]
 PAGE_SIZE = 50
+
+
+PROJECT_NOT_FOUND = "Проект {} не найден"
+
+
+async def visible_project(request: Request, db: AsyncSession, project_id: int) -> Project:
+    """The project, if the caller's key sees it (another project's: 404, as if it did not
+    exist)."""
+    scope.see_project(request, project_id, PROJECT_NOT_FOUND)
+    return await project_service.get(db, project_id=project_id)
 
 
 def redirect(url: str) -> RedirectResponse:
@@ -75,8 +87,7 @@ async def create_project(request: Request, db: SessionDep) -> Response:
 
 @router.get("/project/{id}")
 async def project_page(request: Request, db: SessionDep, id: ProjectId) -> Response:
-    scope.see_project(request, id, "Проект {} не найден")
-    project = await project_service.get(db, project_id=id)
+    project = await visible_project(request, db, id)
     return page(request, "project.html", project=project)
 
 

@@ -20,8 +20,8 @@ from rassylka.channels.sms_text import (
 from rassylka.clients import service as client_service
 from rassylka.clients.models import Client
 from rassylka.dashboard import forms, session
-from rassylka.dashboard.client_pages import PROJECT_NOT_FOUND, form_id, visible_project
-from rassylka.dashboard.project_pages import PAGE_SIZE, redirect
+from rassylka.dashboard.client_pages import form_id
+from rassylka.dashboard.project_pages import PAGE_SIZE, PROJECT_NOT_FOUND, redirect, visible_project
 from rassylka.dashboard.rendering import PageRoute, page
 from rassylka.db import SessionDep
 from rassylka.errors import AppError, FieldError, NotFound, details_from_pydantic, error_response
