@@ -25,7 +25,8 @@ from rassylka.console.api import EXIT_FAILED, EXIT_OK, EXIT_REFUSED, Api, CliFai
 BATCH_ROWS = 1000
 SHOWN_ERRORS = 200
 ENCODINGS = ("utf-8-sig", "cp1251")  # what the API reads: UTF-8, or what Russian Excel writes
-csv.field_size_limit(16 * 1024 * 1024)  # a long attributes cell is the API's to judge
+# csv's limit of one cell (128 KiB) is left as it is: it is the API's too (a file with a longer
+# cell is refused whole there), and it is global to the process, which may be serving the API.
 
 
 @dataclass
