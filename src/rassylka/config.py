@@ -176,8 +176,11 @@ class Settings(BaseSettings):
 
     # Prometheus metrics (docs/metrics.md). The API serves them at /metrics.
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
-    """Port on 127.0.0.1 where a standalone ``rassylka worker`` serves its /metrics (it has no
-    HTTP server otherwise); unset: none. 0 picks a free port (logged)."""
+    """Port where a standalone ``rassylka worker`` serves its /metrics (it has no HTTP server
+    otherwise); unset: none. 0 picks a free port (logged)."""
+    metrics_host: str = "127.0.0.1"
+    """Address of the worker's metrics port. It takes no key, so the default is this machine
+    only; ``0.0.0.0`` in a container whose network only the scraper shares."""
 
     @field_validator("api_keys", mode="before")
     @classmethod

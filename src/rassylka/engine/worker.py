@@ -147,14 +147,16 @@ async def run_worker(settings: Settings) -> None:
     gc.freeze()
     metrics: MetricsServer | None = None
     if settings.metrics_port is not None:
-        metrics = MetricsServer(create_sessionmaker(engine), port=settings.metrics_port)
+        metrics = MetricsServer(
+            create_sessionmaker(engine), port=settings.metrics_port, host=settings.metrics_host
+        )
         try:
             await metrics.start()
         except OSError as error:  # the port is taken, most likely: one line, not a traceback
             await engine.dispose()
             raise SystemExit(
-                f"Не открыть порт метрик 127.0.0.1:{settings.metrics_port} "
-                f"(RASSYLKA_METRICS_PORT): {error.strerror or error}"
+                f"Не открыть порт метрик {settings.metrics_host}:{settings.metrics_port} "
+                f"(RASSYLKA_METRICS_HOST/_PORT): {error.strerror or error}"
             ) from None
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -21,7 +21,6 @@ from rassylka.metrics import depth
 
 logger = logging.getLogger(__name__)
 
-HOST = "127.0.0.1"
 # How long a client may take to send its request, and how much of it is read.
 READ_TIMEOUT = 5.0
 MAX_HEAD = 16 * 1024
@@ -30,17 +29,26 @@ ANSWER_TIMEOUT = 10.0
 
 
 class MetricsServer:
-    """Serves ``GET /metrics`` on ``HOST:port`` (port 0: any free one, then see ``port``)."""
+    """Serves ``GET /metrics`` on ``host:port`` (port 0: any free one, then see ``port``)."""
 
-    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], *, port: int) -> None:
+    def __init__(
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        *,
+        port: int,
+        host: str = "127.0.0.1",
+    ) -> None:
         self._sessionmaker = sessionmaker
+        self.host = host
         self.port = port
         self._server: asyncio.Server | None = None
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._answer, HOST, self.port, limit=MAX_HEAD)
+        self._server = await asyncio.start_server(
+            self._answer, self.host, self.port, limit=MAX_HEAD
+        )
         self.port = self._server.sockets[0].getsockname()[1]
-        logger.info("metrics on http://%s:%s/metrics", HOST, self.port)
+        logger.info("metrics on http://%s:%s/metrics", self.host, self.port)
 
     async def stop(self) -> None:
         if self._server is not None:
