@@ -26,6 +26,8 @@ from aiosmtpd.smtp import Envelope, Session
 class SmtpPeer:
     delay: float = 0.0
     received: list[EmailMessage] = field(default_factory=list)
+    raw: list[bytes] = field(default_factory=list)
+    """Each message's bytes as DATA carried them (CRLF, dots unstuffed), in the same order."""
     senders: list[str] = field(default_factory=list)
     """MAIL FROM of each message received, in the same order."""
     arrivals: list[float] = field(default_factory=list)
@@ -80,6 +82,7 @@ class SmtpPeer:
         self.received.append(
             email.message_from_bytes(content.replace(b"\r\n", b"\n"), policy=policy.default)  # type: ignore[arg-type]
         )
+        self.raw.append(content)
         self.senders.append(str(envelope.mail_from))
         self.arrivals.append(time.monotonic())
         return "250 2.0.0 Ok: queued"

@@ -16,7 +16,10 @@ import asyncio
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from rassylka.channels.dkim import DkimKey
 
 
 class ChannelKind(StrEnum):
@@ -35,6 +38,8 @@ class OutboundMessage:
     subject: str | None = None
     html: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    dkim: DkimKey | None = None
+    """Sign the email with this key (its project's), or send it unsigned."""
 
 
 @dataclass(frozen=True)

@@ -35,9 +35,12 @@ from email import policy
 from email.errors import NonASCIILocalPartDefect
 from email.headerregistry import Address, AddressHeader, HeaderRegistry
 from email.utils import format_datetime
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from rassylka.channels.base import ChannelKind, OutboundMessage, PermanentChannelError
+
+if TYPE_CHECKING:
+    from rassylka.channels.dkim import DkimKey
 
 # Headers ``OutboundMessage.headers`` may not set: the MIME ones would break the structure
 # built here, and a Bcc would be sent along (the envelope has one recipient anyway).
@@ -159,6 +162,8 @@ class ComposedEmail:
     boundary: bytes
     envelope_id: str | None = None
     """ENVID for DSN-capable servers (RFC 3461): the VERP token, echoed in the bounce."""
+    dkim: DkimKey | None = None
+    """The key the transport signs the bytes it sends with (they depend on 8BITMIME)."""
 
     def as_bytes(self, *, eight_bit: bool = True) -> bytes:
         """The message as DATA carries it (CRLF line ends, before dot-stuffing); without

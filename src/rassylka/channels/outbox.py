@@ -39,6 +39,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from rassylka.channels import dkim
 from rassylka.channels.base import (
     Accepted,
     ChannelError,
@@ -52,7 +53,7 @@ from rassylka.channels.email_message import compose, parse_sender
 from rassylka.channels.sms_text import SmsTooLongError, encode_sms
 
 if TYPE_CHECKING:
-    from rassylka.channels.email_message import ComposedEmail, Sender
+    from rassylka.channels.email_message import Sender
     from rassylka.config import Settings
 
 EMAIL_DIRECTORY = "email"
@@ -135,6 +136,9 @@ class OutboxChannel:
         for message in messages:
             try:
                 composed = compose(message, sender=self._sender)
+                data = composed.as_bytes()
+                if message.dkim is not None:
+                    data = dkim.sign(data, message.dkim)
             except ChannelError as error:
                 outcomes.append(error)
                 continue
@@ -144,7 +148,7 @@ class OutboxChannel:
                 if directory not in written:
                     directory.mkdir(parents=True, exist_ok=True)
                     written[directory] = []
-                path = self._publish(directory, f"{now:%H%M%S.%f}-{message.id}", composed)
+                path = self._publish(directory, f"{now:%H%M%S.%f}-{message.id}", data)
             except OSError as error:
                 outcomes.append(_disk_error(error))
                 continue
@@ -163,13 +167,13 @@ class OutboxChannel:
                     outcomes[index] = _disk_error(error)
         return outcomes
 
-    def _publish(self, directory: Path, stem: str, composed: ComposedEmail) -> Path:
+    def _publish(self, directory: Path, stem: str, data: bytes) -> Path:
         """Write the message to ``<stem>-<n>.eml`` with the lowest ``n`` not taken."""
         temporary = directory / f".{stem}.{uuid.uuid4().hex}.tmp"
         descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o666)
         try:
             with open(descriptor, "wb") as file:
-                file.write(composed.as_bytes())
+                file.write(data)
                 file.flush()
                 os.fsync(file.fileno())
             number = 1

@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from rassylka.bounces.verp import Verp
+from rassylka.channels import dkim
 from rassylka.channels.base import (
     Accepted,
     ChannelError,
@@ -160,6 +161,9 @@ class SmtpChannel:
             envelope = replace(
                 envelope, sender=verp.address(message.id), envelope_id=verp.token(message.id)
             )
+        if message.dkim is not None:
+            dkim.usable(message.dkim)  # a key that cannot be used fails the message here
+            envelope = replace(envelope, dkim=message.dkim)
         return envelope
 
     async def _send_run(self, messages: Sequence[OutboundMessage]) -> list[Outcome]:
@@ -283,6 +287,8 @@ class SmtpChannel:
             )
         eight_bit = client.supports("8BITMIME")
         data = envelope.as_bytes(eight_bit=eight_bit)
+        if envelope.dkim is not None:
+            data = dkim.sign(data, envelope.dkim)  # the exact bytes sent, 8BITMIME or not
         options = []
         if client.supports("SIZE"):
             options.append(f"SIZE={len(data)}")

@@ -41,6 +41,7 @@ from rassylka.channels.base import (
     PermanentChannelError,
     TransientChannelError,
 )
+from rassylka.channels.dkim import DkimKey
 from rassylka.clients.models import Client
 from rassylka.config import Settings
 from rassylka.db import utcnow
@@ -56,7 +57,7 @@ from rassylka.mailings.timing import window_of
 from rassylka.messages import queue, receipts
 from rassylka.messages.models import MessageStatus
 from rassylka.metrics import definitions as metrics
-from rassylka.projects.models import Project
+from rassylka.projects.models import Project, dkim_key_of
 from rassylka.scheduling import (
     SendWindow,
     WindowError,
@@ -478,6 +479,7 @@ class _Lane:
                     subject=email.subject,
                     text=email.text,
                     html=email.html,
+                    dkim=mailing.dkim,
                 )
             return OutboundMessage(
                 id=message.id,
@@ -771,6 +773,8 @@ class _MailingContext:
     project: dict[str, Any]
     template: Any
     window: SendWindow | None
+    dkim: DkimKey | None = None
+    """The project's DKIM key, if it signs its email."""
 
 
 @dataclass(frozen=True)
@@ -819,6 +823,7 @@ async def _load_contexts(session: AsyncSession, claimed: Sequence[queue.Claimed]
                 )
             ),
             window=_window(mailing),
+            dkim=dkim_key_of(project),
         )
     clients: dict[int, dict[str, Any]] = {}
     if client_ids:

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from rassylka.channels import dkim
 from rassylka.errors import Conflict, NotFound, ValidationFailed
 from rassylka.mailings.models import Mailing
 from rassylka.messages import repository as message_repository
@@ -21,7 +22,13 @@ NOT_FOUND = "Проект {} не найден"
 
 async def create(session: AsyncSession, *, data: ProjectCreate) -> Project:
     await _ensure_code_free(session, code=data.code)
-    return await repository.add(session, Project(name=data.name, code=data.code))
+    project = Project(name=data.name, code=data.code)
+    if data.dkim_key_path is not None:
+        _check_dkim_key(data.dkim_key_path)
+        project.dkim_domain = data.dkim_domain
+        project.dkim_selector = data.dkim_selector
+        project.dkim_key_path = data.dkim_key_path
+    return await repository.add(session, project)
 
 
 async def update(session: AsyncSession, *, project_id: int, data: ProjectUpdate) -> Project:
@@ -32,6 +39,12 @@ async def update(session: AsyncSession, *, project_id: int, data: ProjectUpdate)
         project.code = data.code
     if data.name is not None:
         project.name = data.name
+    if "dkim_key_path" in data.model_fields_set:
+        if data.dkim_key_path is not None:
+            _check_dkim_key(data.dkim_key_path)
+        project.dkim_domain = data.dkim_domain
+        project.dkim_selector = data.dkim_selector
+        project.dkim_key_path = data.dkim_key_path
     await session.flush()
     return project
 
@@ -83,6 +96,18 @@ async def delete(session: AsyncSession, *, project_id: int) -> None:
         session, mailing_ids=select(Mailing.id).where(Mailing.project_id == project.id)
     )
     await repository.delete(session, project)
+
+
+def _check_dkim_key(path: str) -> None:
+    """The key is read where the API runs, which should be the sending host (docs): a path
+    the worker cannot read then fails its messages with the reason."""
+    try:
+        dkim.read_key(path)
+    except dkim.DkimKeyError as error:
+        raise ValidationFailed.on(
+            "dkim_key_path",
+            f"Не удалось прочитать закрытый ключ RSA (PEM) по пути «{path}»",
+        ) from error
 
 
 async def _ensure_code_free(session: AsyncSession, *, code: str) -> None:
