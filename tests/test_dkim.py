@@ -125,7 +125,8 @@ async def test_a_key_gone_at_send_time_fails_the_message_with_the_reason(
     await until(lambda: all_final(engine))
     row = (await statuses(engine))["anna@example.ru"]
     assert row["status"] == "failed"
-    assert "DKIM" in row["reason"] and str(key) in row["reason"]
+    assert "DKIM" in row["reason"]
+    assert str(key) in row["reason"]
     assert row["attempts"] == 1, "permanent: retrying cannot bring the key back"
     assert smtp.raw == [], "never sent unsigned instead"
 
@@ -138,7 +139,8 @@ async def test_dkim_is_set_at_create_and_turned_off_with_three_nulls(
     assert created["dkim_selector"] == SELECTOR
     off = {"dkim_domain": None, "dkim_selector": None, "dkim_key_path": None}
     updated = assert_ok(await api.put(f"/project/{created['id']}/update", json=off))
-    assert updated["dkim_domain"] is None and updated["dkim_key_path"] is None
+    assert updated["dkim_domain"] is None
+    assert updated["dkim_key_path"] is None
     read = assert_ok(await api.get(f"/project/{created['id']}"), 200)
     assert read["dkim_selector"] is None
 
