@@ -14,6 +14,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from conftest import StartWorker
 from helpers import assert_error, assert_ok, fields
+from rassylka.channels.base import Accepted, ChannelKind, OutboundMessage
+from rassylka.channels.dkim import DkimKey
+from rassylka.channels.outbox import OutboxChannel
 from smtp_peer import SmtpPeer
 from test_dispatcher import all_final, arrange, client, statuses, until
 
@@ -172,3 +175,31 @@ async def test_a_bad_dkim_key_path_or_a_partial_setting_is_a_400(
     )
     assert_error(update, 400, "Ошибка валидации")
     assert assert_ok(await api.get(f"/project/{project_id}"), 200)["dkim_key_path"] is None
+
+
+async def test_the_outbox_signs_too_and_reply_to_and_list_unsubscribe_are_signed(
+    tmp_path: Path, key_pair: tuple[Path, bytes]
+) -> None:
+    key, record = key_pair
+    channel = OutboxChannel(ChannelKind.EMAIL, tmp_path, sender="Магазин <news@shop.example.ru>")
+    headers = {
+        "Reply-To": "help@shop.example.ru",
+        "List-Unsubscribe": "<https://shop.example.ru/u/1>, <mailto:u@shop.example.ru>",
+        "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+    }
+    message = OutboundMessage(
+        id=1,
+        kind=ChannelKind.EMAIL,
+        to="anna@example.ru",
+        subject="Привет",
+        text="Текст",
+        headers=headers,
+        dkim=DkimKey(DOMAIN, SELECTOR, str(key)),
+    )
+    [outcome] = await channel.send([message])
+    assert isinstance(outcome, Accepted), outcome
+    raw = (tmp_path / outcome.reply).read_bytes()
+    signature = dkim.DKIM(raw)
+    assert signature.verify(dnsfunc=dns_stub(record)) is True
+    signed = set(signature.include_headers)
+    assert {b"reply-to", b"list-unsubscribe", b"list-unsubscribe-post"} <= signed
