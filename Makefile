@@ -51,6 +51,7 @@ bench: $(VENV)/.installed-dev
 	$(BIN)/python bench/stream_latency.py
 	$(BIN)/python bench/smtp_transport.py
 	$(BIN)/python bench/compose.py
+	$(BIN)/python bench/dkim_sign.py
 	$(BIN)/python bench/api_load.py
 	$(BIN)/python bench/schedule_latency.py
 	$(BIN)/python bench/sms_e2e.py

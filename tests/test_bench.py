@@ -17,7 +17,7 @@ from helpers import missing_peer
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 POSTFIX_TOOLS = ("/usr/sbin/smtp-sink", "/usr/sbin/smtp-source")
-NO_DATABASE = {"smtp_transport.py", "compose.py"}
+NO_DATABASE = {"smtp_transport.py", "compose.py", "dkim_sign.py"}
 
 
 @pytest.mark.parametrize(
@@ -33,6 +33,7 @@ NO_DATABASE = {"smtp_transport.py", "compose.py"}
         ("stream_latency.py", ["--events", "10", "--streams", "1"], "median ms"),
         ("smtp_transport.py", ["--messages", "300", "--repeat", "1"], "SmtpChannel, composing"),
         ("compose.py", ["--messages", "200"], "direct"),
+        ("dkim_sign.py", ["--messages", "5", "--rounds", "1"], "sign ÷ compose"),
         ("api_load.py", ["--tiny"], "creates/s ÷ 2,000"),
         ("schedule_latency.py", ["--tiny"], "p99 ÷ 1 s"),
         ("sms_e2e.py", ["--tiny"], "messages/s with every receipt recorded"),
