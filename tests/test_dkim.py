@@ -18,6 +18,9 @@ from rassylka.channels.base import Accepted, ChannelKind, OutboundMessage
 from rassylka.channels.dkim import DkimKey
 from rassylka.channels.outbox import OutboxChannel
 from smtp_peer import SmtpPeer
+
+# `two` is test_api_keys's fixture (projects A and B, a global key and A's key), used here.
+from test_api_keys import FORBIDDEN, Two, two  # noqa: F401
 from test_dispatcher import all_final, arrange, client, statuses, until
 
 DOMAIN = "shop.example.ru"
@@ -203,3 +206,16 @@ async def test_the_outbox_signs_too_and_reply_to_and_list_unsubscribe_are_signed
     assert signature.verify(dnsfunc=dns_stub(record)) is True
     signed = set(signature.include_headers)
     assert {b"reply-to", b"list-unsubscribe", b"list-unsubscribe-post"} <= signed
+
+
+async def test_only_a_global_key_sets_dkim(
+    two: Two,  # noqa: F811
+    key_pair: tuple[Path, bytes],
+) -> None:
+    """A project's key may rename its project, but not point its signing at a file of the
+    server (another project's key): that is for a global key."""
+    update = f"/project/{two.a}/update"
+    assert_error(await two.scoped.put(update, json=dkim_fields(key_pair[0])), 403, FORBIDDEN)
+    assert_ok(await two.admin.put(update, json=dkim_fields(key_pair[0])))
+    off = {"dkim_domain": None, "dkim_selector": None, "dkim_key_path": None}
+    assert_error(await two.scoped.put(update, json=off), 403, FORBIDDEN)

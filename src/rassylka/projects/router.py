@@ -10,7 +10,7 @@ from rassylka.access import scope
 from rassylka.db import SessionDep
 from rassylka.errors import openapi_error_responses
 from rassylka.projects import service
-from rassylka.projects.schemas import ProjectCreate, ProjectRead, ProjectUpdate
+from rassylka.projects.schemas import DKIM_FIELDS, ProjectCreate, ProjectRead, ProjectUpdate
 from rassylka.schemas import MAX_ID, Envelope, Page, PageDep, ok
 
 router = APIRouter(prefix="/project", tags=["Projects"])
@@ -45,6 +45,10 @@ async def update_project(
     request: Request, session: SessionDep, id: ProjectId, data: ProjectUpdate
 ) -> dict[str, object]:
     scope.see_project(request, id, service.NOT_FOUND)
+    if data.model_fields_set.intersection(DKIM_FIELDS):
+        # A key path names a file on the server: a project's key could otherwise sign its mail
+        # with another project's key, or probe which files exist.
+        scope.require_global(request)
     project = await service.update(session, project_id=id, data=data)
     return ok(ProjectRead.model_validate(project))
 
