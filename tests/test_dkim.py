@@ -4,6 +4,7 @@ verified by dkimpy against the DNS record docs/deliverability.md tells the user 
 from __future__ import annotations
 
 import base64
+import os
 import subprocess
 from pathlib import Path
 
@@ -156,7 +157,9 @@ async def test_a_bad_dkim_key_path_or_a_partial_setting_is_a_400(
 ) -> None:
     not_a_key = tmp_path / "note.pem"
     not_a_key.write_text("-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n")
-    for path in (tmp_path / "missing.pem", not_a_key, tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for path in (tmp_path / "missing.pem", not_a_key, tmp_path, fifo, Path("/dev/zero")):
         body = {"name": "Магазин", "code": "shop", **dkim_fields(path)}
         details = assert_error(
             await api.post("/project/create", json=body), 400, "Ошибка валидации"

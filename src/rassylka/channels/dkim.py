@@ -8,6 +8,7 @@ for the signature alone.
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 from typing import Final
 
@@ -60,6 +61,9 @@ def read_key(path: str) -> bytes:
         cached = _keys.get(path)
         if cached is not None and cached[:2] == (status.st_mtime_ns, status.st_size):
             return cached[2]
+        if not stat.S_ISREG(status.st_mode):
+            # A FIFO or a device (/dev/stdin) would block the process on read.
+            raise DkimKeyError(f"the DKIM key {path} is not a regular file")
         with open(path, "rb") as file:
             pem = file.read(1 << 16)
     except OSError as error:
