@@ -28,7 +28,6 @@ message). The rules it keeps:
 from __future__ import annotations
 
 import hashlib
-import hmac
 import os
 import re
 import time
@@ -102,8 +101,9 @@ _PROCESS_KEY: Final = os.urandom(32)
 
 @dataclass(frozen=True, slots=True)
 class MessageIds:
-    """The Message-ID of each message row: ``<{id}.{tag}@{domain}>``, where ``tag`` is the first
-    20 hex digits of HMAC-SHA256(key, ``"message-id:{id}"``).
+    """The Message-ID of each message row: ``<{id}.{tag}@{domain}>``, where ``tag`` is the
+    80-bit BLAKE2b of the id keyed with ``key`` (personalised ``rassylka-msgid``, so it is no
+    other use's MAC of the same key), in 20 hex digits.
 
     The same row gets the same id on every attempt, in every process that has the same key, so
     a retry is the same mail to the recipient's server and to threading. The tag keeps ids of
@@ -114,16 +114,20 @@ class MessageIds:
     """
 
     key: bytes = _PROCESS_KEY
-    # The HMAC with the key taken in, copied per message: 1.2 µs a message, not 1.9.
-    _mac: hmac.HMAC = field(init=False, repr=False, compare=False)
+    # Keyed BLAKE2b is a MAC by design (RFC 7693), no HMAC around it needed; with the key
+    # taken in once and the state copied per message it costs 0.5 µs a message, as the random
+    # id did (HMAC-SHA256: 1.2–1.9 µs). Its key is at most 64 bytes: a longer one is hashed.
+    _mac: hashlib.blake2b = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_mac", hmac.new(self.key, digestmod=hashlib.sha256))
+        key = self.key if len(self.key) <= 64 else hashlib.blake2b(self.key).digest()
+        mac = hashlib.blake2b(key=key, digest_size=10, person=b"rassylka-msgid")
+        object.__setattr__(self, "_mac", mac)
 
     def of(self, message_id: int, domain: str) -> str:
         mac = self._mac.copy()
-        mac.update(b"message-id:%d" % message_id)
-        return f"<{message_id}.{mac.hexdigest()[:20]}@{domain}>"
+        mac.update(b"%d" % message_id)
+        return f"<{message_id}.{mac.hexdigest()}@{domain}>"
 
     @classmethod
     def keyed(cls, secret: str | None) -> MessageIds | None:
