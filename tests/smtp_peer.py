@@ -1,7 +1,8 @@
 """A real SMTP server (aiosmtpd) on 127.0.0.1 for engine tests, with verdicts by recipient.
 
-The local part decides: ``later…`` gets 450 at RCPT, ``never…`` 550; everything else is
-accepted and recorded. ``delay`` slows every DATA (to catch sends in flight).
+The local part decides: ``later…`` gets 450 at RCPT, ``never…`` 550, ``once…`` 451 after its
+first DATA (the message, refused, is kept in ``refused``) and is accepted after that; everything
+else is accepted and recorded. ``delay`` slows every DATA (to catch sends in flight).
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ class SmtpPeer:
     received: list[EmailMessage] = field(default_factory=list)
     raw: list[bytes] = field(default_factory=list)
     """Each message's bytes as DATA carried them (CRLF, dots unstuffed), in the same order."""
+    refused: list[EmailMessage] = field(default_factory=list)
+    """What a ``once…`` recipient's first DATA carried, refused with 451."""
     senders: list[str] = field(default_factory=list)
     """MAIL FROM of each message received, in the same order."""
     arrivals: list[float] = field(default_factory=list)
@@ -79,9 +82,12 @@ class SmtpPeer:
             self.in_data -= 1
         content = envelope.original_content
         assert content is not None
-        self.received.append(
-            email.message_from_bytes(content.replace(b"\r\n", b"\n"), policy=policy.default)  # type: ignore[arg-type]
-        )
+        message = email.message_from_bytes(content.replace(b"\r\n", b"\n"), policy=policy.default)
+        once = [to for to in envelope.rcpt_tos if to.startswith("once")]
+        if once and not any(str(refused["To"]) in once for refused in self.refused):
+            self.refused.append(message)  # type: ignore[arg-type]
+            return "451 4.3.0 Temporary failure, try again"
+        self.received.append(message)  # type: ignore[arg-type]
         self.raw.append(content)
         self.senders.append(str(envelope.mail_from))
         self.arrivals.append(time.monotonic())

@@ -153,6 +153,26 @@ async def test_temporary_errors_retry_then_fail_and_permanent_ones_fail_at_once(
     assert found["ok@example.ru"]["status"] == "sent"
 
 
+async def test_a_retried_email_keeps_its_message_id(
+    api: httpx.AsyncClient, engine: AsyncEngine, smtp: SmtpPeer, start_worker: StartWorker
+) -> None:
+    """The peer takes the whole first attempt's DATA, then answers 451: the second attempt
+    must be the same mail to it, Message-ID and all."""
+    await arrange(api, [client(1, "once@example.ru"), client(2, "ok@example.ru")])
+    await start_worker()
+    await until(lambda: all_final(engine))
+    found = await statuses(engine)
+    row = found["once@example.ru"]
+    assert row["status"] == "sent"
+    assert row["attempts"] == 2
+    [first] = smtp.refused
+    [second] = [m for m in smtp.received if str(m["To"]) == "once@example.ru"]
+    assert first["Message-ID"] == second["Message-ID"] == row["peer_message_id"]
+    assert first["Message-ID"].startswith(f"<{row['id']}.")
+    [other] = [m for m in smtp.received if str(m["To"]) == "ok@example.ru"]
+    assert other["Message-ID"] != first["Message-ID"]
+
+
 class Watching:
     """The real SMTP channel, recording how many messages each ``send`` was handed."""
 

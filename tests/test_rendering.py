@@ -6,7 +6,13 @@ from typing import Any
 
 import pytest
 
-from rassylka.templates.rendering import RenderError, TemplateSources, compiled, context_for
+from rassylka.templates.rendering import (
+    RenderError,
+    TemplateSources,
+    compiled,
+    context_for,
+    plain_text,
+)
 
 CLIENT: dict[str, Any] = {
     "guid": "c-1",
@@ -85,3 +91,16 @@ def test_one_compilation_per_version() -> None:
     first = TemplateSources(sms_text="{{ first_name }}!")
     assert compiled(first) is compiled(TemplateSources(sms_text="{{ first_name }}!"))
     assert compiled(first) is not compiled(TemplateSources(sms_text="{{ first_name }}?"))
+
+
+def test_the_plain_part_made_from_html_keeps_its_lines_and_leaves_out_styles() -> None:
+    html = (
+        "<html><head><title>Письмо</title><style>p { color: red }</style></head><body>"
+        "<h1>Здравствуйте, Анна!</h1><p>Скидка\n   <b>20%</b> <i>до пятницы</i>.</p>"
+        "<p>Адрес:<br>Москва,<br/>Тверская 1</p><ul><li>один</li><li>два</li></ul>"
+        "<script>track()</script></body></html>"
+    )
+    assert plain_text(html) == (
+        "Здравствуйте, Анна!\n\nСкидка 20% до пятницы.\n\nАдрес:\nМосква,\nТверская 1\n\nодин\nдва"
+    )
+    assert plain_text("<p>&lt;b&gt; &amp; </p>") == "<b> &"

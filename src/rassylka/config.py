@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     smtp_pool_size: int = Field(default=4, ge=1, le=256)
     smtp_timeout: float = Field(default=30.0, gt=0)
     email_from: str = "Rassylka <rassylka@localhost>"
+    email_reply_to: str | None = None
+    """The Reply-To header of every email (``Отдел продаж <sales@example.ru>``); unset: none,
+    replies go to the From address. Checked at start like ``email_from``."""
 
     # Email bounces (docs/bounces.md): VERP envelope senders and the inbound DSN listener.
     bounce_domain: str | None = None
@@ -76,7 +79,8 @@ class Settings(BaseSettings):
     bounce_max_size: int = Field(default=10 * 1024 * 1024, ge=1024)
     """Largest DSN the listener takes (bytes); larger gets 552."""
     secret_key: SecretStr | None = None
-    """Signs the VERP tokens; required with a bounce domain, the same in every process."""
+    """Signs the VERP tokens (required with a bounce domain) and keys the Message-IDs; the same
+    in every process."""
 
     # SMS over SMPP 3.4 (a transceiver bind to the SMSC).
     smpp_host: str | None = None

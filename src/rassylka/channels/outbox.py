@@ -49,7 +49,7 @@ from rassylka.channels.base import (
     PermanentChannelError,
     TransientChannelError,
 )
-from rassylka.channels.email_message import compose, parse_sender
+from rassylka.channels.email_message import MessageIds, compose, parse_sender
 from rassylka.channels.sms_text import SmsTooLongError, encode_sms
 
 if TYPE_CHECKING:
@@ -75,8 +75,9 @@ def _utc_now() -> datetime:
 class OutboxChannel:
     """The ``Channel`` of ``kind`` writing to ``directory`` (created when first written to).
 
-    ``sender`` is the From of emails, as ``RASSYLKA_EMAIL_FROM``; ``clock`` gives the time of
-    writing (UTC), for tests.
+    ``sender`` is the From of emails, as ``RASSYLKA_EMAIL_FROM``, ``reply_to`` their Reply-To
+    and ``message_ids`` how their Message-IDs are made; ``clock`` gives the time of writing
+    (UTC), for tests.
     """
 
     def __init__(
@@ -85,6 +86,8 @@ class OutboxChannel:
         directory: Path | str,
         *,
         sender: str = DEFAULT_SENDER,
+        reply_to: str | None = None,
+        message_ids: MessageIds | None = None,
         clock: Callable[[], datetime] = _utc_now,
     ) -> None:
         self.kind = ChannelKind(kind)
@@ -92,13 +95,20 @@ class OutboxChannel:
         self._clock = clock
         self._sender: Sender | None = None
         if self.kind is ChannelKind.EMAIL:
-            self._sender = parse_sender(sender)
+            self._sender = parse_sender(sender, reply_to=reply_to, message_ids=message_ids)
         self._hard_links = True
         self._sms_lock = asyncio.Lock()
 
     @classmethod
     def from_settings(cls, settings: Settings, kind: ChannelKind) -> OutboxChannel:
-        return cls(kind, settings.outbox_dir, sender=settings.email_from)
+        secret = settings.secret_key.get_secret_value() if settings.secret_key else None
+        return cls(
+            kind,
+            settings.outbox_dir,
+            sender=settings.email_from,
+            reply_to=settings.email_reply_to,
+            message_ids=MessageIds.keyed(secret),
+        )
 
     @property
     def directory(self) -> Path:

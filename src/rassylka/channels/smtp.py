@@ -27,7 +27,7 @@ from rassylka.channels.base import (
     TransientChannelError,
     send_each,
 )
-from rassylka.channels.email_message import ComposedEmail, compose, parse_sender
+from rassylka.channels.email_message import ComposedEmail, MessageIds, compose, parse_sender
 from rassylka.channels.smtp_client import (
     ClientConfig,
     Reply,
@@ -62,6 +62,10 @@ class SmtpConfig:
     """The From header; its address is also the envelope sender (where bounces go)..."""
     verp: Verp | None = None
     """...unless bounces are taken in: then each message's own signed VERP address is."""
+    reply_to: str | None = None
+    """The Reply-To header, if any."""
+    message_ids: MessageIds | None = None
+    """How Message-IDs are made (keyed with ``RASSYLKA_SECRET_KEY``); None: this process's."""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SmtpConfig:
@@ -79,6 +83,10 @@ class SmtpConfig:
             timeout=settings.smtp_timeout,
             sender=settings.email_from,
             verp=Verp.from_settings(settings),
+            reply_to=settings.email_reply_to,
+            message_ids=MessageIds.keyed(
+                settings.secret_key.get_secret_value() if settings.secret_key else None
+            ),
         )
 
 
@@ -92,9 +100,11 @@ class SmtpChannel:
         if config.pool_size < 1:
             raise ValueError("pool_size must be at least 1")
         self._config = config
-        sender = parse_sender(config.sender)
+        sender = parse_sender(
+            config.sender, reply_to=config.reply_to, message_ids=config.message_ids
+        )
         self._sender = sender.addr_spec
-        self._sender_utf8 = not self._sender.isascii()
+        self._sender_utf8 = sender.utf8
         self._from_header = sender
         client_config = ClientConfig(
             host=config.host,

@@ -214,17 +214,65 @@ def context_for(
     return {**client, "client": client, "project": project, "mailing": mailing}
 
 
+# Where the HTML breaks the text: a paragraph (a blank line) or a line. Text inside the
+# skipped elements is never read (a stylesheet in the plain part reads as junk, and looks like
+# spam to filters).
+_PARAGRAPHS = frozenset(
+    {"p", "h1", "h2", "h3", "h4", "h5", "h6", "blockquote", "pre", "table", "ul", "ol"}
+)
+_LINES = frozenset({"br", "div", "li", "tr", "hr"})
+_SKIPPED = frozenset({"script", "style", "title", "template"})
+_WHITE_SPACE = str.maketrans("\r\n\t\f\v", "     ")
+
+
 class _TextCollector(HTMLParser):
+    """The text, and between its pieces the breaks the tags make: 1 a line, 2 a paragraph."""
+
     def __init__(self) -> None:
         super().__init__()
-        self.chunks: list[str] = []
+        self.chunks: list[str | int] = []
+        self.skipping = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in _SKIPPED:
+            self.skipping += 1
+        elif tag in _PARAGRAPHS:
+            self.chunks.append(2)
+        elif tag in _LINES:
+            self.chunks.append(1)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in _SKIPPED:
+            self.skipping = max(0, self.skipping - 1)
+        elif tag in _PARAGRAPHS:
+            self.chunks.append(2)
+        elif tag in _LINES:
+            self.chunks.append(1)
 
     def handle_data(self, data: str) -> None:
-        self.chunks.append(data)
+        if not self.skipping:
+            # A line break in HTML source is white space: only tags break the text.
+            self.chunks.append(data.translate(_WHITE_SPACE))
 
 
 def plain_text(html: str) -> str:
-    """The plain part of an email that has only HTML: its text, runs of spaces as one."""
+    """The plain part of an email that has only HTML: its text, a line per block element
+    (``<br>``, ``<div>``, ``<li>``) and a blank line between paragraphs, runs of white space
+    as one space, as a browser shows it; scripts, styles and the title left out."""
     collector = _TextCollector()
     collector.feed(html)
-    return " ".join(" ".join(collector.chunks).split())
+    collector.close()
+    pieces: list[str] = []
+    pending = 0  # the strongest break since the last text: breaks side by side are one
+    for chunk in collector.chunks:
+        if isinstance(chunk, int):
+            pending = max(pending, chunk)
+        elif chunk.strip():
+            if pending and pieces:
+                pieces.append("\n" * pending)
+            pending = 0
+            pieces.append(chunk)
+        elif pieces and not pending:
+            pieces.append(" ")  # white space between two inline elements
+    lines = "".join(pieces).split("\n")
+    return "\n".join(" ".join(line.split()) for line in lines)
