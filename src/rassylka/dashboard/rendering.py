@@ -21,18 +21,11 @@ HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=HERE / "html")
 
 
-def csrf_token(request: Request) -> str:
-    """This browser's token: its cookie's, or a new one (set by ``page``) for its first page."""
-    token = request.cookies.get(session.CSRF_COOKIE)
-    if token:
-        return token
-    new: str = request.state.__dict__.setdefault("new_csrf_token", session.new_csrf_token())
-    return new
-
-
 def page(request: Request, name: str, *, status: int = 200, **context: Any) -> Response:
-    """The page ``name`` (a file in html/) rendered with ``context``."""
-    token = csrf_token(request)
+    """The page ``name`` (a file in html/) rendered with ``context``; a browser's first page
+    also sets its CSRF cookie."""
+    given = request.cookies.get(session.CSRF_COOKIE)
+    token = given or session.new_csrf_token()
     response = templates.TemplateResponse(
         request,
         name,
@@ -45,7 +38,7 @@ def page(request: Request, name: str, *, status: int = 200, **context: Any) -> R
         },
         status_code=status,
     )
-    if request.cookies.get(session.CSRF_COOKIE) != token:
+    if not given:
         set_cookie(request, response, session.CSRF_COOKIE, token)
     return response
 

@@ -57,15 +57,20 @@ class MetricsServer:
             self._server = None
 
     async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # A client that sends no whole request, or reads no answer, in time (or goes away) gets
+        # its connection closed and nothing more.
+        quiet = (
+            TimeoutError,
+            asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError,
+            ConnectionError,
+        )
         try:
-            async with asyncio.timeout(READ_TIMEOUT):
-                head = await reader.readuntil(b"\r\n\r\n")
-            async with asyncio.timeout(ANSWER_TIMEOUT):
-                await self._reply_to(head, writer)
-        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
-            pass  # a client that sent no whole request, or read no answer, in time
-        except ConnectionError:
-            pass
+            with contextlib.suppress(*quiet):
+                async with asyncio.timeout(READ_TIMEOUT):
+                    head = await reader.readuntil(b"\r\n\r\n")
+                async with asyncio.timeout(ANSWER_TIMEOUT):
+                    await self._reply_to(head, writer)
         finally:
             writer.close()
             with contextlib.suppress(ConnectionError, TimeoutError):
