@@ -89,3 +89,54 @@ async def test_delete_removes_the_project_and_what_belongs_to_it(api: httpx.Asyn
         assert_error(await api.get(path), 404, "Страница не найдена")
     # The freed code can be used again.
     assert await make_project(api, code="010")
+
+
+async def test_senders_and_frequency_caps_are_set_read_and_cleared(api: httpx.AsyncClient) -> None:
+    body = {
+        "name": "Магазин",
+        "code": "senders",
+        "sms_sender": "SHOP",
+        "email_from": "Магазин <news@shop.example.ru>",
+        "email_reply_to": "help@shop.example.ru",
+        "frequency_cap": {"email": 3, "sms": 1},
+    }
+    data = assert_ok(await api.post("/project/create", json=body))
+    assert (data["sms_sender"], data["email_from"], data["email_reply_to"]) == (
+        "SHOP",
+        "Магазин <news@shop.example.ru>",
+        "help@shop.example.ru",
+    )
+    assert data["frequency_cap"] == {"email": 3, "sms": 1}
+    project_id = data["id"]
+    # Only the cap named changes; null clears it.
+    data = assert_ok(
+        await api.put(f"/project/{project_id}/update", json={"frequency_cap": {"sms": None}})
+    )
+    assert data["frequency_cap"] == {"email": 3, "sms": None}
+    data = assert_ok(
+        await api.put(
+            f"/project/{project_id}/update", json={"sms_sender": "+79161234567", "email_from": None}
+        )
+    )
+    assert (data["sms_sender"], data["email_from"], data["name"]) == (
+        "+79161234567",
+        None,
+        "Магазин",
+    )
+    assert assert_ok(await api.get(f"/project/{project_id}"), 200)["frequency_cap"] == {
+        "email": 3,
+        "sms": None,
+    }
+
+
+async def test_a_bad_sender_or_cap_is_a_400_naming_the_field(api: httpx.AsyncClient) -> None:
+    body = {
+        "name": "Магазин",
+        "code": "bad-senders",
+        "sms_sender": "Слишком-длинное-имя",
+        "email_from": "not an address",
+        "frequency_cap": {"email": 0},
+    }
+    details = assert_error(await api.post("/project/create", json=body), 400, "Ошибка валидации")
+    assert {d["field"] for d in details} == {"sms_sender", "email_from", "frequency_cap.email"}
+    assert any("буквенное имя" in d["message"] for d in details)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from enum import IntEnum
+from enum import IntEnum, StrEnum
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -26,6 +26,14 @@ class Channel(IntEnum):
     SMS = 2
 
 
+class MailingKind(StrEnum):
+    """``advertising`` goes only to clients whose consent for the channel is granted (38-ФЗ
+    art. 18); ``service`` (transactional) to every client not opted out."""
+
+    ADVERTISING = "advertising"
+    SERVICE = "service"
+
+
 class Mailing(Base):
     __tablename__ = "mailing"
     # The scheduler's question: which active mailings have an occurrence due.
@@ -44,6 +52,9 @@ class Mailing(Base):
     # Why the service changed the status itself (e.g. paused on too many errors).
     status_reason: Mapped[str | None] = mapped_column(Text)
     channels: Mapped[list[int]] = mapped_column(JSON)
+    kind: Mapped[str] = mapped_column(
+        String(16), default=MailingKind.SERVICE, server_default=MailingKind.SERVICE.value
+    )
     event_at: Mapped[datetime] = mapped_column(UTCDateTime)
     timezone: Mapped[str] = mapped_column(String(64))
     # The schedule: one-off at event_at, or recurring from event_at by a cron expression or an

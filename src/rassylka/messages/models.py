@@ -51,6 +51,11 @@ STATUS_NAMES = {
 """A message's status as the dashboard and the console name it."""
 
 
+UNSUBSCRIBED = "unsubscribed"
+"""The word of an event that is no status change: the recipient opted out of the channel
+through this message (its unsubscribe link, one-click, mailto, or an SMS STOP reply)."""
+
+
 FINAL_STATUSES = frozenset(
     {
         MessageStatus.SENT,

@@ -59,7 +59,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from rassylka.clients.models import Client
 from rassylka.db import UTCDateTime
-from rassylka.mailings.models import Mailing, MailingStatus
+from rassylka.mailings.models import Channel, Mailing, MailingStatus
 from rassylka.messages.models import (
     Message,
     MessageEvent,
@@ -645,17 +645,27 @@ async def skip_queued(
     address: str | None = None,
     opted_out: bool = False,
     client_id: int | None = None,
+    channel: int | None = None,
+    or_clients: Sequence[int] = (),
 ) -> int:
     """Skip the queued messages of a project that may no longer go: to a newly suppressed
-    ``address``, or (``opted_out``) to clients who opted out — one client or all of them."""
+    ``address``, or (``opted_out``) to clients who opted out — one client or all of them; with
+    ``channel``, only that channel's messages, and opted out means out of that channel. With
+    ``or_clients``, the messages to ``address`` or to those clients."""
     of_project = select(MAILING.c.id).where(MAILING.c.project_id == project_id)
     where = [MESSAGE.c.status == MessageStatus.QUEUED, MESSAGE.c.mailing_id.in_(of_project)]
     if address is not None:
-        where.append(func.lower(MESSAGE.c.address) == address)
+        to_address = func.lower(MESSAGE.c.address) == address
+        if or_clients:
+            to_address = or_(to_address, among(session, MESSAGE.c.client_id, or_clients))
+        where.append(to_address)
+    if channel is not None:
+        where.append(MESSAGE.c.channel == channel)
     if opted_out:
-        clients = select(CLIENT.c.id).where(
-            CLIENT.c.project_id == project_id, CLIENT.c.opted_out.is_(True)
-        )
+        out = CLIENT.c.opted_out
+        if channel is not None:
+            out = CLIENT.c.email_opted_out if channel == Channel.EMAIL else CLIENT.c.sms_opted_out
+        clients = select(CLIENT.c.id).where(CLIENT.c.project_id == project_id, out.is_(True))
         if client_id is not None:
             clients = clients.where(CLIENT.c.id == client_id)
         where.append(MESSAGE.c.client_id.in_(clients))
@@ -787,6 +797,24 @@ async def _insert_events(
         .where(*where)
         .order_by(MESSAGE.c.id)
     )
+    await _lock_events(session)
+    await session.execute(insert(EVENT).from_select(EVENT_COLUMNS, rows))
+
+
+async def log_note(
+    session: AsyncSession, *, message_id: int, status: str, reason: str | None, now: datetime
+) -> None:
+    """An event on a message that does not change it: ``status`` is the note's word (e.g.
+    ``unsubscribed``), ``old_status`` the message's status. Like every event, the last rows
+    its transaction writes."""
+    rows = select(
+        *_event_of_message(),
+        MESSAGE.c.status,
+        literal(status, String),
+        literal(reason, Text),
+        MESSAGE.c.peer_message_id,
+        literal(now, UTCDateTime),
+    ).where(MESSAGE.c.id == message_id)
     await _lock_events(session)
     await session.execute(insert(EVENT).from_select(EVENT_COLUMNS, rows))
 

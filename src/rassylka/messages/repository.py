@@ -50,6 +50,10 @@ NO_CONTACT = {
     Channel.SMS: "У клиента нет телефона",
 }
 OPTED_OUT = "Клиент отказался от рассылок"
+OPTED_OUT_OF = {
+    Channel.EMAIL: "Клиент отписался от писем проекта",
+    Channel.SMS: "Клиент отписался от SMS проекта",
+}
 SUPPRESSED = "Адрес в списке подавления"
 
 
@@ -225,10 +229,12 @@ def _recipients(
     the reason to skip (NULL: send)."""
     client = cast(Table, Client.__table__)
     address = client.c.email if channel == Channel.EMAIL else client.c.phone
+    opted_out = client.c.email_opted_out if channel == Channel.EMAIL else client.c.sms_opted_out
     suppressed = SUPPRESSION.alias("suppressed")
     reason = case(
         (address.is_(None), literal(NO_CONTACT[Channel(channel)], String)),
         (client.c.opted_out, literal(OPTED_OUT, String)),
+        (opted_out, literal(OPTED_OUT_OF[Channel(channel)], String)),
         (
             suppressed.c.id.is_not(None),
             literal(SUPPRESSED, String)

@@ -23,6 +23,7 @@ NOT_FOUND = "Проект {} не найден"
 async def create(session: AsyncSession, *, data: ProjectCreate) -> Project:
     await _ensure_code_free(session, code=data.code)
     project = Project(name=data.name, code=data.code)
+    _set_senders(project, data, data.model_fields_set)
     if data.dkim_key_path is not None:
         _check_dkim_key(data.dkim_key_path)
         project.dkim_domain = data.dkim_domain
@@ -45,8 +46,23 @@ async def update(session: AsyncSession, *, project_id: int, data: ProjectUpdate)
         project.dkim_domain = data.dkim_domain
         project.dkim_selector = data.dkim_selector
         project.dkim_key_path = data.dkim_key_path
+    _set_senders(project, data, data.model_fields_set)
     await session.flush()
     return project
+
+
+def _set_senders(project: Project, data: ProjectCreate | ProjectUpdate, given: set[str]) -> None:
+    """The senders and caps named in the request (null clears one)."""
+    for name in ("sms_sender", "email_from", "email_reply_to"):
+        if name in given:
+            setattr(project, name, getattr(data, name))
+    if "frequency_cap" in given:
+        cap = data.frequency_cap
+        named = cap.model_fields_set if cap is not None else {"email", "sms"}
+        if "email" in named:
+            project.email_frequency_cap = cap.email if cap is not None else None
+        if "sms" in named:
+            project.sms_frequency_cap = cap.sms if cap is not None else None
 
 
 async def get(session: AsyncSession, *, project_id: int) -> Project:
