@@ -1,7 +1,8 @@
 """The inbound SMTP listener for bounces: aiosmtpd's SMTP protocol on the running event loop.
 
-RCPT TO must be a signed VERP address of our bounce domain (else 550, and nothing is read);
-DATA is parsed as a DSN and applied to the message its address names. Mail that is no DSN
+RCPT TO must be a signed VERP address of our bounce domain, or ``fbl@`` it for feedback loops
+(else 550, and nothing is read); DATA is parsed as a DSN and applied to the message its address
+names, or as a complaint (ARF, RFC 5965) about the message it names. Mail that is no DSN
 (auto-replies, junk) is accepted and counted as ignored, so senders do not retry it. A database
 failure answers 451, so the MTA tries again later; nothing a peer sends makes the listener stop.
 
@@ -20,8 +21,9 @@ from collections import Counter
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from rassylka.bounces import dsn, service
+from rassylka.bounces import arf, dsn, service
 from rassylka.bounces.verp import Verp
+from rassylka.channels.email_message import MessageIds
 from rassylka.config import Settings
 from rassylka.db import create_engine, create_sessionmaker
 from rassylka.metrics import definitions as metrics
@@ -30,6 +32,7 @@ logger = logging.getLogger(__name__)
 
 STOP_GRACE = 10.0
 NO_SUCH_ADDRESS = "550 5.1.1 No such bounce address"
+FEEDBACK_LOCAL_PART = "fbl"
 TRY_LATER = "451 4.3.0 Temporary failure, try again later"
 # aiosmtpd's default idle timeout; a DSN takes seconds.
 SESSION_TIMEOUT = 300.0
@@ -39,13 +42,20 @@ class BounceHandler:
     """aiosmtpd's handler: its ``handle_*`` hooks answer RCPT and DATA.
 
     ``counts`` says what came in: hard, failed, soft, delivered (by the report's verdict),
+    complaint (a feedback-loop report applied),
     ignored (no DSN, or nothing to say), unknown (a valid token of a message since deleted),
     rejected (RCPT refused) and errors (answered 451).
     """
 
-    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], verp: Verp) -> None:
+    def __init__(
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        verp: Verp,
+        message_ids: MessageIds | None = None,
+    ) -> None:
         self._sessionmaker = sessionmaker
         self._verp = verp
+        self._message_ids = message_ids
         self.counts: Counter[str] = Counter()
         self.in_data = 0
         self.idle = asyncio.Event()
@@ -59,7 +69,7 @@ class BounceHandler:
         address: str,
         rcpt_options: list[str],
     ) -> str:
-        if self._verp.message_id_of(address) is None:
+        if self._verp.message_id_of(address) is None and not self._is_feedback(address):
             self.counts["rejected"] += 1
             logger.info("bounce refused: %r is not a signed bounce address", address)
             return NO_SUCH_ADDRESS
@@ -82,12 +92,27 @@ class BounceHandler:
         self.counts["errors"] += 1
         return TRY_LATER
 
+    def _is_feedback(self, address: str) -> bool:
+        """``fbl@<bounce domain>``: where feedback loops send complaints (docs/bounces.md)."""
+        local, at, domain = address.strip().strip("<>").rpartition("@")
+        return (
+            bool(at)
+            and local.lower() == FEEDBACK_LOCAL_PART
+            and domain.lower() == self._verp.domain
+        )
+
     async def _take(self, envelope: Envelope) -> str:
-        report = dsn.parse(envelope.original_content or b"")
+        raw = envelope.original_content or b""
+        complaint = arf.parse(raw)
+        if complaint is not None:
+            return await self._take_complaint(envelope, complaint)
+        report = dsn.parse(raw)
         verdict = report.verdict() if report is not None else None
         for address in envelope.rcpt_tos:
             message_id = self._verp.message_id_of(address)
-            if message_id is None:  # checked at RCPT already
+            if message_id is None:  # fbl@: no complaint in it (checked at RCPT already)
+                self.counts["ignored"] += 1
+                logger.info("mail to %s ignored: not a complaint report", address)
                 continue
             if verdict is None:
                 self.counts["ignored"] += 1
@@ -119,6 +144,38 @@ class BounceHandler:
             )
         return "250 2.0.0 OK"
 
+    async def _take_complaint(self, envelope: Envelope, complaint: arf.Complaint) -> str:
+        """A feedback-loop report: the message it names (by the VERP address it came to, or its
+        own contents) is complained of; one that names none of ours is ignored."""
+        found = [self._verp.message_id_of(address) for address in envelope.rcpt_tos]
+        message_id = next((found_id for found_id in found if found_id is not None), None)
+        if message_id is None:
+            message_id = service.find_complained(
+                complaint, verp=self._verp, message_ids=self._message_ids
+            )
+        if message_id is None:
+            self.counts["ignored"] += 1
+            metrics.receipt(service.COMPLAINT, metrics.REJECTED)
+            logger.info("complaint ignored: it names no message of ours")
+            return "250 2.0.0 OK"
+        try:
+            applied = await service.complain(
+                self._sessionmaker, message_id=message_id, description=complaint.describe()
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("recording the complaint about message %s failed", message_id)
+            self.counts["errors"] += 1
+            return TRY_LATER
+        if applied is None:
+            self.counts["unknown"] += 1
+            logger.info("complaint about message %s ignored: no such email", message_id)
+        else:
+            self.counts[service.COMPLAINT] += 1
+            logger.info("complaint about message %s: %s", message_id, complaint.describe())
+        return "250 2.0.0 OK"
+
 
 class BounceListener:
     """Listens on ``host:port`` (port 0: any free one, then see ``port``)."""
@@ -131,8 +188,9 @@ class BounceListener:
         host: str = "127.0.0.1",
         port: int = 2525,
         max_size: int = 10 * 1024 * 1024,
+        message_ids: MessageIds | None = None,
     ) -> None:
-        self.handler = BounceHandler(sessionmaker, verp)
+        self.handler = BounceHandler(sessionmaker, verp, message_ids)
         self.host = host
         self.port = port
         self._verp = verp
@@ -153,6 +211,9 @@ class BounceListener:
             host=settings.bounce_host,
             port=settings.bounce_port,
             max_size=settings.bounce_max_size,
+            message_ids=MessageIds.keyed(settings.secret_key.get_secret_value())
+            if settings.secret_key
+            else None,
         )
 
     async def start(self) -> None:

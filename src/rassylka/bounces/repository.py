@@ -17,11 +17,12 @@ class Target:
     status: str
     address: str | None
     project_id: int
+    channel: int
 
 
-_TARGET = select(Message.id, Message.status, Message.address, Mailing.project_id).join(
-    Mailing, Mailing.id == Message.mailing_id
-)
+_TARGET = select(
+    Message.id, Message.status, Message.address, Mailing.project_id, Message.channel
+).join(Mailing, Mailing.id == Message.mailing_id)
 
 
 async def target(session: AsyncSession, *, message_id: int) -> Target | None:

@@ -28,9 +28,11 @@ class BounceReport(RequestModel):
     email: Text | None = Field(
         default=None, description="Адрес получателя: берётся последнее письмо ему в проекте"
     )
-    type: Literal["hard", "soft"] = Field(
+    type: Literal["hard", "soft", "complaint"] = Field(
         description="hard — адрес не принимает почту (статус bounced, адрес в список "
-        "подавления); soft — временная ошибка (заметка, статус остаётся sent)"
+        "подавления); soft — временная ошибка (заметка, статус остаётся sent); complaint — "
+        "получатель пожаловался на спам (отписка от писем проекта, адрес в список подавления, "
+        "статус не меняется)"
     )
     status: (
         Annotated[str, StringConstraints(strip_whitespace=True, pattern=STATUS_PATTERN)] | None
@@ -49,6 +51,8 @@ class BounceReport(RequestModel):
             )
         if by_address and (self.project is None or self.email is None):
             raise ValueError("project и email указываются вместе")
+        if self.type == "complaint" and self.status is not None:
+            raise ValueError("У жалобы нет статуса SMTP: укажите status только для hard и soft")
         if self.status is not None and self.status[0] != ("5" if self.type == "hard" else "4"):
             raise ValueError(f"Статус {self.status} не соответствует типу {self.type}")
         return self

@@ -15,11 +15,15 @@ from dataclasses import dataclass
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from rassylka.bounces import repository
+from rassylka.bounces.arf import Complaint
 from rassylka.bounces.dsn import Kind, Report, Verdict
 from rassylka.bounces.schemas import BounceReport
 from rassylka.bounces.verp import Verp
+from rassylka.channels.email_message import MessageIds
+from rassylka.clients.optout import opt_out
 from rassylka.db import utcnow
 from rassylka.errors import NotFound, ValidationFailed
+from rassylka.mailings.models import Channel
 from rassylka.messages import queue
 from rassylka.messages.models import MessageStatus
 from rassylka.metrics import definitions as metrics
@@ -169,3 +173,56 @@ def _normalized(address: str) -> str:
         return normalize_address(address)
     except ValueError:  # stored before today's rules, or a phone in a provider's own format
         return address.strip().lower()
+
+
+COMPLAINT = "complaint"
+
+
+async def complain(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    *,
+    message_id: int,
+    description: str,
+    project_id: int | None = None,
+) -> Applied | None:
+    """A recipient marked the message as spam: the address is opted out of the project's email
+    (suppressed, consent denied, what is queued skipped, an ``unsubscribed`` event with the
+    complaint as its reason — ``clients.optout``). The message keeps its status: it was
+    delivered. None if there is no such email message (in ``project_id``, with one)."""
+    async with sessionmaker() as session, session.begin():
+        target = await repository.target(session, message_id=message_id)
+        if (
+            target is None
+            or target.channel != Channel.EMAIL
+            or not target.address
+            or project_id not in (None, target.project_id)
+        ):
+            applied = None
+        else:
+            done = await opt_out(
+                session,
+                project_id=target.project_id,
+                channel=Channel.EMAIL,
+                address=target.address,
+                source=description,
+                now=utcnow(),
+                message_id=target.id,
+            )
+            applied = Applied(target.id, target.status, done.changed, done.address)
+    metrics.receipt(COMPLAINT, metrics.UNMATCHED if applied is None else metrics.MATCHED)
+    return applied
+
+
+def find_complained(
+    complaint: Complaint, *, verp: Verp | None, message_ids: MessageIds | None
+) -> int | None:
+    """The message a complaint is about: by its VERP envelope sender, else its Message-ID."""
+    if verp is not None:
+        for address in complaint.envelope_senders:
+            if (found := verp.message_id_of(address, any_domain=True)) is not None:
+                return found
+    if message_ids is not None:
+        for value in complaint.message_ids:
+            if (found := message_ids.message_id_of(value)) is not None:
+                return found
+    return None

@@ -28,6 +28,7 @@ message). The rules it keeps:
 from __future__ import annotations
 
 import hashlib
+import hmac
 import os
 import re
 import time
@@ -97,6 +98,7 @@ class Mailbox:
         return _fold(name, tokens).encode()
 
 
+_MESSAGE_ID: Final = re.compile(r"<([1-9][0-9]{0,18})\.([0-9a-fA-F]{20})@([^<>@\s]+)>")
 # The Message-ID key when none is given: random, so ids stay unguessable, but only this
 # process's (see ``MessageIds``).
 _PROCESS_KEY: Final = os.urandom(32)
@@ -131,6 +133,15 @@ class MessageIds:
         mac = self._mac.copy()
         mac.update(b"%d" % message_id)
         return f"<{message_id}.{mac.hexdigest()}@{domain}>"
+
+    def message_id_of(self, value: str) -> int | None:
+        """The message row a Message-ID of ours names (its tag checked), else None."""
+        match = _MESSAGE_ID.fullmatch(value.strip())
+        if match is None:
+            return None
+        message_id = int(match[1])
+        expected = self.of(message_id, match[3])
+        return message_id if hmac.compare_digest(expected.lower(), value.strip().lower()) else None
 
     @classmethod
     def keyed(cls, secret: str | None) -> MessageIds | None:

@@ -60,7 +60,7 @@ QUEUE_DEPTH = Gauge(
     ["channel"],
 )
 
-SOURCES = ("smpp", "http", "bounce")
+SOURCES = ("smpp", "http", "bounce", "complaint")
 MATCHED = "matched"
 """The receipt found the message (or SMS part) it names."""
 WAITING = "waiting"
