@@ -14,7 +14,8 @@ from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from helpers import assert_ok, make_template
+from conftest import StartServer
+from helpers import assert_error, assert_ok, make_template
 from rassylka.channels.base import ChannelKind, OutboundMessage
 from rassylka.channels.smpp import InboundSms
 from rassylka.channels.sms_text import decode_payload
@@ -318,6 +319,70 @@ def _unreachable(engine: AsyncEngine) -> AsyncEngine:
     if engine.dialect.name == "postgresql":
         return create_async_engine("postgresql+asyncpg://postgres@127.0.0.1:1/none")
     return create_async_engine("sqlite+aiosqlite:////nonexistent/directory/rassylka.db")
+
+
+# --------------------------------------------------------------------------------------------
+# The HTTP provider's inbound callback
+
+
+async def test_an_http_providers_stop_reply_opts_out_through_the_callback(
+    api: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    ids = await arrange(api, ["shop", "bank", "plain"])
+
+    quiet = await api.post(
+        "/webhook/sms/inbound", json={"from": "+79161234500", "to": "SHOP", "text": "Спасибо"}
+    )
+    assert assert_ok(quiet, 200) == {"stop": False, "projects": [], "changed": []}
+    assert await suppressed(engine) == set()
+
+    body = {"from": "79161234500", "to": "shop", "text": "Стоп."}
+    first = assert_ok(await api.post("/webhook/sms/inbound", json=body), 200)
+    assert first == {"stop": True, "projects": [ids["shop"]], "changed": [ids["shop"]]}
+    again = assert_ok(await api.post("/webhook/sms/inbound", json=body), 200)
+    assert again == {"stop": True, "projects": [ids["shop"]], "changed": []}
+    # Without "to": the projects that send as the configured sender.
+    form = {"from": "89161234500", "text": "STOP"}
+    plain = assert_ok(await api.post("/webhook/sms/inbound", data=form), 200)
+    assert plain["projects"] == [ids["plain"]]
+    assert await suppressed(engine) == {
+        ("shop", PHONE, "SMS «СТОП»"),
+        ("plain", PHONE, "SMS «STOP»"),
+    }
+    assert not (await opted_out(engine))["bank"][0]
+
+
+async def test_the_inbound_callback_checks_its_token_and_fields(
+    start_server: StartServer,
+) -> None:
+    server = await start_server(
+        sms_http_callback_token="t0ken",
+        sms_http_inbound_from_field="msisdn",
+        sms_http_inbound_to_field="shortcode",
+        sms_http_inbound_text_field="message",
+        api_keys=["crm-key"],
+    )
+    async with httpx.AsyncClient(base_url=server.url) as client_:
+        body = {"msisdn": "+79161234500", "shortcode": "7900", "message": "stop"}
+        assert_error(await client_.post("/webhook/sms/inbound", json=body), 403, "Доступ запрещен")
+        taken = await client_.post("/webhook/sms/inbound?token=t0ken", json=body)
+        assert assert_ok(taken, 200) == {"stop": True, "projects": [], "changed": []}
+        missing = await client_.post(
+            "/webhook/sms/inbound?token=t0ken", json={"msisdn": "+79161234500"}
+        )
+        assert_error(missing, 400, "Ошибка валидации")
+        assert missing.json()["error"]["details"] == [
+            {"field": "message", "message": "Обязательное поле"}
+        ]
+        for wrong in ([body], "stop", {"msisdn": ["+7"], "message": "stop"}):
+            answer = await client_.post("/webhook/sms/inbound?token=t0ken", json=wrong)
+            assert_error(answer, 400, "Ошибка валидации")
+        broken = await client_.post(
+            "/webhook/sms/inbound?token=t0ken",
+            content=b"{not json",
+            headers={"content-type": "application/json"},
+        )
+        assert_error(broken, 400, "Ошибка валидации")
 
 
 # --------------------------------------------------------------------------------------------

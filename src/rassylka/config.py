@@ -129,6 +129,12 @@ class Settings(BaseSettings):
     sms_http_status_error_field: str = "error"
     sms_http_status_map: dict[str, str] = Field(default_factory=dict)
     """JSON object: the provider's status word → SMPP state (DELIVRD, UNDELIV, EXPIRED, …)."""
+    # The provider's inbound texts (POST /webhook/sms/inbound), same token.
+    sms_http_inbound_from_field: str = "from"
+    """Field of the sending phone number in an inbound callback (JSON or form)."""
+    sms_http_inbound_to_field: str = "to"
+    """Field of our number or name the text was sent to (may be absent)."""
+    sms_http_inbound_text_field: str = "text"
 
     # The dispatcher.
     dispatch_batch_size: int = Field(default=500, ge=1, le=10_000)

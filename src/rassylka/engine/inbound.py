@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import phonenumbers
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -31,6 +32,9 @@ from rassylka.clients.optout import opt_out
 from rassylka.db import utcnow
 from rassylka.mailings.models import Channel
 from rassylka.projects import repository as projects
+
+if TYPE_CHECKING:
+    from rassylka.config import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -96,8 +100,19 @@ def projects_written_to(senders: Iterable[tuple[int, str | None]], destination: 
     return [project_id for project_id, sender in senders if not sender]
 
 
+@dataclass(frozen=True)
+class Handled:
+    """What an inbound text did: the stop word it is (None: none), the projects it was meant
+    for and those of them where it changed something (a repeat changes nothing)."""
+
+    word: str | None
+    projects: tuple[int, ...] = ()
+    changed: tuple[int, ...] = ()
+
+
 class InboundTexts:
-    """The handler of inbound SMS: ``receive`` is the SMPP channel's ``on_inbound``."""
+    """The handler of inbound SMS: ``receive`` is the SMPP channel's ``on_inbound``; the HTTP
+    provider's inbound callback calls ``handle``."""
 
     def __init__(
         self,
@@ -110,8 +125,22 @@ class InboundTexts:
         self._stop_words = stop_words
         self._region = region
 
+    @classmethod
+    def from_settings(
+        cls, sessionmaker: async_sessionmaker[AsyncSession], settings: Settings
+    ) -> InboundTexts:
+        return cls(
+            sessionmaker,
+            stop_words=StopWords.parse(settings.sms_stop_words),
+            region=settings.default_phone_region,
+        )
+
     async def receive(self, inbound: InboundSms) -> None:
         """Opt the sender out if the text is a stop word; returns once that is committed."""
+        await self.handle(inbound)
+
+    async def handle(self, inbound: InboundSms) -> Handled:
+        """``receive``, saying what it did."""
         word = self._stop_words.match(inbound.text)
         if word is None:
             logger.info(
@@ -120,7 +149,7 @@ class InboundTexts:
                 inbound.destination,
                 len(inbound.text),
             )
-            return
+            return Handled(None)
         phone = phone_of(inbound, self._region)
         async with self._sessionmaker() as session:
             project_ids = projects_written_to(
@@ -148,3 +177,4 @@ class InboundTexts:
             project_ids,
             changed,
         )
+        return Handled(word, tuple(project_ids), tuple(changed))

@@ -20,7 +20,7 @@ from rassylka.channels.registry import describe, open_channels
 from rassylka.config import Settings
 from rassylka.db import create_checked_engine, create_sessionmaker
 from rassylka.engine.dispatcher import DispatchConfig, Dispatcher
-from rassylka.engine.inbound import InboundTexts, StopWords
+from rassylka.engine.inbound import InboundTexts
 from rassylka.engine.listening import listen
 from rassylka.engine.receipts import ReceiptInbox
 from rassylka.engine.scheduler import Scheduler
@@ -86,11 +86,7 @@ class Worker:
         source = "http" if settings.sms_http_url and not settings.smpp_host else "smpp"
         sessionmaker = create_sessionmaker(engine)
         inbox = ReceiptInbox(sessionmaker, source=source)
-        inbound = InboundTexts(
-            sessionmaker,
-            stop_words=StopWords.parse(settings.sms_stop_words),
-            region=settings.default_phone_region,
-        )
+        inbound = InboundTexts.from_settings(sessionmaker, settings)
         channels = open_channels(settings, on_receipt=inbox.receive, on_inbound=inbound.receive)
         logger.info("sending through %s", describe(channels))
         return cls(
