@@ -90,7 +90,7 @@ from collections.abc import Awaitable, Callable, Container, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from rassylka.channels.base import (
     Accepted,
@@ -950,6 +950,9 @@ _REMEMBER_SENT = 50_000
 _REMEMBER_SENDERS = 1024
 
 
+_Delivered = TypeVar("_Delivered", DeliveryReceipt, InboundSms)
+
+
 class _NotWritten(Exception):
     """The connection had ended before the request was written: it may go on another one."""
 
@@ -1237,8 +1240,7 @@ class _Session:
         if self._on_receipt is None:
             self._respond(pdu)
             return
-        handler = self._on_receipt
-        self._hand_over(pdu, lambda: handler(receipt), f"the receipt for {receipt.peer_message_id}")
+        self._hand_over(pdu, self._on_receipt, receipt)
 
     def _inbound(self, pdu: Pdu) -> None:
         """A text from a handset: to ``on_inbound``; its text is never logged (privacy)."""
@@ -1251,22 +1253,24 @@ class _Session:
             )
             self._respond(pdu)
             return
-        inbound = parse_inbound(pdu)
-        handler = self._on_inbound
-        self._hand_over(pdu, lambda: handler(inbound), f"the inbound text from {inbound.source!r}")
+        self._hand_over(pdu, self._on_inbound, parse_inbound(pdu))
 
-    def _hand_over(self, pdu: Pdu, handle: Callable[[], Awaitable[None]], what: str) -> None:
-        """Answer ``pdu`` once the awaitable ``handle`` gives is done (not before: what the
-        process did not get to store, the SMSC delivers again)."""
+    def _hand_over(
+        self, pdu: Pdu, handler: Callable[[_Delivered], Awaitable[None]], what: _Delivered
+    ) -> None:
+        """Answer ``pdu`` once the awaitable ``handler`` returns for ``what`` is done (not
+        before: what the process did not get to store, the SMSC delivers again)."""
         try:
-            pending = asyncio.ensure_future(handle())
+            pending = asyncio.ensure_future(handler(what))
         except Exception:
             self._handler_failed(pdu, what)
             return
         self._receipts.add(pending)
         pending.add_done_callback(lambda done: self._handed_over(pdu, what, done))
 
-    def _handed_over(self, pdu: Pdu, what: str, done: asyncio.Future[None]) -> None:
+    def _handed_over(
+        self, pdu: Pdu, what: DeliveryReceipt | InboundSms, done: asyncio.Future[None]
+    ) -> None:
         """The handler finished with ``what``: answer its deliver_sm (not if cancelled: the
         connection is closing, and the SMSC delivers it again)."""
         self._receipts.discard(done)
@@ -1278,11 +1282,17 @@ class _Session:
             return
         self._respond(pdu)
 
-    def _handler_failed(self, pdu: Pdu, what: str, error: BaseException | None = None) -> None:
+    def _handler_failed(
+        self, pdu: Pdu, what: DeliveryReceipt | InboundSms, error: BaseException | None = None
+    ) -> None:
+        if isinstance(what, DeliveryReceipt):
+            handled = f"on_receipt failed for {what.peer_message_id}"
+        else:  # never the text (privacy)
+            handled = f"on_inbound failed for the text from {what.source!r}"
         logger.error(
-            "SMPP %s: handling %s failed; answered ESME_RX_T_APPN so the SMSC retries",
+            "SMPP %s: %s; answered ESME_RX_T_APPN so the SMSC retries",
             self.name,
-            what,
+            handled,
             exc_info=error or True,
         )
         self._respond(pdu, CommandStatus.ESME_RX_T_APPN)
