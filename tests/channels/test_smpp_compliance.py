@@ -8,6 +8,7 @@ import asyncio
 import logging
 
 import pytest
+from pydantic import ValidationError
 from test_smpp import MakeChannel, accepted, make_channel, reassemble, smsc, split_udh
 
 from rassylka.channels.base import ChannelKind, OutboundMessage, PermanentChannelError
@@ -15,6 +16,7 @@ from rassylka.channels.smpp import (
     Command,
     InboundSms,
     Pdu,
+    SmppConfig,
     Tlv,
     decode_pdu,
     destination_address,
@@ -24,6 +26,7 @@ from rassylka.channels.smpp import (
     submit_sm_body,
 )
 from rassylka.channels.sms_text import count_parts, decode_payload
+from rassylka.config import Settings
 from smsc_peer import Smsc
 
 __all__ = ["make_channel", "smsc"]  # fixtures
@@ -129,9 +132,12 @@ async def test_payload_mode_leaves_a_one_part_text_in_short_message(
     assert outcome.parts == 1
 
 
-def test_concatenation_mode_is_checked() -> None:
-    from rassylka.channels.smpp import SmppConfig
-
+def test_concatenation_mode_comes_from_the_settings_and_is_checked() -> None:
+    assert SmppConfig.from_settings(Settings(smpp_host="h")).concatenation == "udh"
+    chosen = Settings(smpp_host="h", smpp_concatenation="payload")
+    assert SmppConfig.from_settings(chosen).concatenation == "payload"
+    with pytest.raises(ValidationError):
+        Settings(smpp_concatenation="split")
     with pytest.raises(ValueError, match="udh or payload"):
         SmppConfig(host="127.0.0.1", concatenation="split")  # type: ignore[arg-type]
 
