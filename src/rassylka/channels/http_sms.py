@@ -5,7 +5,8 @@ form (``form``) of the configured fields, each a template where ``{to}``, ``{tex
 ``{source}`` (the project's sender, else ``sms_http_source``) and ``{id}`` (the message row id)
 are replaced. Nothing else in a template is special and the values put in are not looked at
 again, so a text with braces goes as it is; a field that comes out empty (no sender, say) is
-left out, for the provider's default to apply. Up to ``concurrency`` requests run at once over one keep-alive connection pool.
+left out, for the provider's default to apply. Up to ``concurrency`` requests run at once over
+one keep-alive connection pool.
 
 How an answer is judged:
 
