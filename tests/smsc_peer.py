@@ -2,7 +2,8 @@
 
 Its verdict depends on the destination's last two digits (``…11`` invalid destination, ``…22``
 throttled, ``…55`` connection dropped; the full list is in smsc.js); it logs every PDU it sees
-as a JSON line, which ``Smsc.events`` collects.
+as a JSON line, which ``Smsc.events`` collects. ``Smsc.send_mobile_originated`` makes it send
+a text from a handset (an MO deliver_sm).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 
 from helpers import missing_peer
 from rassylka.channels.smpp import SmppConfig
+from rassylka.channels.sms_text import GSM7_DATA_CODING, UCS2_DATA_CODING, encode_sms
 
 PEERS = Path(__file__).resolve().parent / "peers"
 SYSTEM_ID, PASSWORD = "rassylka", "s3cret"
@@ -33,6 +35,7 @@ class Smsc:
         self.process = process
         self.port = port
         self.events: list[Event] = []
+        self._tags = 0
         assert process.stdout is not None
         self._collector = asyncio.create_task(self._collect(process.stdout))
 
@@ -66,6 +69,41 @@ class Smsc:
             }
         )
 
+    async def send_mobile_originated(
+        self,
+        *,
+        source: str,
+        destination: str,
+        text: str,
+        coding: str = "gsm7",
+        source_ton: int = 1,
+        in_payload: bool = False,
+        within: float = 10.0,
+    ) -> int | None:
+        """Make the SMSC send a text from a handset (``source``, digits) to ``destination``
+        (one of our senders), encoded in ``coding`` (``gsm7``, ``ucs2``, ``latin1``), in
+        short_message or ``in_payload``; the deliver_sm_resp's command_status (None: the SMSC
+        had no bound session)."""
+        data_coding, octets = _encode_mobile_originated(text, coding)
+        self._tags += 1
+        tag = self._tags
+        spec: dict[str, Any] = {
+            "tag": tag,
+            "source_addr": source,
+            "source_addr_ton": source_ton,
+            "destination_addr": destination,
+            "data_coding": data_coding,
+            "short_message": "" if in_payload else octets.hex(),
+        }
+        if in_payload:
+            spec["message_payload"] = octets.hex()
+        assert self.process.stdin is not None
+        self.process.stdin.write(f"mo {json.dumps(spec)}\n".encode())
+        await self.process.stdin.drain()
+        await self.wait_for(lambda: bool(self.of("mo_resp", tag=tag)), within)
+        status: int | None = self.of("mo_resp", tag=tag)[0]["status"]
+        return status
+
     def signal(self, number: int) -> None:
         self.process.send_signal(number)
 
@@ -76,6 +114,18 @@ class Smsc:
         self._collector.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._collector
+
+
+def _encode_mobile_originated(text: str, coding: str) -> tuple[int, bytes]:
+    if coding == "gsm7":
+        encoded = encode_sms(text)
+        assert encoded.coding == "gsm7", f"{text!r} is not GSM-7"
+        return GSM7_DATA_CODING, b"".join(encoded.parts)
+    if coding == "ucs2":
+        return UCS2_DATA_CODING, text.encode("utf-16-be")
+    if coding == "latin1":
+        return 0x03, text.encode("latin-1")
+    raise ValueError(f"unknown coding {coding!r}")
 
 
 async def start_smsc(*, receipt_delay_ms: int = 10) -> Smsc:

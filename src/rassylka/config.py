@@ -90,6 +90,12 @@ class Settings(BaseSettings):
     smpp_system_type: str = ""
     smpp_source_addr: str = ""
     """Sender: digits (an international number) or up to 11 letters (an alphanumeric name)."""
+    smpp_concatenation: Literal["udh", "payload"] = "udh"
+    """A text longer than one SMS: ``udh`` (parts with a concatenation header each) or
+    ``payload`` (one submit_sm, the whole text in ``message_payload``; the SMSC splits)."""
+    sms_stop_words: str = "STOP,СТОП,ОТПИСКА"
+    """Comma list: an inbound SMS whose whole text is one of these (any case, spaces and
+    punctuation aside) opts its sender out of SMS (docs/sms.md)."""
     smpp_window: int = Field(default=10, ge=1, le=1000)
     """Most ``submit_sm`` awaiting their response at once on the bind."""
     smpp_enquire_link_interval: float = Field(default=30.0, gt=0)
@@ -123,6 +129,12 @@ class Settings(BaseSettings):
     sms_http_status_error_field: str = "error"
     sms_http_status_map: dict[str, str] = Field(default_factory=dict)
     """JSON object: the provider's status word → SMPP state (DELIVRD, UNDELIV, EXPIRED, …)."""
+    # The provider's inbound texts (POST /webhook/sms/inbound), same token.
+    sms_http_inbound_from_field: str = "from"
+    """Field of the sending phone number in an inbound callback (JSON or form)."""
+    sms_http_inbound_to_field: str = "to"
+    """Field of our number or name the text was sent to (may be absent)."""
+    sms_http_inbound_text_field: str = "text"
 
     # The dispatcher.
     dispatch_batch_size: int = Field(default=500, ge=1, le=10_000)

@@ -137,6 +137,16 @@ async def test_empty_source_is_left_out(
     assert request.fields == {"to": "+79990000001", "text": "Привет!"}
 
 
+async def test_a_message_with_its_projects_sender_goes_from_it(
+    provider: Provider, make_channel: Callable[..., HttpSmsChannel]
+) -> None:
+    own = OutboundMessage(id=1, kind=ChannelKind.SMS, to="+79990000001", text="А", source="SHOP")
+    accepted(await make_channel(provider.url).send([own, sms_to("+79990000002")]))
+
+    senders = {request.fields["to"]: request.fields.get("from") for request in provider.requests}
+    assert senders == {"+79990000001": "SHOP", "+79990000002": "Rassylka"}
+
+
 async def test_each_answer_is_classified(
     provider: Provider, make_channel: Callable[..., HttpSmsChannel]
 ) -> None:

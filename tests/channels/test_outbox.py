@@ -261,6 +261,15 @@ async def test_sms_lines(sms_channel: OutboxChannel) -> None:
         assert json.loads(raw[offset:].split(b"\n", 1)[0]) == line
 
 
+async def test_sms_lines_record_the_sender(tmp_path: Path) -> None:
+    channel = OutboxChannel(ChannelKind.SMS, tmp_path / "outbox", sms_source="Rassylka")
+    own = OutboundMessage(id=1, kind=ChannelKind.SMS, to="+79990000001", text="А", source="SHOP")
+
+    accepted(await channel.send([own, sms_to("+79990000002", id=2, text="Б")]))
+
+    assert [line["source"] for line in sms_lines(channel.directory)] == ["SHOP", "Rassylka"]
+
+
 async def test_many_sms_from_two_channels_at_once_stay_whole_lines(tmp_path: Path) -> None:
     first = OutboxChannel(ChannelKind.SMS, tmp_path)
     second = OutboxChannel(ChannelKind.SMS, tmp_path)

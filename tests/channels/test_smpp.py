@@ -34,6 +34,7 @@ from rassylka.channels.smpp import (
     Command,
     CommandStatus,
     DeliveryReceipt,
+    InboundHandler,
     Pdu,
     SmppChannel,
     SmppCodecError,
@@ -89,6 +90,7 @@ async def make_channel() -> AsyncIterator[MakeChannel]:
         port: int,
         *,
         on_receipt: Callable[[DeliveryReceipt], Awaitable[None]] | None = None,
+        on_inbound: InboundHandler | None = None,
         **options: Any,
     ) -> SmppChannel:
         config = SmppConfig(
@@ -104,7 +106,7 @@ async def make_channel() -> AsyncIterator[MakeChannel]:
                 **options,
             }
         )
-        channel = SmppChannel(config, on_receipt=on_receipt)
+        channel = SmppChannel(config, on_receipt=on_receipt, on_inbound=on_inbound)
         channels.append(channel)
         return channel
 

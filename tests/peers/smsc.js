@@ -28,10 +28,15 @@
 //   anything else: accepted at once.
 // An accepted submit_sm gets a message_id and, 10 ms later, a delivery receipt (deliver_sm with
 // esm_class 0x04, receipted_message_id and message_state) that is logged with its answer.
-// Every submit_sm is logged with its short_message in hex and "outstanding": how many of the
-// session's submit_sm were unanswered when it arrived, itself included (the client's window).
+// Every submit_sm is logged with its short_message (and message_payload, or null) in hex and
+// "outstanding": how many of the session's submit_sm were unanswered when it arrived, itself
+// included (the client's window).
 //
 // SIGUSR2 closes every connection at once.
+// A line "mo {JSON}" on stdin sends a mobile-originated deliver_sm (esm_class 0) on the newest
+// bound session: JSON {"source_addr", "source_addr_ton", "destination_addr", "data_coding",
+// "short_message" (hex), "message_payload" (hex, optional)}; logged as {"event": "mo", ...}
+// and its answer as {"event": "mo_resp", "tag", "status"} ("tag" is echoed from the JSON).
 // A line "throttle on" on stdin makes every submit_sm get ESME_RTHROTTLED until "throttle off"
 // (an SMSC over its limit for a while: the chaos suite).
 //
@@ -49,8 +54,10 @@
 
 const smpp = require('smpp');
 
-// Keep short_message as the octets that came: the tests decode and reassemble them.
+// Keep short_message and message_payload as the octets that came: the tests decode and
+// reassemble them.
 delete smpp.commands.submit_sm.params.short_message.filter;
+delete smpp.tlvs.message_payload.filter;
 
 const port = Number(process.argv[2] || 0);
 const systemId = process.argv[3] || process.env.SMSC_SYSTEM_ID || 'rassylka';
@@ -79,6 +86,7 @@ function resetCounts() {
 resetCounts();
 
 let nextSession = 0;
+const boundSessions = [];
 let nextMessageId = 0x5a000;
 
 function log(event, fields) {
@@ -156,6 +164,11 @@ const server = smpp.createServer(function (session) {
       return;
     }
     bound = true;
+    boundSessions.push(session);
+    session.on('close', () => {
+      const index = boundSessions.indexOf(session);
+      if (index >= 0) boundSessions.splice(index, 1);
+    });
     session.send(pdu.response({ system_id: 'test-smsc' }));
     session.enquire_link({}, (resp) =>
       trace('enquire_link_resp', { session: id, status: resp.command_status }));
@@ -203,6 +216,7 @@ const server = smpp.createServer(function (session) {
       registered_delivery: pdu.registered_delivery,
       data_coding: pdu.data_coding,
       short_message: pdu.short_message.toString('hex'),
+      message_payload: pdu.message_payload ? pdu.message_payload.toString('hex') : null,
       verdict: verdict.name,
       status: verdict.status === undefined ? null : verdict.status,
       message_id: messageId,
@@ -296,6 +310,28 @@ process.on('SIGUSR2', () => {
   for (const session of server.sessions.slice()) session.destroy();
 });
 
+function sendMobileOriginated(spec) {
+  const session = boundSessions[boundSessions.length - 1];
+  if (!session) {
+    log('mo_resp', { tag: spec.tag, status: null, error: 'no bound session' });
+    return;
+  }
+  const fields = {
+    source_addr_ton: spec.source_addr_ton === undefined ? 1 : spec.source_addr_ton,
+    source_addr_npi: 1,
+    source_addr: spec.source_addr,
+    dest_addr_ton: spec.dest_addr_ton === undefined ? 0 : spec.dest_addr_ton,
+    dest_addr_npi: 1,
+    destination_addr: spec.destination_addr,
+    esm_class: spec.esm_class || 0,
+    data_coding: spec.data_coding || 0,
+    short_message: Buffer.from(spec.short_message || '', 'hex'),
+  };
+  if (spec.message_payload) fields.message_payload = Buffer.from(spec.message_payload, 'hex');
+  log('mo', { tag: spec.tag, source_addr: spec.source_addr, destination_addr: spec.destination_addr });
+  session.deliver_sm(fields, (resp) => log('mo_resp', { tag: spec.tag, status: resp.command_status }));
+}
+
 let command = '';
 process.stdin.on('data', (chunk) => {
   command += chunk.toString('latin1');
@@ -310,6 +346,8 @@ process.stdin.on('data', (chunk) => {
     } else if (line === 'throttle on' || line === 'throttle off') {
       throttling = line === 'throttle on';
       log('throttle', { on: throttling });
+    } else if (line.startsWith('mo ')) {
+      sendMobileOriginated(JSON.parse(line.slice(3)));
     } else if (line.startsWith('log ')) {
       setLog(line.slice(4).trim());
     }

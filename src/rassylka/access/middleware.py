@@ -24,9 +24,11 @@ OPEN_PATHS = frozenset(
         "/docs/oauth2-redirect",
         "/redoc",
         "/openapi.json",
-        # The SMS provider's status callbacks: a provider can't send our Bearer keys, so the
-        # endpoint checks its own token (RASSYLKA_SMS_HTTP_CALLBACK_TOKEN, ``?token=``).
+        # The SMS provider's status and inbound callbacks: a provider can't send our Bearer
+        # keys, so the endpoints check its own token (RASSYLKA_SMS_HTTP_CALLBACK_TOKEN,
+        # ``?token=``).
         "/webhook/sms/status",
+        "/webhook/sms/inbound",
     }
 )
 """Paths answered without an API key (and outside the per-caller rate limit)."""

@@ -40,6 +40,8 @@ class OutboundMessage:
     headers: dict[str, str] = field(default_factory=dict)
     dkim: DkimKey | None = None
     """Sign the email with this key (its project's), or send it unsigned."""
+    source: str | None = None
+    """An SMS's sender (its project's ``sms_sender``); None: the transport's configured one."""
 
 
 @dataclass(frozen=True)

@@ -2,10 +2,11 @@
 
 One POST per message to ``sms_http_url``: a JSON object (``sms_http_format=json``) or an HTML
 form (``form``) of the configured fields, each a template where ``{to}``, ``{text}``,
-``{source}`` and ``{id}`` (the message row id) are replaced. Nothing else in a template is
-special and the values put in are not looked at again, so a text with braces goes as it is; a
-field that comes out empty (no ``sms_http_source``, say) is left out, for the provider's default
-to apply. Up to ``concurrency`` requests run at once over one keep-alive connection pool.
+``{source}`` (the project's sender, else ``sms_http_source``) and ``{id}`` (the message row id)
+are replaced. Nothing else in a template is special and the values put in are not looked at
+again, so a text with braces goes as it is; a field that comes out empty (no sender, say) is
+left out, for the provider's default to apply. Up to ``concurrency`` requests run at once over
+one keep-alive connection pool.
 
 How an answer is judged:
 
@@ -168,7 +169,7 @@ class HttpSmsChannel:
         values = {
             "to": message.to,
             "text": message.text,
-            "source": self._config.source,
+            "source": self._config.source if message.source is None else message.source,
             "id": str(message.id),
         }
         body = {

@@ -14,8 +14,9 @@ Where the file system has no hard links the name is reserved with ``O_EXCL`` and
 file renamed over it, so a reader may see it empty for an instant. Either way a reader never
 sees half a message and nothing is overwritten.
 
-An SMS line is ``{"id", "to", "text", "parts", "coding", "at"}``: the message row id, the
-recipient and text as given, the parts and coding an SMSC would get (``sms_text``), and the UTC
+An SMS line is ``{"id", "to", "source", "text", "parts", "coding", "at"}``: the message row
+id, the recipient, the sender (the project's, else the configured one) and text as given, the
+parts and coding an SMSC would get (``sms_text``), and the UTC
 time of writing. Each line goes in one ``write`` to the file opened for appending, under a lock
 per channel; a batch is fsynced before it counts as sent.
 
@@ -76,8 +77,8 @@ class OutboxChannel:
     """The ``Channel`` of ``kind`` writing to ``directory`` (created when first written to).
 
     ``sender`` is the From of emails, as ``RASSYLKA_EMAIL_FROM``, ``reply_to`` their Reply-To
-    and ``message_ids`` how their Message-IDs are made; ``clock`` gives the time of writing
-    (UTC), for tests.
+    and ``message_ids`` how their Message-IDs are made; ``sms_source`` the sender recorded for
+    an SMS without its project's own; ``clock`` gives the time of writing (UTC), for tests.
     """
 
     def __init__(
@@ -88,9 +89,11 @@ class OutboxChannel:
         sender: str = DEFAULT_SENDER,
         reply_to: str | None = None,
         message_ids: MessageIds | None = None,
+        sms_source: str = "",
         clock: Callable[[], datetime] = _utc_now,
     ) -> None:
         self.kind = ChannelKind(kind)
+        self._sms_source = sms_source
         self._directory = Path(directory).absolute()
         self._clock = clock
         self._sender: Sender | None = None
@@ -108,6 +111,7 @@ class OutboxChannel:
             sender=settings.email_from,
             reply_to=settings.email_reply_to,
             message_ids=MessageIds.keyed(secret),
+            sms_source=settings.smpp_source_addr or settings.sms_http_source,
         )
 
     @property
@@ -124,7 +128,7 @@ class OutboxChannel:
         now = self._clock()
         for index, message in enumerate(messages):
             try:
-                line, parts = _sms_line(message, now)
+                line, parts = _sms_line(message, now, self._sms_source)
             except ChannelError as error:
                 outcomes[index] = error
             else:
@@ -242,7 +246,8 @@ class OutboxChannel:
         return results
 
 
-def _sms_line(message: OutboundMessage, now: datetime) -> tuple[bytes, int]:
+def _sms_line(message: OutboundMessage, now: datetime, source: str) -> tuple[bytes, int]:
+    """The line of one SMS; ``source`` is the sender when the message names none."""
     if message.kind is not ChannelKind.SMS:
         raise PermanentChannelError(f"an {message.kind} message cannot go by SMS")
     try:
@@ -254,6 +259,7 @@ def _sms_line(message: OutboundMessage, now: datetime) -> tuple[bytes, int]:
     record = {
         "id": message.id,
         "to": message.to,
+        "source": message.source if message.source is not None else source,
         "text": message.text,
         "parts": len(encoded.parts),
         "coding": encoded.coding.value,

@@ -10,17 +10,20 @@ from __future__ import annotations
 from rassylka.channels.base import Channel, ChannelKind
 from rassylka.channels.http_sms import HttpSmsChannel, HttpSmsConfig
 from rassylka.channels.outbox import OutboxChannel
-from rassylka.channels.smpp import ReceiptHandler, SmppChannel, SmppConfig
+from rassylka.channels.smpp import InboundHandler, ReceiptHandler, SmppChannel, SmppConfig
 from rassylka.channels.smtp import SmtpChannel, SmtpConfig
 from rassylka.config import Settings
 from rassylka.mailings.models import Channel as MailingChannel
 
 
 def open_channels(
-    settings: Settings, *, on_receipt: ReceiptHandler | None = None
+    settings: Settings,
+    *,
+    on_receipt: ReceiptHandler | None = None,
+    on_inbound: InboundHandler | None = None,
 ) -> dict[int, Channel]:
     """The transport of each mailing channel (1 email, 2 SMS); none connects before use.
-    ``on_receipt`` gets the SMSC's delivery receipts."""
+    ``on_receipt`` gets the SMSC's delivery receipts, ``on_inbound`` the texts handsets send."""
     email: Channel = (
         SmtpChannel(SmtpConfig.from_settings(settings))
         if settings.smtp_host
@@ -28,7 +31,9 @@ def open_channels(
     )
     sms: Channel
     if settings.smpp_host:
-        sms = SmppChannel(SmppConfig.from_settings(settings), on_receipt=on_receipt)
+        sms = SmppChannel(
+            SmppConfig.from_settings(settings), on_receipt=on_receipt, on_inbound=on_inbound
+        )
     elif settings.sms_http_url:
         sms = HttpSmsChannel(HttpSmsConfig.from_settings(settings))
     else:

@@ -17,6 +17,10 @@ Sending
     The parts of a concatenated message go one after another, each after the previous one was
     accepted (parts of different messages interleave within the window), so a refused part stops
     the message: the parts after it are never sent, and the message's outcome is that refusal.
+    With ``concatenation="payload"`` a text longer than one SMS goes instead as one submit_sm
+    with an empty short_message and the whole text in ``message_payload`` (TLV 0x0424): the
+    SMSC splits it, one receipt comes for it, and the outcome's ``parts`` still counts the SMS
+    it costs. A text that fits one SMS goes in short_message either way.
 
 Duplicates versus loss
     A submit_sm written to a connection that then dies (or that gets no response within
@@ -55,7 +59,9 @@ Addresses
     (unknown) and NPI 1, which leaves to the SMSC whether it is a national number or a short
     code; anything else is an alphanumeric sender name of up to 11 printable ASCII characters,
     not starting with ``+`` or a space (TON 5, NPI 0); empty lets the SMSC use its default
-    (TON 0, NPI 0). The config refuses any other sender at startup.
+    (TON 0, NPI 0). The config refuses any other sender at startup. A message with its own
+    ``source`` (its project's sender) goes from that one, read the same way; one of no form
+    fails the message (permanent).
 
 Delivery receipts
     Every deliver_sm is answered. A delivery receipt (esm_class message type 0x04, or 0x20 for an
@@ -64,6 +70,11 @@ Delivery receipts
     is awaited without a task of its own), so a receipt the process did not get to store is
     delivered again by the SMSC. If the callback fails, the error is logged and the answer is
     ESME_RX_T_APPN (temporary application error: the SMSC retries).
+
+Inbound texts
+    Any other deliver_sm is a text a handset sent (mobile-originated): decoded into an
+    :class:`InboundSms` and handed to ``on_inbound``, answered the same way once it is done
+    (or with ESME_RX_T_APPN if it failed). Its text is never logged.
 """
 
 from __future__ import annotations
@@ -79,7 +90,7 @@ from collections.abc import Awaitable, Callable, Container, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from rassylka.channels.base import (
     Accepted,
@@ -91,7 +102,15 @@ from rassylka.channels.base import (
     TransientChannelError,
     send_each,
 )
-from rassylka.channels.sms_text import UCS2_DATA_CODING, SmsTooLongError, encode_sms
+from rassylka.channels.sms_text import (
+    ESM_CLASS_DEFAULT,
+    ESM_CLASS_UDHI,
+    GSM7_DATA_CODING,
+    UCS2_DATA_CODING,
+    SmsTooLongError,
+    decode_payload,
+    encode_sms,
+)
 
 if TYPE_CHECKING:
     from rassylka.config import Settings
@@ -649,11 +668,13 @@ def submit_sm_body(
     data_coding: int,
     short_message: bytes,
     registered_delivery: int = 1,
+    tlvs: Sequence[tuple[int, bytes]] = (),
 ) -> bytes:
-    """The body of a submit_sm, the bytes ``encode_body`` makes of ``submit_sm_fields``,
-    written directly: the one PDU built per SMS part. SmppCodecError as it would."""
+    """The body of a submit_sm, the bytes ``encode_body`` makes of ``submit_sm_fields`` (and
+    ``tlvs``), written directly: the one PDU built per SMS part. SmppCodecError as it would."""
     if (
-        len(short_message) > 254
+        tlvs
+        or len(short_message) > 254
         or not 0 <= esm_class <= 0xFF
         or not 0 <= data_coding <= 0xFF
         or not 0 <= registered_delivery <= 0xFF
@@ -669,6 +690,7 @@ def submit_sm_body(
                 short_message=short_message,
                 registered_delivery=registered_delivery,
             ),
+            tlvs,
         )
     # esm_class, protocol_id, priority_flag, schedule_delivery_time, validity_period,
     # registered_delivery, replace_if_present_flag, data_coding, sm_default_msg_id, sm_length.
@@ -802,7 +824,58 @@ def parse_receipt(pdu: Pdu, sent_here: Container[str] = ()) -> DeliveryReceipt |
 
 
 # --------------------------------------------------------------------------------------------
+# Inbound texts (mobile-originated)
+
+IA5_DATA_CODING = 0x01
+LATIN1_DATA_CODING = 0x03
+
+
+@dataclass(frozen=True)
+class InboundSms:
+    """A text a handset sent (a deliver_sm that is not a receipt): from ``source`` (as the
+    SMSC gave it, ``source_ton`` its TON) to ``destination`` (one of our senders), decoded."""
+
+    source: str
+    source_ton: int
+    destination: str
+    text: str
+
+
+InboundHandler = Callable[[InboundSms], Awaitable[None]]
+
+
+def parse_inbound(pdu: Pdu) -> InboundSms:
+    """The text of a mobile-originated deliver_sm: ``short_message`` or else
+    ``message_payload``, without a UDH, decoded by ``data_coding`` (GSM 03.38, UCS-2, IA5,
+    Latin-1; another coding is read as Latin-1)."""
+    raw = pdu.octets("short_message") or pdu.tlv(Tlv.MESSAGE_PAYLOAD) or b""
+    if pdu.number("esm_class") & ESM_CLASS_UDHI and raw:
+        raw = raw[raw[0] + 1 :]
+    coding = pdu.number("data_coding")
+    if coding == UCS2_DATA_CODING:
+        text = raw.decode("utf-16-be", errors="replace")
+    elif coding == GSM7_DATA_CODING:
+        try:
+            text = decode_payload(raw, data_coding=GSM7_DATA_CODING)
+        except ValueError:  # eight-bit octets: an SMSC that sends its default alphabet as Latin-1
+            text = raw.decode("latin-1")
+    elif coding == IA5_DATA_CODING:
+        text = raw.decode("ascii", errors="replace")
+    else:
+        text = raw.decode("latin-1")
+    return InboundSms(
+        source=pdu.text("source_addr"),
+        source_ton=pdu.number("source_addr_ton"),
+        destination=pdu.text("destination_addr"),
+        text=text,
+    )
+
+
+# --------------------------------------------------------------------------------------------
 # Configuration
+
+
+Concatenation = Literal["udh", "payload"]
 
 
 @dataclass(frozen=True)
@@ -814,6 +887,9 @@ class SmppConfig:
     system_type: str = ""
     source_addr: str = ""
     """The sender; see the module's docstring for how its form chooses TON and NPI."""
+    concatenation: Concatenation = "udh"
+    """How a text longer than one SMS goes: ``udh``, parts with a concatenation header each;
+    ``payload``, one submit_sm with the whole text in ``message_payload`` (the SMSC splits)."""
     window: int = 10
     enquire_link_interval: float = 30.0
     timeout: float = 10.0
@@ -824,6 +900,8 @@ class SmppConfig:
     def __post_init__(self) -> None:
         if self.window < 1:
             raise ValueError("SMPP window must be at least 1")
+        if self.concatenation not in ("udh", "payload"):
+            raise ValueError("SMPP concatenation must be udh or payload")
         if min(self.enquire_link_interval, self.timeout, self.reconnect_delay) <= 0:
             raise ValueError("SMPP intervals and timeouts must be positive")
         # The C-octet string sizes of bind_transceiver (SMPP 3.4 4.1.5), NUL excluded.
@@ -844,6 +922,7 @@ class SmppConfig:
             password=settings.smpp_password.get_secret_value(),
             system_type=settings.smpp_system_type,
             source_addr=settings.smpp_source_addr,
+            concatenation=settings.smpp_concatenation,
             window=settings.smpp_window,
             enquire_link_interval=settings.smpp_enquire_link_interval,
             timeout=settings.smpp_timeout,
@@ -867,6 +946,11 @@ _LENGTH = struct.Struct(">I")
 _EMPTY_BODIES = {command: encode_body(command, {}) for command in Command if command.is_response}
 # Peer ids of accepted parts remembered, so a receipt can say its part was sent here.
 _REMEMBER_SENT = 50_000
+# Distinct senders whose address is kept read (one per project that has its own).
+_REMEMBER_SENDERS = 1024
+
+
+_Delivered = TypeVar("_Delivered", DeliveryReceipt, InboundSms)
 
 
 class _NotWritten(Exception):
@@ -894,12 +978,14 @@ class _Session:
         *,
         name: str,
         on_receipt: ReceiptHandler | None,
+        on_inbound: InboundHandler | None = None,
         sent_here: OrderedDict[str, None] | None = None,
     ) -> None:
         self.name = name
         self._reader = reader
         self._writer = writer
         self._on_receipt = on_receipt
+        self._on_inbound = on_inbound
         # The peer ids given in submit_sm_resp lately, oldest first: noted as each response is
         # read, so a receipt read right after it (even in the same chunk) is known as ours.
         self._sent_here: OrderedDict[str, None] = OrderedDict() if sent_here is None else sent_here
@@ -1137,7 +1223,10 @@ class _Session:
             self._send(Pdu(Command.GENERIC_NACK, sequence, error.status))
 
     def _deliver(self, pdu: Pdu) -> None:
-        receipt = parse_receipt(pdu, self._sent_here) if is_receipt(pdu) else None
+        if not is_receipt(pdu):
+            self._inbound(pdu)
+            return
+        receipt = parse_receipt(pdu, self._sent_here)
         if receipt is None:
             logger.info(
                 "SMPP %s: deliver_sm (esm_class 0x%02X) from %r without a receipt to hand over;"
@@ -1151,33 +1240,59 @@ class _Session:
         if self._on_receipt is None:
             self._respond(pdu)
             return
+        self._hand_over(pdu, self._on_receipt, receipt)
+
+    def _inbound(self, pdu: Pdu) -> None:
+        """A text from a handset: to ``on_inbound``; its text is never logged (privacy)."""
+        if self._on_inbound is None:
+            logger.info(
+                "SMPP %s: an inbound text from %r to %r; acknowledged",
+                self.name,
+                pdu.text("source_addr"),
+                pdu.text("destination_addr"),
+            )
+            self._respond(pdu)
+            return
+        self._hand_over(pdu, self._on_inbound, parse_inbound(pdu))
+
+    def _hand_over(
+        self, pdu: Pdu, handler: Callable[[_Delivered], Awaitable[None]], what: _Delivered
+    ) -> None:
+        """Answer ``pdu`` once the awaitable ``handler`` returns for ``what`` is done (not
+        before: what the process did not get to store, the SMSC delivers again)."""
         try:
-            pending = asyncio.ensure_future(self._on_receipt(receipt))
+            pending = asyncio.ensure_future(handler(what))
         except Exception:
-            self._handler_failed(pdu, receipt)
+            self._handler_failed(pdu, what)
             return
         self._receipts.add(pending)
-        pending.add_done_callback(lambda done: self._handed_over(pdu, receipt, done))
+        pending.add_done_callback(lambda done: self._handed_over(pdu, what, done))
 
-    def _handed_over(self, pdu: Pdu, receipt: DeliveryReceipt, done: asyncio.Future[None]) -> None:
-        """The handler finished with ``receipt``: answer its deliver_sm (not if cancelled: the
-        connection is closing, and the SMSC delivers the receipt again)."""
+    def _handed_over(
+        self, pdu: Pdu, what: DeliveryReceipt | InboundSms, done: asyncio.Future[None]
+    ) -> None:
+        """The handler finished with ``what``: answer its deliver_sm (not if cancelled: the
+        connection is closing, and the SMSC delivers it again)."""
         self._receipts.discard(done)
         if done.cancelled():
             return
         error = done.exception()
         if error is not None:
-            self._handler_failed(pdu, receipt, error)
+            self._handler_failed(pdu, what, error)
             return
         self._respond(pdu)
 
     def _handler_failed(
-        self, pdu: Pdu, receipt: DeliveryReceipt, error: BaseException | None = None
+        self, pdu: Pdu, what: DeliveryReceipt | InboundSms, error: BaseException | None = None
     ) -> None:
+        if isinstance(what, DeliveryReceipt):
+            handled = f"on_receipt failed for {what.peer_message_id}"
+        else:  # never the text (privacy)
+            handled = f"on_inbound failed for the text from {what.source!r}"
         logger.error(
-            "SMPP %s: on_receipt failed for %s; answered ESME_RX_T_APPN so the SMSC retries",
+            "SMPP %s: %s; answered ESME_RX_T_APPN so the SMSC retries",
             self.name,
-            receipt.peer_message_id,
+            handled,
             exc_info=error or True,
         )
         self._respond(pdu, CommandStatus.ESME_RX_T_APPN)
@@ -1211,14 +1326,24 @@ class _SendState:
 
 
 class SmppChannel:
-    """The ``Channel`` for SMS over SMPP 3.4; ``on_receipt`` gets every delivery receipt."""
+    """The ``Channel`` for SMS over SMPP 3.4; ``on_receipt`` gets every delivery receipt,
+    ``on_inbound`` every other deliver_sm (a text a handset sent)."""
 
     kind = ChannelKind.SMS
 
-    def __init__(self, config: SmppConfig, *, on_receipt: ReceiptHandler | None = None) -> None:
+    def __init__(
+        self,
+        config: SmppConfig,
+        *,
+        on_receipt: ReceiptHandler | None = None,
+        on_inbound: InboundHandler | None = None,
+    ) -> None:
         self._config = config
         self._on_receipt = on_receipt
+        self._on_inbound = on_inbound
         self._source = source_address(config.source_addr)
+        # The projects' own senders, each read once (a few per deployment).
+        self._senders: dict[str, Address] = {}
         self._window = asyncio.Semaphore(config.window)
         self._session: _Session | None = None
         self._attempt: asyncio.Task[_Session] | None = None
@@ -1267,7 +1392,7 @@ class SmppChannel:
 
     async def _send_one(self, message: OutboundMessage, state: _SendState) -> Outcome:
         try:
-            parts = self._compose(message)
+            parts, segments = self._compose(message)
         except ChannelError as error:
             return error
         total = len(parts)
@@ -1297,16 +1422,18 @@ class SmppChannel:
         return Accepted(
             peer_message_id=part_ids[0] or None,
             reply=_ACCEPTED_REPLY,
-            parts=total,
+            parts=segments,
             part_ids=tuple(part_ids),
         )
 
-    def _compose(self, message: OutboundMessage) -> list[bytes]:
-        """The submit_sm body of each part, encoded; PermanentChannelError if there can be
-        none."""
+    def _compose(self, message: OutboundMessage) -> tuple[list[bytes], int]:
+        """The submit_sm body of each part, encoded, and how many SMS the text costs (the
+        same number but in ``payload`` mode, where one submit_sm carries them all);
+        PermanentChannelError if there can be none."""
         if message.kind is not ChannelKind.SMS:
             raise PermanentChannelError(f"an {message.kind} message cannot go by SMS")
         destination = destination_address(message.to)
+        source = self._source_of(message)
         if not message.text:
             raise PermanentChannelError("the SMS text is empty")
         try:
@@ -1315,6 +1442,21 @@ class SmppChannel:
             raise PermanentChannelError(str(error)) from None
         except ValueError as error:  # a lone surrogate
             raise PermanentChannelError(f"the text cannot go as SMS: {error}") from None
+        segments = len(encoded.parts)
+        if encoded.concatenated and self._config.concatenation == "payload":
+            payload = b"".join(encoded.parts)
+            try:
+                body = submit_sm_body(
+                    source,
+                    destination,
+                    esm_class=ESM_CLASS_DEFAULT,
+                    data_coding=encoded.data_coding,
+                    short_message=b"",
+                    tlvs=((Tlv.MESSAGE_PAYLOAD, payload),),
+                )
+            except SmppCodecError as error:
+                raise PermanentChannelError(f"cannot build submit_sm: {error}") from None
+            return [body], segments
         reference = 0
         if encoded.concatenated:
             reference = self._reference
@@ -1322,16 +1464,32 @@ class SmppChannel:
         try:
             return [
                 submit_sm_body(
-                    self._source,
+                    source,
                     destination,
                     esm_class=encoded.esm_class,
                     data_coding=encoded.data_coding,
                     short_message=short_message,
                 )
                 for short_message in encoded.short_messages(reference=reference)
-            ]
+            ], segments
         except SmppCodecError as error:
             raise PermanentChannelError(f"cannot build submit_sm: {error}") from None
+
+    def _source_of(self, message: OutboundMessage) -> Address:
+        """The message's own sender (its project's) read once per distinct sender, else the
+        configured one."""
+        sender = message.source
+        if sender is None:
+            return self._source
+        address = self._senders.get(sender)
+        if address is None:
+            try:
+                address = source_address(sender)
+            except ValueError as error:
+                raise PermanentChannelError(str(error)) from None
+            if len(self._senders) < _REMEMBER_SENDERS:
+                self._senders[sender] = address
+        return address
 
     async def _submit(self, body: bytes, state: _SendState) -> Pdu:
         """One part's submit_sm, answered; the caller reads the verdict from the answer."""
@@ -1412,7 +1570,12 @@ class SmppChannel:
                     f"cannot connect to the SMSC at {config.host}:{config.port}: {_describe(error)}"
                 ) from None
             session = _Session(
-                reader, writer, name=name, on_receipt=self._on_receipt, sent_here=self._sent
+                reader,
+                writer,
+                name=name,
+                on_receipt=self._on_receipt,
+                on_inbound=self._on_inbound,
+                sent_here=self._sent,
             )
             try:
                 response = await session.request(

@@ -486,6 +486,7 @@ class _Lane:
                 kind=self.kind,
                 to=message.address,
                 text=template.render_sms(context, limits),
+                source=mailing.sms_sender,
             )
         except RenderError as error:
             return _RenderFailure(error.reason)
@@ -775,6 +776,8 @@ class _MailingContext:
     window: SendWindow | None
     dkim: DkimKey | None = None
     """The project's DKIM key, if it signs its email."""
+    sms_sender: str | None = None
+    """The project's own SMS sender; None: the transport's configured one."""
 
 
 @dataclass(frozen=True)
@@ -824,6 +827,7 @@ async def _load_contexts(session: AsyncSession, claimed: Sequence[queue.Claimed]
             ),
             window=_window(mailing),
             dkim=dkim_key_of(project),
+            sms_sender=project.sms_sender or None,
         )
     clients: dict[int, dict[str, Any]] = {}
     if client_ids:

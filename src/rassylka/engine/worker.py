@@ -20,6 +20,7 @@ from rassylka.channels.registry import describe, open_channels
 from rassylka.config import Settings
 from rassylka.db import create_checked_engine, create_sessionmaker
 from rassylka.engine.dispatcher import DispatchConfig, Dispatcher
+from rassylka.engine.inbound import InboundTexts
 from rassylka.engine.listening import listen
 from rassylka.engine.receipts import ReceiptInbox
 from rassylka.engine.scheduler import Scheduler
@@ -83,8 +84,10 @@ class Worker:
         # Receipts the inbox matches later are the SMS transport's: an HTTP provider's
         # callbacks wait in the same table (for the metrics).
         source = "http" if settings.sms_http_url and not settings.smpp_host else "smpp"
-        inbox = ReceiptInbox(create_sessionmaker(engine), source=source)
-        channels = open_channels(settings, on_receipt=inbox.receive)
+        sessionmaker = create_sessionmaker(engine)
+        inbox = ReceiptInbox(sessionmaker, source=source)
+        inbound = InboundTexts.from_settings(sessionmaker, settings)
+        channels = open_channels(settings, on_receipt=inbox.receive, on_inbound=inbound.receive)
         logger.info("sending through %s", describe(channels))
         return cls(
             engine,

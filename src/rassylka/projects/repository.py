@@ -39,3 +39,9 @@ async def add(session: AsyncSession, project: Project) -> Project:
 async def delete(session: AsyncSession, project: Project) -> None:
     await session.delete(project)
     await session.flush()
+
+
+async def sms_senders(session: AsyncSession) -> list[tuple[int, str | None]]:
+    """Every project's id and own SMS sender (None: it sends as the configured one)."""
+    rows = await session.execute(select(Project.id, Project.sms_sender).order_by(Project.id))
+    return [(project_id, sender) for project_id, sender in rows]
