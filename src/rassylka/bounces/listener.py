@@ -1,6 +1,8 @@
 """The inbound SMTP listener for bounces: aiosmtpd's SMTP protocol on the running event loop.
 
-RCPT TO must be a signed VERP address of our bounce domain (else 550, and nothing is read);
+RCPT TO must be a signed VERP address of our bounce domain, or a signed unsubscribe address
+(``unsubscribe+TOKEN@``, the mailto of List-Unsubscribe: unsubscribe/mailto.py) (else 550, and
+nothing is read);
 DATA is parsed as a DSN and applied to the message its address names. Mail that is no DSN
 (auto-replies, junk) is accepted and counted as ignored, so senders do not retry it. A database
 failure answers 451, so the MTA tries again later; nothing a peer sends makes the listener stop.
@@ -25,6 +27,8 @@ from rassylka.bounces.verp import Verp
 from rassylka.config import Settings
 from rassylka.db import create_engine, create_sessionmaker
 from rassylka.metrics import definitions as metrics
+from rassylka.unsubscribe import mailto
+from rassylka.unsubscribe.tokens import Unsubscribe
 
 logger = logging.getLogger(__name__)
 
@@ -40,12 +44,19 @@ class BounceHandler:
 
     ``counts`` says what came in: hard, failed, soft, delivered (by the report's verdict),
     ignored (no DSN, or nothing to say), unknown (a valid token of a message since deleted),
+    unsubscribed (mail to an unsubscribe address, taken),
     rejected (RCPT refused) and errors (answered 451).
     """
 
-    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], verp: Verp) -> None:
+    def __init__(
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        verp: Verp,
+        unsubscribe: Unsubscribe | None = None,
+    ) -> None:
         self._sessionmaker = sessionmaker
         self._verp = verp
+        self._unsubscribe = unsubscribe
         self.counts: Counter[str] = Counter()
         self.in_data = 0
         self.idle = asyncio.Event()
@@ -59,7 +70,7 @@ class BounceHandler:
         address: str,
         rcpt_options: list[str],
     ) -> str:
-        if self._verp.message_id_of(address) is None:
+        if self._verp.message_id_of(address) is None and not self._unsubscribing(address):
             self.counts["rejected"] += 1
             logger.info("bounce refused: %r is not a signed bounce address", address)
             return NO_SUCH_ADDRESS
@@ -76,18 +87,38 @@ class BounceHandler:
             if not self.in_data:
                 self.idle.set()
 
+    async def _unsubscribe_by_mail(self, address: str) -> bool:
+        """The mailto's request taken (False: a database error, answer 451)."""
+        assert self._unsubscribe is not None
+        try:
+            taken = await mailto.take(self._sessionmaker, self._unsubscribe, address)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("recording the unsubscribe mail to %s failed", address)
+            self.counts["errors"] += 1
+            return False
+        self.counts["unsubscribed" if taken else "unknown"] += 1
+        return True
+
     async def handle_exception(self, error: Exception) -> str:
         """Whatever went wrong is ours: the peer hears "later", never our exception's text."""
         logger.error("bounce listener error", exc_info=error)
         self.counts["errors"] += 1
         return TRY_LATER
 
+    def _unsubscribing(self, address: str) -> bool:
+        unsubscribe = self._unsubscribe
+        return unsubscribe is not None and unsubscribe.message_id_of(address) is not None
+
     async def _take(self, envelope: Envelope) -> str:
         report = dsn.parse(envelope.original_content or b"")
         verdict = report.verdict() if report is not None else None
         for address in envelope.rcpt_tos:
             message_id = self._verp.message_id_of(address)
-            if message_id is None:  # checked at RCPT already
+            if message_id is None:  # checked at RCPT already: an unsubscribe address
+                if self._unsubscribe is not None and not await self._unsubscribe_by_mail(address):
+                    return TRY_LATER
                 continue
             if verdict is None:
                 self.counts["ignored"] += 1
@@ -131,8 +162,9 @@ class BounceListener:
         host: str = "127.0.0.1",
         port: int = 2525,
         max_size: int = 10 * 1024 * 1024,
+        unsubscribe: Unsubscribe | None = None,
     ) -> None:
-        self.handler = BounceHandler(sessionmaker, verp)
+        self.handler = BounceHandler(sessionmaker, verp, unsubscribe)
         self.host = host
         self.port = port
         self._verp = verp
@@ -153,6 +185,8 @@ class BounceListener:
             host=settings.bounce_host,
             port=settings.bounce_port,
             max_size=settings.bounce_max_size,
+            # The bounce domain needs RASSYLKA_SECRET_KEY, which then signs the links too.
+            unsubscribe=Unsubscribe.of(settings, b""),
         )
 
     async def start(self) -> None:
