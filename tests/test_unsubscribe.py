@@ -461,3 +461,21 @@ async def test_an_sms_link_opts_out_of_sms_only(
     async with engine.connect() as connection:
         count = await connection.scalar(select(func.count()).select_from(Suppression))
     assert count == 1
+
+
+def test_serve_without_a_public_url_links_to_its_own_address(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from rassylka import cli
+    from rassylka.config import environment_settings
+
+    monkeypatch.delenv("RASSYLKA_PUBLIC_URL", raising=False)
+    try:
+        cli._default_public_url("0.0.0.0", 9001)
+        assert environment_settings().public_base_url == "http://127.0.0.1:9001"
+        monkeypatch.setenv("RASSYLKA_PUBLIC_URL", "https://mail.example.ru")
+        cli._default_public_url("0.0.0.0", 9001)  # a given one is kept
+        environment_settings.cache_clear()
+        assert environment_settings().public_base_url == "https://mail.example.ru"
+    finally:
+        environment_settings.cache_clear()
