@@ -20,7 +20,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from conftest import LiveServer, StartWorker
+from conftest import LiveServer, StartServer, StartWorker
 from helpers import assert_ok, make_project
 from rassylka.bounces.listener import BounceListener
 from rassylka.bounces.verp import Verp
@@ -479,3 +479,30 @@ def test_serve_without_a_public_url_links_to_its_own_address(
         assert environment_settings().public_base_url == "https://mail.example.ru"
     finally:
         environment_settings.cache_clear()
+
+
+async def test_a_broken_or_oversized_body_is_no_one_click(
+    start_server: StartServer, engine: AsyncEngine, start_worker: StartWorker
+) -> None:
+    server = await start_server(max_body_bytes=4096)
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as api:
+        await arrange(api, [client(1, "anna@example.ru")])
+        await start_worker()
+        await until(lambda: all_final(engine))
+        async with engine.connect() as connection:
+            message_id = await connection.scalar(select(func.min(Message.id)))
+        assert message_id is not None
+        key = await stored_key_of(create_sessionmaker(engine))
+        path = Unsubscribe(key, server.url).url(message_id).removeprefix(server.url)
+        big = await api.post(path, data={"List-Unsubscribe": "One-Click", "x": "y" * 10_000})
+        assert big.status_code == 413
+        assert big.json()["code"] == 413
+        assert not (await the_client(engine, "c1")).email_opted_out
+        broken = await api.post(
+            path,
+            content=b"--b\r\nContent-Disposition: form-data\r\n\r\nOne-Click\r\n",
+            headers={"content-type": "multipart/form-data; boundary=b", **HTML},
+        )
+        assert broken.status_code == 200, "the page's answer: a person's browser, say"
+        assert "Вы отписаны" in broken.text
+        assert (await the_client(engine, "c1")).email_opted_out

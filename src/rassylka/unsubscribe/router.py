@@ -18,6 +18,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import HTMLResponse, PlainTextResponse
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from starlette.exceptions import HTTPException
 
 from rassylka.config import get_settings
 from rassylka.errors import error_response
@@ -78,7 +79,9 @@ async def _one_click(request: Request) -> bool:
     multipart); anything else is the page's form, or a person's client."""
     try:
         form = await request.form()
-    except Exception:  # not a form at all (or a broken one): not one-click
+    except HTTPException as error:  # a broken multipart body: not one-click
+        if error.status_code != 400:
+            raise  # 413 from the body limit, for one
         return False
     return str(form.get("List-Unsubscribe", "")).strip().lower() == ONE_CLICK.lower()
 
