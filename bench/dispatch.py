@@ -127,7 +127,10 @@ def built_messages(count: int, kind: ChannelKind = ChannelKind.EMAIL) -> list[Ou
     messages = []
     for i, row in enumerate(client_rows(count, 1)):
         client = {key: value for key, value in row.items() if key not in ("created_at",)}
-        email = template.render_email(context_for(client=client, project=project, mailing=mailing))
+        context = context_for(
+            client=client, project=project, mailing=mailing, unsubscribe_url=f"http://u/{i}"
+        )
+        email = template.render_email(context)
         messages.append(
             OutboundMessage(
                 id=i + 1,

@@ -35,6 +35,7 @@ MODEL_TABLES = {
     "webhook_delivery",
     "api_key",
     "idempotency_key",
+    "installation_key",
 }
 
 

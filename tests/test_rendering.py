@@ -25,7 +25,10 @@ CLIENT: dict[str, Any] = {
     "attributes": {"city": "Москва", "orders": 3},
 }
 CONTEXT = context_for(
-    client=CLIENT, project={"id": 1, "code": "010", "name": "OCM"}, mailing={"id": 7, "name": "M"}
+    client=CLIENT,
+    project={"id": 1, "code": "010", "name": "OCM"},
+    mailing={"id": 7, "name": "M"},
+    unsubscribe_url="https://mail.example.ru/unsubscribe/7-abcdefghijklmnop",
 )
 
 
@@ -42,7 +45,9 @@ def test_email_with_client_project_and_mailing_in_scope() -> None:
 
 
 def test_html_is_escaped_and_text_is_not() -> None:
-    context = context_for(client={**CLIENT, "first_name": "<b>&</b>"}, project={}, mailing={})
+    context = context_for(
+        client={**CLIENT, "first_name": "<b>&</b>"}, project={}, mailing={}, unsubscribe_url=""
+    )
     sources = TemplateSources(email_subject="{{ first_name }}", email_html="{{ first_name }}")
     email = compiled(sources).render_email(context)
     assert email.html == "&lt;b&gt;&amp;&lt;/b&gt;"

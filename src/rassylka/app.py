@@ -42,6 +42,7 @@ from rassylka.metrics.router import router as metrics_router
 from rassylka.projects.router import router as project_router
 from rassylka.suppressions.router import router as suppression_router
 from rassylka.templates.router import router as template_router
+from rassylka.unsubscribe.router import router as unsubscribe_router
 from rassylka.webhooks.router import router as webhook_router
 
 logger = logging.getLogger(__name__)
@@ -161,6 +162,8 @@ def create_app(
     # Called by peers (providers), not by the CRM: each checks its own token, not an API key
     # (access.middleware.OPEN_PATHS).
     app.include_router(delivery_router, dependencies=plain)
+    # Called by recipients (their link's signed token is the key), not by the CRM.
+    app.include_router(unsubscribe_router, dependencies=plain)
     # Behind the API key like the CRM's routes (metrics.router says why); not in the schema.
     app.include_router(metrics_router)
 

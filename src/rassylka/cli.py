@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import os
 from collections.abc import Coroutine
 from typing import Annotated, Any
 
@@ -17,7 +18,7 @@ from rassylka.access import repository as key_repository
 from rassylka.access import service as key_service
 from rassylka.bounces.listener import run_listener
 from rassylka.channels.registry import describe, open_channels
-from rassylka.config import Settings, get_settings
+from rassylka.config import Settings, environment_settings, get_settings
 from rassylka.console.commands import register as register_console_commands
 from rassylka.console.commands import run_guarded
 from rassylka.db import create_engine, create_sessionmaker
@@ -80,6 +81,7 @@ def serve(
 
     Пример: rassylka serve --port 8000
     """
+    _default_public_url(host, port)
     settings = get_settings()
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -94,6 +96,22 @@ def serve(
         port=port,
         log_level="info",
         http=HttpProtocol,
+    )
+
+
+def _default_public_url(host: str, port: int) -> None:
+    """Without ``RASSYLKA_PUBLIC_URL``, unsubscribe links lead to this process as this machine
+    reaches it (the embedded default); said aloud, since recipients elsewhere cannot."""
+    if os.environ.get("RASSYLKA_PUBLIC_URL", "").strip():
+        return
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    if ":" in shown:
+        shown = f"[{shown}]"
+    os.environ["RASSYLKA_PUBLIC_URL"] = url = f"http://{shown}:{port}"
+    environment_settings.cache_clear()
+    console.print(
+        f"[yellow]Внимание:[/] RASSYLKA_PUBLIC_URL не задан — ссылки отписки в письмах ведут на "
+        f"{url}. Задайте адрес, по которому API доступен получателям (https://…)."
     )
 
 

@@ -11,6 +11,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+DEFAULT_PUBLIC_URL = "http://127.0.0.1:8000"
+"""The base of unsubscribe links when ``RASSYLKA_PUBLIC_URL`` is unset: ``serve``'s default."""
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RASSYLKA_", extra="ignore")
@@ -79,8 +82,13 @@ class Settings(BaseSettings):
     bounce_max_size: int = Field(default=10 * 1024 * 1024, ge=1024)
     """Largest DSN the listener takes (bytes); larger gets 552."""
     secret_key: SecretStr | None = None
-    """Signs the VERP tokens (required with a bounce domain) and keys the Message-IDs; the same
-    in every process."""
+    """Signs the VERP tokens (required with a bounce domain) and the unsubscribe links, and
+    keys the Message-IDs; the same in every process. Unset: the links are signed with a key
+    made once and kept in the database (docs/deliverability.md)."""
+    public_url: str | None = None
+    """The base URL recipients reach this API at (``https://mail.example.ru``): unsubscribe
+    links are ``{public_url}/unsubscribe/{token}``. Unset: ``DEFAULT_PUBLIC_URL`` (``rassylka
+    serve`` sets its own address and port), reachable from this machine only."""
 
     # SMS over SMPP 3.4 (a transceiver bind to the SMSC).
     smpp_host: str | None = None
@@ -229,6 +237,21 @@ class Settings(BaseSettings):
                 "the same in every process) to sign bounce addresses"
             )
         return self
+
+    @field_validator("public_url")
+    @classmethod
+    def _base_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        url = value.strip().rstrip("/")
+        if not re.fullmatch(r"https?://[^\s/?#@]+(/[^\s?#]*)?", url):
+            raise ValueError(f"RASSYLKA_PUBLIC_URL must be an http(s) base URL, not {value!r}")
+        return url
+
+    @property
+    def public_base_url(self) -> str:
+        """Where recipients reach the API: ``public_url``, else ``DEFAULT_PUBLIC_URL``."""
+        return self.public_url or DEFAULT_PUBLIC_URL
 
     @field_validator("default_timezone")
     @classmethod

@@ -8,12 +8,14 @@ from rassylka.messages.models import Message, MessageEvent, MessagePart, Receipt
 from rassylka.projects.models import Project
 from rassylka.suppressions.models import Suppression
 from rassylka.templates.models import Template
+from rassylka.unsubscribe.models import InstallationKey
 from rassylka.webhooks.models import Webhook, WebhookDelivery
 
 __all__ = [
     "ApiKey",
     "Client",
     "IdempotencyRecord",
+    "InstallationKey",
     "Mailing",
     "Message",
     "MessageEvent",

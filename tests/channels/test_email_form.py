@@ -224,7 +224,7 @@ def test_settings_carry_reply_to_and_the_key_to_both_email_transports(tmp_path: 
     outbox = OutboxChannel.from_settings(settings, ChannelKind.EMAIL)
     message = SAMPLE["text, ASCII"]
     expected = MessageIds(b"s" * 32).of(message.id, "shop.example.ru")
-    composed = compose(message, sender=outbox._sender)  # type: ignore[arg-type]
+    composed = compose(message, sender=outbox._senders.default)  # type: ignore[union-attr]
     assert composed.message_id == expected
     assert b"Reply-To: " in composed.as_bytes()
 

@@ -32,6 +32,17 @@ OPEN_PATHS = frozenset(
     }
 )
 """Paths answered without an API key (and outside the per-caller rate limit)."""
+UNSUBSCRIBE_PREFIX = "/unsubscribe/"
+"""Recipients' unsubscribe links: without an API key (the signed token in the path is the
+credential), but within the per-address rate limit like the rest of the API."""
+
+
+def _open(path: str) -> bool:
+    return (
+        path in OPEN_PATHS
+        or path.startswith(UNSUBSCRIBE_PREFIX)
+        or dashboard_session.open_path(path)
+    )
 
 
 def _stream_path(path: str) -> bool:
@@ -77,9 +88,10 @@ def _by_address(scope: Scope) -> Caller:
 
 class AuthMiddleware:
     """With any API key in force (stored and not revoked, or in ``RASSYLKA_API_KEYS``), every
-    request but those of ``OPEN_PATHS`` carries one, else 403 in the manual's envelope. Puts
-    the caller into the scope's state (``caller_id``, ``project_scope``, ``project_code``) for
-    the rate limit, the idempotency records and the routers' project checks."""
+    request but those of ``OPEN_PATHS`` and the unsubscribe links carries one, else 403 in the
+    manual's envelope. Puts the caller into the scope's state (``caller_id``,
+    ``project_scope``, ``project_code``) for the rate limit, the idempotency records and the
+    routers' project checks."""
 
     def __init__(self, app: ASGIApp, *, keyring: KeyRing) -> None:
         self.app = app
@@ -91,7 +103,7 @@ class AuthMiddleware:
             return
         caller: Caller | None
         path = scope["path"]
-        if path in OPEN_PATHS or dashboard_session.open_path(path):
+        if _open(path):
             caller = _by_address(scope)
         else:
             try:

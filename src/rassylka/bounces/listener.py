@@ -1,8 +1,10 @@
 """The inbound SMTP listener for bounces: aiosmtpd's SMTP protocol on the running event loop.
 
-RCPT TO must be a signed VERP address of our bounce domain, or ``fbl@`` it for feedback loops
-(else 550, and nothing is read); DATA is parsed as a DSN and applied to the message its address
-names, or as a complaint (ARF, RFC 5965) about the message it names. Mail that is no DSN
+RCPT TO must be a signed VERP address of our bounce domain, ``fbl@`` it for feedback loops, or
+a signed unsubscribe address (``unsubscribe+TOKEN@``, the mailto of List-Unsubscribe:
+unsubscribe/mailto.py) (else 550, and nothing is read). DATA is parsed as a complaint (ARF,
+RFC 5965) about the message it names, else as a DSN applied to the message its address names;
+mail to an unsubscribe address opts its recipient out. Mail that is no DSN
 (auto-replies, junk) is accepted and counted as ignored, so senders do not retry it. A database
 failure answers 451, so the MTA tries again later; nothing a peer sends makes the listener stop.
 
@@ -27,6 +29,8 @@ from rassylka.channels.email_message import MessageIds
 from rassylka.config import Settings
 from rassylka.db import create_engine, create_sessionmaker
 from rassylka.metrics import definitions as metrics
+from rassylka.unsubscribe import mailto
+from rassylka.unsubscribe.tokens import Unsubscribe
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +48,7 @@ class BounceHandler:
     ``counts`` says what came in: hard, failed, soft, delivered (by the report's verdict),
     complaint (a feedback-loop report applied),
     ignored (no DSN, or nothing to say), unknown (a valid token of a message since deleted),
+    unsubscribed (mail to an unsubscribe address, taken),
     rejected (RCPT refused) and errors (answered 451).
     """
 
@@ -52,10 +57,12 @@ class BounceHandler:
         sessionmaker: async_sessionmaker[AsyncSession],
         verp: Verp,
         message_ids: MessageIds | None = None,
+        unsubscribe: Unsubscribe | None = None,
     ) -> None:
         self._sessionmaker = sessionmaker
         self._verp = verp
         self._message_ids = message_ids
+        self._unsubscribe = unsubscribe
         self.counts: Counter[str] = Counter()
         self.in_data = 0
         self.idle = asyncio.Event()
@@ -69,7 +76,11 @@ class BounceHandler:
         address: str,
         rcpt_options: list[str],
     ) -> str:
-        if self._verp.message_id_of(address) is None and not self._is_feedback(address):
+        if (
+            self._verp.message_id_of(address) is None
+            and not self._is_feedback(address)
+            and not self._unsubscribing(address)
+        ):
             self.counts["rejected"] += 1
             logger.info("bounce refused: %r is not a signed bounce address", address)
             return NO_SUCH_ADDRESS
@@ -86,6 +97,20 @@ class BounceHandler:
             if not self.in_data:
                 self.idle.set()
 
+    async def _unsubscribe_by_mail(self, address: str) -> bool:
+        """The mailto's request taken (False: a database error, answer 451)."""
+        assert self._unsubscribe is not None
+        try:
+            taken = await mailto.take(self._sessionmaker, self._unsubscribe, address)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("recording the unsubscribe mail to %s failed", address)
+            self.counts["errors"] += 1
+            return False
+        self.counts["unsubscribed" if taken else "unknown"] += 1
+        return True
+
     async def handle_exception(self, error: Exception) -> str:
         """Whatever went wrong is ours: the peer hears "later", never our exception's text."""
         logger.error("bounce listener error", exc_info=error)
@@ -101,6 +126,10 @@ class BounceHandler:
             and domain.lower() == self._verp.domain
         )
 
+    def _unsubscribing(self, address: str) -> bool:
+        unsubscribe = self._unsubscribe
+        return unsubscribe is not None and unsubscribe.message_id_of(address) is not None
+
     async def _take(self, envelope: Envelope) -> str:
         raw = envelope.original_content or b""
         complaint = arf.parse(raw)
@@ -110,9 +139,12 @@ class BounceHandler:
         verdict = report.verdict() if report is not None else None
         for address in envelope.rcpt_tos:
             message_id = self._verp.message_id_of(address)
-            if message_id is None:  # fbl@: no complaint in it (checked at RCPT already)
-                self.counts["ignored"] += 1
-                logger.info("mail to %s ignored: not a complaint report", address)
+            if message_id is None:  # checked at RCPT already: fbl@ or an unsubscribe address
+                if self._is_feedback(address):
+                    self.counts["ignored"] += 1
+                    logger.info("mail to %s ignored: not a complaint report", address)
+                elif self._unsubscribe is not None and not await self._unsubscribe_by_mail(address):
+                    return TRY_LATER
                 continue
             if verdict is None:
                 self.counts["ignored"] += 1
@@ -189,8 +221,9 @@ class BounceListener:
         port: int = 2525,
         max_size: int = 10 * 1024 * 1024,
         message_ids: MessageIds | None = None,
+        unsubscribe: Unsubscribe | None = None,
     ) -> None:
-        self.handler = BounceHandler(sessionmaker, verp, message_ids)
+        self.handler = BounceHandler(sessionmaker, verp, message_ids, unsubscribe)
         self.host = host
         self.port = port
         self._verp = verp
@@ -214,6 +247,8 @@ class BounceListener:
             message_ids=MessageIds.keyed(settings.secret_key.get_secret_value())
             if settings.secret_key
             else None,
+            # The bounce domain needs RASSYLKA_SECRET_KEY, which then signs the links too.
+            unsubscribe=Unsubscribe.of(settings, b""),
         )
 
     async def start(self) -> None:

@@ -42,6 +42,12 @@ class OutboundMessage:
     """Sign the email with this key (its project's), or send it unsigned."""
     source: str | None = None
     """An SMS's sender (its project's ``sms_sender``); None: the transport's configured one."""
+    sender: str | None = None
+    """The email's From (its project's); None: the channel's own (``RASSYLKA_EMAIL_FROM``)."""
+    reply_to: str | None = None
+    """The email's Reply-To (its project's); None: the channel's own, if any."""
+    unsubscribe: tuple[str, ...] = ()
+    """The email's ``List-Unsubscribe`` URIs (the https link, then a mailto), RFC 2369/8058."""
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,10 @@
 
 :func:`compose` turns an ``OutboundMessage`` into a ``ComposedEmail``: the envelope (sender and
 recipient, internationalised domains in their ASCII form), the message (text/plain, or
-multipart/alternative with an HTML part; UTF-8 bodies; ``Date``, ``Message-ID`` and, when the
-channel has one, ``Reply-To``), and whether it needs SMTPUTF8 (a non-ASCII local part).
+multipart/alternative with an HTML part; UTF-8 bodies; ``Date``, ``Message-ID``, when the
+channel has one, ``Reply-To``, and with the message's unsubscribe URIs ``List-Unsubscribe`` and
+RFC 8058's ``List-Unsubscribe-Post``), and whether it needs SMTPUTF8 (a non-ASCII local part).
+``Senders`` gives each message its From and Reply-To: its project's, else the channel's.
 ``ComposedEmail.as_bytes`` gives its bytes as they go over SMTP, with 8-bit bodies or, for a
 server without 8BITMIME, encoded to 7 bits. The Message-ID is the message row's, the same on
 every attempt (``MessageIds``).
@@ -273,6 +275,40 @@ def parse_sender(
         ) from error
 
 
+class Senders:
+    """A channel's sender and those of the projects with their own From or Reply-To, each
+    parsed once; a project's unusable address fails its messages, not the channel."""
+
+    _MAX_CACHED: Final = 1024
+
+    def __init__(
+        self, sender: str, *, reply_to: str | None = None, message_ids: MessageIds | None = None
+    ) -> None:
+        self.default = parse_sender(sender, reply_to=reply_to, message_ids=message_ids)
+        self._sender = sender
+        self._reply_to = reply_to
+        self._message_ids = message_ids
+        self._own: dict[tuple[str, str | None], Sender | str] = {}
+
+    def of(self, message: OutboundMessage) -> Sender:
+        """The message's sender; ``PermanentChannelError`` if its project's is unusable."""
+        if message.sender is None and message.reply_to is None:
+            return self.default
+        key = (message.sender or self._sender, message.reply_to or self._reply_to)
+        found = self._own.get(key)
+        if found is None:
+            try:
+                found = parse_sender(key[0], reply_to=key[1], message_ids=self._message_ids)
+            except PermanentChannelError as error:
+                found = error.reply
+            if len(self._own) >= self._MAX_CACHED:
+                self._own.clear()
+            self._own[key] = found
+        if isinstance(found, str):
+            raise PermanentChannelError(found)
+        return found
+
+
 def compose(message: OutboundMessage, *, sender: Sender | str) -> ComposedEmail:
     """The MIME message for ``message`` from ``sender`` (a ``parse_sender`` result, or text).
 
@@ -297,6 +333,8 @@ def compose(message: OutboundMessage, *, sender: Sender | str) -> ComposedEmail:
             headers["subject"] = _unstructured("Subject", message.subject)
         headers["date"] = b"Date: %s\r\n" % _date().encode()
         headers["message-id"] = b"Message-ID: %s\r\n" % message_id.encode()
+        if message.unsubscribe:
+            headers.update(_list_unsubscribe(message.unsubscribe))
         for name, value in message.headers.items():
             if not _FIELD_NAME.match(name) or _RESERVED_HEADERS.match(name):
                 raise PermanentChannelError(f"header {name!r} cannot be set on a message")
@@ -326,6 +364,20 @@ def compose(message: OutboundMessage, *, sender: Sender | str) -> ComposedEmail:
         bodies=bodies,
         boundary=boundary,
     )
+
+
+def _list_unsubscribe(uris: tuple[str, ...]) -> dict[str, bytes]:
+    """``List-Unsubscribe`` (RFC 2369) with ``uris``, and ``List-Unsubscribe-Post`` (RFC 8058:
+    a POST to the link unsubscribes at once) when one of them is an http(s) link."""
+    for uri in uris:
+        if not uri.isascii() or not uri.isprintable() or any(c in uri for c in " <>,"):
+            raise PermanentChannelError(f"unsubscribe URI {uri!r} cannot go in a header")
+    tokens = [f"<{uri}>," for uri in uris]
+    tokens[-1] = tokens[-1][:-1]
+    headers = {"list-unsubscribe": _fold("List-Unsubscribe", tokens).encode()}
+    if any(uri.startswith(("https://", "http://")) for uri in uris):
+        headers["list-unsubscribe-post"] = b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"
+    return headers
 
 
 class _HeaderTooLong(Exception):

@@ -50,11 +50,10 @@ from rassylka.channels.base import (
     PermanentChannelError,
     TransientChannelError,
 )
-from rassylka.channels.email_message import MessageIds, compose, parse_sender
+from rassylka.channels.email_message import MessageIds, Senders, compose
 from rassylka.channels.sms_text import SmsTooLongError, encode_sms
 
 if TYPE_CHECKING:
-    from rassylka.channels.email_message import Sender
     from rassylka.config import Settings
 
 EMAIL_DIRECTORY = "email"
@@ -96,9 +95,9 @@ class OutboxChannel:
         self._sms_source = sms_source
         self._directory = Path(directory).absolute()
         self._clock = clock
-        self._sender: Sender | None = None
+        self._senders: Senders | None = None
         if self.kind is ChannelKind.EMAIL:
-            self._sender = parse_sender(sender, reply_to=reply_to, message_ids=message_ids)
+            self._senders = Senders(sender, reply_to=reply_to, message_ids=message_ids)
         self._hard_links = True
         self._sms_lock = asyncio.Lock()
 
@@ -144,12 +143,12 @@ class OutboxChannel:
         """Nothing stays open between batches."""
 
     def _write_emails(self, messages: list[OutboundMessage]) -> list[Outcome]:
-        assert self._sender is not None
+        assert self._senders is not None
         outcomes: list[Outcome] = []
         written: dict[Path, list[int]] = {}  # directory → indexes of the files written there
         for message in messages:
             try:
-                composed = compose(message, sender=self._sender)
+                composed = compose(message, sender=self._senders.of(message))
                 data = composed.as_bytes()
                 if message.dkim is not None:
                     data = dkim.sign(data, message.dkim)

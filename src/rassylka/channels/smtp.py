@@ -27,7 +27,7 @@ from rassylka.channels.base import (
     TransientChannelError,
     send_each,
 )
-from rassylka.channels.email_message import ComposedEmail, MessageIds, compose, parse_sender
+from rassylka.channels.email_message import ComposedEmail, MessageIds, Senders, compose
 from rassylka.channels.smtp_client import (
     ClientConfig,
     Reply,
@@ -59,7 +59,8 @@ class SmtpConfig:
     pool_size: int = 4
     timeout: float = 30.0
     sender: str = "Rassylka <rassylka@localhost>"
-    """The From header; its address is also the envelope sender (where bounces go)..."""
+    """The From header of a project without its own; its address (the project's when it has
+    one) is also the envelope sender (where bounces go)..."""
     verp: Verp | None = None
     """...unless bounces are taken in: then each message's own signed VERP address is."""
     reply_to: str | None = None
@@ -100,12 +101,10 @@ class SmtpChannel:
         if config.pool_size < 1:
             raise ValueError("pool_size must be at least 1")
         self._config = config
-        sender = parse_sender(
+        # The From (and Reply-To) of each message: its project's, else the channel's.
+        self._senders = Senders(
             config.sender, reply_to=config.reply_to, message_ids=config.message_ids
         )
-        self._sender = sender.addr_spec
-        self._sender_utf8 = sender.utf8
-        self._from_header = sender
         client_config = ClientConfig(
             host=config.host,
             port=config.port,
@@ -165,7 +164,7 @@ class SmtpChannel:
             self._idle.give(client)
 
     def _composed(self, message: OutboundMessage) -> ComposedEmail:
-        envelope = compose(message, sender=self._from_header)
+        envelope = compose(message, sender=self._senders.of(message))
         verp = self._config.verp
         if verp is not None:
             envelope = replace(
@@ -290,7 +289,7 @@ class SmtpChannel:
         for address in (envelope.sender, envelope.recipient):
             if "\r" in address or "\n" in address:
                 raise PermanentChannelError(f"a line break in the address {address!r}")
-        utf8 = envelope.utf8 or self._sender_utf8
+        utf8 = envelope.utf8  # the recipient's, From's or Reply-To's local part
         if utf8 and not client.supports("SMTPUTF8"):
             raise PermanentChannelError(
                 f"{envelope.recipient} needs SMTPUTF8, which the server does not offer"

@@ -81,6 +81,11 @@ class Tally:
         self.events.append(event)
         self.seen += 1
 
+    def note(self, event: dict[str, Any]) -> None:
+        """An event that changes no count (an opt-out): listed among the latest only."""
+        self.events.append(event)
+        self.seen += 1
+
     def rate(self) -> float:
         """Messages handed to a peer per second, over the last ``RATE_WINDOW`` seconds."""
         cutoff = time.monotonic() - RATE_WINDOW
@@ -197,6 +202,8 @@ async def watch(
         ):
             if name == "status":
                 tally.apply(data)
+            elif name == "unsubscribed":  # a recipient opted out; no status changed
+                tally.note(data)
 
     async def poll() -> None:
         synced = time.monotonic()

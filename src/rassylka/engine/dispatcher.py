@@ -43,7 +43,7 @@ from rassylka.channels.base import (
 )
 from rassylka.channels.dkim import DkimKey
 from rassylka.clients.models import Client
-from rassylka.config import Settings
+from rassylka.config import DEFAULT_PUBLIC_URL, Settings
 from rassylka.db import utcnow
 from rassylka.engine.outage import Backoff, is_away
 from rassylka.engine.ratelimit import RateLimiter
@@ -76,6 +76,7 @@ from rassylka.templates.rendering import (
     compiled,
     context_for,
 )
+from rassylka.unsubscribe.tokens import Unsubscribe, stored_key_of
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +102,12 @@ class DispatchConfig:
     error_rate_threshold: float = 0.5
     error_rate_window: int = 50
     render: RenderLimits = field(default_factory=RenderLimits)
+    public_url: str = DEFAULT_PUBLIC_URL
+    """The base of unsubscribe links (``RASSYLKA_PUBLIC_URL``)."""
+    secret_key: str | None = None
+    """Signs the unsubscribe links; None: the key stored in the database."""
+    bounce_domain: str | None = None
+    """Where the unsubscribe mailto goes (its listener takes it); None: no mailto."""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DispatchConfig:
@@ -122,6 +129,9 @@ class DispatchConfig:
             render=RenderLimits(
                 max_bytes=settings.max_render_bytes, max_seconds=settings.max_render_seconds
             ),
+            public_url=settings.public_base_url,
+            secret_key=settings.secret_key.get_secret_value() if settings.secret_key else None,
+            bounce_domain=settings.bounce_domain,
         )
 
 
@@ -203,10 +213,21 @@ class Dispatcher:
         self._paused: set[int] = set()
         self._pauses_to_write: dict[int, str] = {}
         self._paused_at: dict[int, float] = {}
+        self._unsubscribe: Unsubscribe | None = None
 
     @property
     def config(self) -> DispatchConfig:
         return self._config
+
+    async def unsubscribe(self) -> Unsubscribe:
+        """How this installation signs unsubscribe links (the stored key read once)."""
+        if self._unsubscribe is None:
+            config = self._config
+            key = config.secret_key.encode() if config.secret_key else b""
+            if not key:
+                key = await stored_key_of(self._sessionmaker)
+            self._unsubscribe = Unsubscribe(key, config.public_url, config.bounce_domain)
+        return self._unsubscribe
 
     def wake(self) -> None:
         for lane in self._lanes:
@@ -417,6 +438,8 @@ class _Lane:
         claimed_at = time.monotonic()
         now = self.dispatcher.clock()
         lease_until = now + timedelta(seconds=self.dispatcher.config.lease)
+        # Before the claim's transaction: reading the stored key is a transaction of its own.
+        unsubscribe = await self.dispatcher.unsubscribe()
         async with self._sessionmaker() as session, session.begin():
             claimed = await queue.claim(
                 session,
@@ -439,7 +462,7 @@ class _Lane:
             if opening is not None:
                 deferrals.append(queue.Deferral(message.id, opening))
                 continue
-            rendered = self._render(message, contexts)
+            rendered = self._render(message, contexts, unsubscribe)
             if isinstance(rendered, _RenderFailure):
                 failures.append((message, rendered))
             else:
@@ -456,7 +479,7 @@ class _Lane:
         return len(claimed)
 
     def _render(
-        self, message: queue.Claimed, contexts: _Contexts
+        self, message: queue.Claimed, contexts: _Contexts, unsubscribe: Unsubscribe
     ) -> OutboundMessage | _RenderFailure:
         mailing = contexts.mailings.get(message.mailing_id)
         client = contexts.clients.get(message.client_id) if message.client_id else None
@@ -466,7 +489,12 @@ class _Lane:
             return _RenderFailure(CLIENT_GONE)
         template, context = (
             mailing.template,
-            context_for(client=client, project=mailing.project, mailing=mailing.fields),
+            context_for(
+                client=client,
+                project=mailing.project,
+                mailing=mailing.fields,
+                unsubscribe_url=unsubscribe.url(message.id),
+            ),
         )
         limits = self.dispatcher.config.render
         try:
@@ -480,6 +508,9 @@ class _Lane:
                     text=email.text,
                     html=email.html,
                     dkim=mailing.dkim,
+                    sender=mailing.email_from,
+                    reply_to=mailing.email_reply_to,
+                    unsubscribe=unsubscribe.uris(message.id),
                 )
             return OutboundMessage(
                 id=message.id,
@@ -778,6 +809,9 @@ class _MailingContext:
     """The project's DKIM key, if it signs its email."""
     sms_sender: str | None = None
     """The project's own SMS sender; None: the transport's configured one."""
+    email_from: str | None = None
+    email_reply_to: str | None = None
+    """The project's own From and Reply-To, if it has them."""
 
 
 @dataclass(frozen=True)
@@ -828,6 +862,8 @@ async def _load_contexts(session: AsyncSession, claimed: Sequence[queue.Claimed]
             window=_window(mailing),
             dkim=dkim_key_of(project),
             sms_sender=project.sms_sender or None,
+            email_from=project.email_from,
+            email_reply_to=project.email_reply_to,
         )
     clients: dict[int, dict[str, Any]] = {}
     if client_ids:

@@ -89,6 +89,12 @@ class Worker:
         inbound = InboundTexts.from_settings(sessionmaker, settings)
         channels = open_channels(settings, on_receipt=inbox.receive, on_inbound=inbound.receive)
         logger.info("sending through %s", describe(channels))
+        if settings.public_url is None:
+            logger.warning(
+                "RASSYLKA_PUBLIC_URL is not set: unsubscribe links point at %s, which "
+                "recipients cannot reach; set the https address of the API",
+                settings.public_base_url,
+            )
         return cls(
             engine,
             channels,

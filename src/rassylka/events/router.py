@@ -20,6 +20,7 @@ from rassylka.events.bus import EventHub
 from rassylka.events.schemas import StatusEvent
 from rassylka.events.stream import StreamFilter, status_events
 from rassylka.mailings import service as mailing_service
+from rassylka.messages.models import UNSUBSCRIBED
 from rassylka.projects import service as project_service
 from rassylka.schemas import MAX_ID
 
@@ -30,7 +31,9 @@ SHUTDOWN_GRACE = 2.0
 SEND_TIMEOUT = 30.0
 
 DESCRIPTION = """Server-Sent Events: каждое изменение статуса сообщения —
-`id: <номер события>`, `event: status`, `data: <JSON события>`.
+`id: <номер события>`, `event: status`, `data: <JSON события>`. Отписка получателя по ссылке,
+в один клик или письмом — `event: unsubscribed` с тем же JSON (`"status": "unsubscribed"`,
+`old_status` — статус сообщения, который не меняется).
 
 Откуда начинать: заголовок `Last-Event-ID` (его шлёт EventSource при переподключении), иначе
 `last_event_id` в строке запроса, иначе `since` (например, `since=0` — вся история); без них —
@@ -52,10 +55,11 @@ RECONNECT_DATA: dict[str, Any] = {
 }
 STREAM_EVENT: dict[str, Any] = {
     "type": "object",
-    "description": "Событие потока: status — изменение статуса сообщения; reconnect —"
-    " последнее, после него клиент переподключается с Last-Event-ID",
+    "description": "Событие потока: status — изменение статуса сообщения; unsubscribed —"
+    " получатель отписался от канала по этому сообщению; reconnect — последнее, после него"
+    " клиент переподключается с Last-Event-ID",
     "properties": {
-        "event": {"type": "string", "enum": ["status", "reconnect"]},
+        "event": {"type": "string", "enum": ["status", UNSUBSCRIBED, "reconnect"]},
         "id": {"type": "string", "pattern": "^[0-9]+$"},
         "data": {
             "type": "string",

@@ -8,6 +8,11 @@ Wire format, one SSE message per event::
     event: status
     data: {"id": 1234, "message_id": ..., "status": "sent", ...}
 
+An event that changes no status — a recipient opting out through the message
+(``"status": "unsubscribed"``, ``old_status`` the message's status, which stays) — comes as
+``event: unsubscribed`` with the same ``data``: a reader counting statuses by ``event:
+status`` is not misled, one that wants opt-outs listens for it.
+
 The first message is a comment carrying ``retry:`` (the reconnection delay for EventSource).
 The last, when the server ends the stream, is ``event: reconnect`` with ``retry:`` and the
 cursor as ``id:``, so an EventSource reconnects and resumes with ``Last-Event-ID``.
@@ -28,6 +33,7 @@ from sse_starlette import ServerSentEvent
 from rassylka.events import repository
 from rassylka.events.bus import BATCH, EventHub, Subscription
 from rassylka.events.schemas import StatusEvent
+from rassylka.messages.models import UNSUBSCRIBED
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +82,7 @@ async def status_events(
                     # Caught up: the hub's shared read has everything after the cursor.
                     for event, data in fresh.events:
                         if event.id > cursor and only.matches(event):
-                            yield _status(event.id, data)
+                            yield _status(event, data)
                     cursor = fresh.upto
                 elif behind or cursor < fresh.after:
                     # Behind (a replay, or a client slower than the events): its own reads.
@@ -85,7 +91,7 @@ async def status_events(
                         failed = True
                     else:
                         for event in batch.events:
-                            yield _status(event.id, event.model_dump_json())
+                            yield _status(event, event.model_dump_json())
                         cursor = batch.upto
                         more = behind = batch.more
                 if subscription.closed_because is not None:
@@ -136,8 +142,9 @@ async def _read(hub: EventHub, cursor: int, only: StreamFilter) -> _Batch | None
     return _Batch(events, upto, more=False)
 
 
-def _status(event_id: int, data: str) -> ServerSentEvent:
-    return ServerSentEvent(data=data, event="status", id=str(event_id))
+def _status(event: StatusEvent, data: str) -> ServerSentEvent:
+    name = UNSUBSCRIBED if event.status == UNSUBSCRIBED else "status"
+    return ServerSentEvent(data=data, event=name, id=str(event.id))
 
 
 def _goodbye(cursor: int, reason: str) -> ServerSentEvent:

@@ -207,11 +207,22 @@ def compiled(sources: TemplateSources) -> CompiledTemplate:
 
 
 def context_for(
-    *, client: Mapping[str, Any], project: Mapping[str, Any], mailing: Mapping[str, Any]
+    *,
+    client: Mapping[str, Any],
+    project: Mapping[str, Any],
+    mailing: Mapping[str, Any],
+    unsubscribe_url: str,
 ) -> dict[str, Any]:
-    """What a template sees: ``client``, ``project``, ``mailing``, and the client's fields
-    at the top level too (``{{ first_name }}``, ``{{ attributes.city }}``)."""
-    return {**client, "client": client, "project": project, "mailing": mailing}
+    """What a template sees: ``client``, ``project``, ``mailing``, the client's fields at the
+    top level too (``{{ first_name }}``, ``{{ attributes.city }}``), and ``unsubscribe_url``,
+    the message's own link that opts the recipient out of its channel."""
+    return {
+        **client,
+        "client": client,
+        "project": project,
+        "mailing": mailing,
+        "unsubscribe_url": unsubscribe_url,
+    }
 
 
 # Where the HTML breaks the text: a paragraph (a blank line) or a line. Text inside the

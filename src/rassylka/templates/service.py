@@ -28,6 +28,7 @@ from rassylka.templates.rendering import (
     context_for,
 )
 from rassylka.templates.schemas import TemplateCreate, TemplateUpdate
+from rassylka.unsubscribe.tokens import PATH, SAMPLE_TOKEN
 
 CONTENT_FIELDS = ("email_subject", "email_html", "email_text", "sms_text")
 
@@ -81,6 +82,11 @@ def sample_client() -> dict[str, Any]:
     }
 
 
+def sample_unsubscribe_url() -> str:
+    """A preview's ``{{ unsubscribe_url }}``: a link as long as a real one, to no one's page."""
+    return f"{get_settings().public_base_url}{PATH}{SAMPLE_TOKEN}"
+
+
 def preview_context(*, client: Client | None, project: Project) -> dict[str, Any]:
     """What the template sees when sent to ``client`` (the sample client if None) of
     ``project`` by a mailing (a sample one: a preview has none)."""
@@ -91,7 +97,12 @@ def preview_context(*, client: Client | None, project: Project) -> dict[str, Any
         fields["tags"] = fields["tags"] or []
         fields["attributes"] = fields["attributes"] or {}
     shown = {"id": project.id, "code": project.code, "name": project.name}
-    return context_for(client=fields, project=shown, mailing=dict(SAMPLE_MAILING))
+    return context_for(
+        client=fields,
+        project=shown,
+        mailing=dict(SAMPLE_MAILING),
+        unsubscribe_url=sample_unsubscribe_url(),
+    )
 
 
 @dataclass(frozen=True)
@@ -120,7 +131,12 @@ async def preview(sources: TemplateSources, *, context: dict[str, Any]) -> Previ
 
 def _sample_context() -> dict[str, Any]:
     project = {"id": 1, "code": "sample", "name": "Проект"}
-    return context_for(client=sample_client(), project=project, mailing=dict(SAMPLE_MAILING))
+    return context_for(
+        client=sample_client(),
+        project=project,
+        mailing=dict(SAMPLE_MAILING),
+        unsubscribe_url=sample_unsubscribe_url(),
+    )
 
 
 async def budget_problems(template: Template) -> list[FieldError]:

@@ -17,15 +17,18 @@ from pydantic import (
 )
 
 from rassylka.events.schemas import StatusEvent
-from rassylka.messages.models import MessageStatus
+from rassylka.messages.models import UNSUBSCRIBED, MessageStatus
 from rassylka.schemas import EntityId, ReadModel, RequestModel, UpdateModel
 from rassylka.webhooks.models import URL_LENGTH, DeliveryStatus
 
 ALL_EVENTS = "*"
 EVENT_TYPE = "message.status"
+UNSUBSCRIBED_TYPE = "message.unsubscribed"
+"""The type of an ``unsubscribed`` event's delivery: a recipient opted out, no status changed."""
 MIN_SECRET = 16
 MAX_DESCRIPTION = 1000
-STATUS_ORDER = list(MessageStatus)
+# What a webhook may ask for: the statuses in their lifecycle order, then the opt-out.
+STATUS_ORDER: list[str] = [*MessageStatus, UNSUBSCRIBED]
 
 
 def _check_url(value: str) -> str:
@@ -79,7 +82,8 @@ Description = Annotated[
 ]
 EVENTS_DESCRIPTION = (
     "Статусы сообщений, о которых сообщать (queued, sending, sent, delivered, undelivered,"
-    ' bounced, failed, expired, skipped); не указано или ["*"] — обо всех'
+    " bounced, failed, expired, skipped) и unsubscribed — отписка получателя (тип"
+    ' message.unsubscribed); не указано или ["*"] — обо всех'
 )
 
 
@@ -183,5 +187,6 @@ def delivery_body(event: StatusEvent) -> str:
     """The JSON POSTed for an event: compact, UTF-8, fixed once and sent byte for byte on every
     attempt (the signature covers these exact bytes)."""
     data = event.model_dump(mode="json")
-    payload = {"id": event.id, "type": EVENT_TYPE, "created_at": data["created_at"], "data": data}
+    kind = UNSUBSCRIBED_TYPE if event.status == UNSUBSCRIBED else EVENT_TYPE
+    payload = {"id": event.id, "type": kind, "created_at": data["created_at"], "data": data}
     return json.dumps(payload, ensure_ascii=False, separators=(",", ":"))

@@ -196,7 +196,7 @@
     list.prepend(eventItem(event));
     while (list.children.length > config.latest_shown) list.lastElementChild.remove();
     $("#events-empty").hidden = true;
-    if (event.old_status === "sending") sends.push(Date.now());
+    if (event.old_status === "sending" && event.status !== "unsubscribed") sends.push(Date.now());
     if (event.status === "failed" || event.old_status === "failed") failedDirty = true;
     soon();
   }
@@ -217,6 +217,7 @@
     const source = new EventSource(`/mailing/${id}/events?last_event_id=${lastEventId}`);
     source.addEventListener("open", () => streamState("Обновление: подключено"));
     source.addEventListener("status", onStatus);
+    source.addEventListener("unsubscribed", onStatus);  // listed; it changes no status
     source.addEventListener("reconnect", () => {
       // The server ends a stream now and then (its lifetime, a restart); EventSource comes
       // back by itself, resuming after the last id with Last-Event-ID.
