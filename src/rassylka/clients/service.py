@@ -17,7 +17,7 @@ from rassylka.clients.importing import (
     ValidRow,
     row_fields,
 )
-from rassylka.clients.models import Client
+from rassylka.clients.models import Client, Consent
 from rassylka.clients.schemas import (
     ClientCreate,
     ClientUpdate,
@@ -56,7 +56,9 @@ async def create(
     """
     fields = data.model_dump(exclude={"project"})
     fields["phone_timezone"] = phone_zone(data.phone)
-    consent_stamps(fields, data.model_fields_set, utcnow())
+    # A new client's consent is unknown unless given: only another value is a change to stamp.
+    changed = {name for name in data.model_fields_set if fields.get(name) != Consent.UNKNOWN}
+    consent_stamps(fields, changed, utcnow())
     code, number = project_service.reference_keys(data.project)
     for _ in range(2):  # a taken guid may be freed between the insert and the check
         if not contact_problems(email=data.email, phone=data.phone):
