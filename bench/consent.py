@@ -21,9 +21,11 @@ What it does, on PostgreSQL (a scratch database of its own, created and dropped)
      with their creation events);
    - ``advertising, cap 2``: both conditions;
 
-3. prints per size and mode the median seconds, messages/s and queued/skipped counts, and
-   last the judged figure: the counting cap's seconds over the baseline's at the largest size
-   (target ≤ 1.5: a cap may cost at most half a run more).
+3. prints per size and mode the median seconds, messages/s, the CPU time of the PostgreSQL
+   backends that served the tick (steadier than wall time on a shared machine), each over the
+   baseline's, and the queued/skipped counts; last the judged figure: the counting cap's
+   seconds over the baseline's at the largest size (target ≤ 1.5: a cap may cost at most half
+   a run more).
 
     .venv/bin/python bench/consent.py [--sizes 10000,100000] [--runs 3] [--postgres-url URL]
 
@@ -167,19 +169,21 @@ def main() -> None:
     )
     header = (
         f"{'messages':>10}  {'mode':<20}{'seconds':>9}{'msg/s':>10}{'× service':>11}"
-        f"{'queued':>9}{'skipped':>9}"
+        f"{'db CPU s':>10}{'× service':>11}{'queued':>9}{'skipped':>9}"
     )
     print(header)
     print("-" * len(header))
     for count, by_mode in measured.items():
         base_seconds = statistics.median(r["seconds"] for r in by_mode[BASELINE])
+        base_cpu = statistics.median(r["backend_cpu"] for r in by_mode[BASELINE]) or 0.01
         for mode, results in by_mode.items():
             seconds = statistics.median(r["seconds"] for r in results)
+            cpu = statistics.median(r["backend_cpu"] for r in results)
             last = results[-1]["counts"]
             print(
                 f"{count:>10,}  {mode:<20}{seconds:>9.2f}{count / seconds:>10,.0f}"
-                f"{seconds / base_seconds:>11.2f}{last.get('queued', 0):>9,}"
-                f"{last.get('skipped', 0):>9,}"
+                f"{seconds / base_seconds:>11.2f}{cpu:>10.2f}{cpu / base_cpu:>11.2f}"
+                f"{last.get('queued', 0):>9,}{last.get('skipped', 0):>9,}"
             )
     largest = max(measured)
     judged = statistics.median(r["seconds"] for r in measured[largest][JUDGED])
