@@ -3,6 +3,7 @@ caps: through the API and the import, and what materialising a run makes of them
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -15,6 +16,7 @@ from helpers import assert_error, assert_ok, fields, make_project, make_template
 from rassylka.clients.models import Client
 from rassylka.messages.models import Message, Run
 from smtp_peer import SmtpPeer
+from test_dashboard_data import post_form
 from test_dispatcher import all_final, until
 from test_materialize import messages, start
 
@@ -514,3 +516,62 @@ async def test_only_consenting_clients_receive_an_advertising_mailing_over_smtp(
     assert found[("yes@example.ru", 1)][0] == "sent"
     assert found[("no@example.ru", 1)] == ("skipped", "Нет согласия на рекламу по email")
     assert found[("unknown@example.ru", 1)] == ("skipped", "Нет согласия на рекламу по email")
+
+
+# -- the dashboard ---------------------------------------------------------------------------
+
+
+async def test_the_dashboard_edits_consent_and_opt_outs_and_sets_the_kind(
+    api: httpx.AsyncClient,
+) -> None:
+    project_id, template_id = await setup(
+        api, [person("a", email_consent="granted", email_consent_source="сайт")]
+    )
+    client_id = int((await by_guid(api, "a"))["id"])
+    stamped = (await read_client(api, client_id))["email_consent_at"]
+    card = await api.get(f"/ui/client/{client_id}")
+    assert card.status_code == 200
+    assert re.search(r'<option value="granted"\s+selected>', card.text)
+    assert 'value="сайт"' in card.text
+    assert "Отписался от писем проекта" in card.text
+
+    saved = await post_form(
+        api,
+        f"/ui/client/{client_id}",
+        {
+            "guid": "a",
+            "first_name": "Имя",
+            "last_name": "Фамилия",
+            "email": "a@example.ru",
+            "email_consent": "granted",  # unchanged: its moment stays
+            "email_consent_source": "сайт",
+            "sms_consent": "denied",
+            "sms_consent_source": "звонок",
+            "sms_opted_out": "on",
+        },
+    )
+    assert saved.status_code == 303, saved.text
+    stored = await read_client(api, client_id)
+    assert stored["email_consent_at"] == stamped
+    assert (stored["sms_consent"], stored["sms_consent_source"]) == ("denied", "звонок")
+    assert stored["sms_consent_at"] is not None
+    assert (stored["sms_opted_out"], stored["email_opted_out"]) == (True, False)
+    assert "без SMS" in (await api.get(f"/ui/project/{project_id}/clients")).text
+
+    made = await post_form(
+        api,
+        f"/ui/project/{project_id}/mailings",
+        {
+            "name": "Акция",
+            "template_id": str(template_id),
+            "channels": "email",
+            "kind": "advertising",
+            "when": "now",
+            "start": "0",
+        },
+    )
+    assert made.status_code == 303, made.text
+    mailing_id = int(made.headers["location"].split("/")[-1])
+    assert assert_ok(await api.get(f"/mailing/{mailing_id}"), 200)["kind"] == "advertising"
+    page = await api.get(f"/ui/mailing/{mailing_id}")
+    assert "рекламная (только с согласием на канал)" in page.text
