@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from conftest import StartWorker
 from helpers import assert_error, assert_ok, fields, make_project, make_template
 from rassylka.clients.models import Client
-from rassylka.messages.models import Message, Run
+from rassylka.messages.models import Message, MessageEvent, Run
 from smtp_peer import SmtpPeer
 from test_dashboard_data import post_form
 from test_dispatcher import all_final, until
@@ -575,3 +575,30 @@ async def test_the_dashboard_edits_consent_and_opt_outs_and_sets_the_kind(
     assert assert_ok(await api.get(f"/mailing/{mailing_id}"), 200)["kind"] == "advertising"
     page = await api.get(f"/ui/mailing/{mailing_id}")
     assert "рекламная (только с согласием на канал)" in page.text
+
+
+async def test_opting_out_of_everything_and_a_channel_at_once_skips_each_message_once(
+    api: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    project_id, template_id = await setup(api, [person("a"), person("b")])
+    await mailing(api, project_id, template_id)
+    await start(engine)
+    a = await by_guid(api, "a")
+    assert_ok(
+        await api.put(f"/client/{a['id']}/update", json={"opted_out": True, "sms_opted_out": True})
+    )
+    found = await messages(engine)
+    assert found[("a@example.ru", 1)] == ("skipped", "Клиент отказался от рассылок")
+    assert found[(person("a")["phone"], 2)] == ("skipped", "Клиент отказался от рассылок")
+    assert found[("b@example.ru", 1)] == ("queued", None)
+    async with engine.connect() as connection:
+        events = (
+            await connection.execute(
+                select(MessageEvent.message_id, MessageEvent.status)
+                .join(Message, Message.id == MessageEvent.message_id)
+                .where(Message.client_id == a["id"])
+                .order_by(MessageEvent.id)
+            )
+        ).all()
+    assert [status for _, status in events] == ["skipped", "skipped"]
+    assert len({message_id for message_id, _ in events}) == 2

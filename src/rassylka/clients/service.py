@@ -30,6 +30,7 @@ from rassylka.errors import Conflict, NotFound, ValidationFailed
 from rassylka.mailings.models import Channel
 from rassylka.messages import queue
 from rassylka.messages import repository as message_repository
+from rassylka.messages.models import MessageStatus
 from rassylka.messages.repository import OPTED_OUT, OPTED_OUT_OF
 from rassylka.projects import service as project_service
 from rassylka.scheduling import phone_zone
@@ -109,26 +110,13 @@ async def update(session: AsyncSession, *, client_id: int, data: ClientUpdate) -
     if "phone" in changes:
         client.phone_timezone = phone_zone(client.phone)
     await session.flush()
-    if changes.get("opted_out"):
-        await queue.skip_queued(
-            session,
-            project_id=client.project_id,
-            reason=OPTED_OUT,
-            now=utcnow(),
-            opted_out=True,
-            client_id=client.id,
-        )
-    for channel, field in OPTED_OUT_OF_CHANNEL.items():
-        if changes.get(field):
-            await queue.skip_queued(
-                session,
-                project_id=client.project_id,
-                reason=OPTED_OUT_OF[channel],
-                now=utcnow(),
-                opted_out=True,
-                client_id=client.id,
-                channel=channel,
-            )
+    await _skip_opted_out(
+        session,
+        project_id=client.project_id,
+        client_id=client.id,
+        everything=bool(changes.get("opted_out")),
+        channels=[channel for channel, field in OPTED_OUT_OF_CHANNEL.items() if changes.get(field)],
+    )
     return client
 
 
@@ -226,24 +214,60 @@ async def upsert(
                 )
             )
     updated -= created
-    if any("opted_out" in row.given and row.values[ROW_OPTED_OUT] for row in latest.values()):
-        await queue.skip_queued(
-            session, project_id=project_id, reason=OPTED_OUT, now=utcnow(), opted_out=True
-        )
-    for channel, field, index in (
-        (Channel.EMAIL, "email_opted_out", ROW_EMAIL_OPTED_OUT),
-        (Channel.SMS, "sms_opted_out", ROW_SMS_OPTED_OUT),
-    ):
-        if any(field in row.given and row.values[index] for row in latest.values()):
-            await queue.skip_queued(
-                session,
-                project_id=project_id,
-                reason=OPTED_OUT_OF[channel],
-                now=utcnow(),
-                opted_out=True,
-                channel=channel,
+    await _skip_opted_out(
+        session,
+        project_id=project_id,
+        client_id=None,
+        everything=any(
+            "opted_out" in row.given and row.values[ROW_OPTED_OUT] for row in latest.values()
+        ),
+        channels=[
+            channel
+            for channel, field, index in (
+                (Channel.EMAIL, "email_opted_out", ROW_EMAIL_OPTED_OUT),
+                (Channel.SMS, "sms_opted_out", ROW_SMS_OPTED_OUT),
             )
+            if any(field in row.given and row.values[index] for row in latest.values())
+        ],
+    )
     return created, updated
+
+
+async def _skip_opted_out(
+    session: AsyncSession,
+    *,
+    project_id: int,
+    client_id: int | None,
+    everything: bool,
+    channels: Sequence[Channel],
+) -> None:
+    """Skip what is queued for the project's clients (one, or all) now opted out of
+    ``everything`` or of ``channels``, each with its reason; the events once, last."""
+    now = utcnow()
+    skipped: list[int] = []
+    if everything:
+        skipped += await queue.mark_skipped(
+            session,
+            project_id=project_id,
+            reason=OPTED_OUT,
+            now=now,
+            opted_out=True,
+            client_id=client_id,
+        )
+    for channel in channels:
+        skipped += await queue.mark_skipped(
+            session,
+            project_id=project_id,
+            reason=OPTED_OUT_OF[channel],
+            now=now,
+            opted_out=True,
+            client_id=client_id,
+            channel=channel,
+        )
+    if skipped:
+        await queue.log_events(
+            session, ids=sorted(skipped), old_status=MessageStatus.QUEUED, now=now
+        )
 
 
 async def _ensure_guid_free(session: AsyncSession, *, project_id: int, guid: str) -> None:
