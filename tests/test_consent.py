@@ -137,6 +137,8 @@ async def test_bad_consent_values_are_refused_in_russian(api: httpx.AsyncClient)
         ({"sms_consent": 1}, "sms_consent"),
         ({"email_consent": "granted", "email_consent_at": future}, "email_consent_at"),
         ({"sms_consent_source": "x" * 256}, "sms_consent_source"),
+        ({"sms_consent_at": "0001-01-01T00:00:00+01:00"}, "sms_consent_at"),
+        ({"sms_consent_at": "не дата"}, "sms_consent_at"),
         ({"email_consent": None}, "email_consent"),
         ({"sms_opted_out": None}, "sms_opted_out"),
         ({"email_opted_out": "может быть"}, "email_opted_out"),

@@ -167,7 +167,10 @@ def _parse_consent(value: Any) -> Any:
 
 def _check_consent_at(value: datetime) -> datetime:
     """A moment in UTC (one without an offset is read as UTC), not in the future."""
-    moment = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    try:
+        moment = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00+01:00: before the first moment there is
+        raise ValueError("Момент согласия вне допустимого диапазона") from None
     if moment > datetime.now(UTC) + CLOCK_SKEW:
         raise ValueError("Момент согласия не может быть в будущем")
     return moment
