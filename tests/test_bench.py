@@ -38,6 +38,7 @@ NO_DATABASE = {"smtp_transport.py", "compose.py", "dkim_sign.py"}
         ("schedule_latency.py", ["--tiny"], "p99 ÷ 1 s"),
         ("sms_e2e.py", ["--tiny"], "messages/s with every receipt recorded"),
         ("materialize.py", ["--sizes", "1000", "--runs", "1"], "seconds per 1M messages ÷ 10 s"),
+        ("consent.py", ["--sizes", "1000", "--runs", "1"], "cap's seconds ÷ no cap's"),
     ],
 )
 def test_a_benchmark_runs_in_its_tiny_mode(

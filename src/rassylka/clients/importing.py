@@ -27,6 +27,7 @@ from rassylka.clients.schemas import (
     contact_problems,
     phone_and_zone,
 )
+from rassylka.db import utcnow
 from rassylka.errors import FieldError, ValidationFailed, details_from_pydantic
 from rassylka.scheduling import phone_zone
 
@@ -39,6 +40,8 @@ ROW_COLUMNS = (*UPSERT_COLUMNS, "guid")
 ``tags`` and ``attributes`` are JSON text."""
 ROW_GUID = ROW_COLUMNS.index("guid")
 ROW_OPTED_OUT = ROW_COLUMNS.index("opted_out")
+ROW_EMAIL_OPTED_OUT = ROW_COLUMNS.index("email_opted_out")
+ROW_SMS_OPTED_OUT = ROW_COLUMNS.index("sms_opted_out")
 _to_json = json.JSONEncoder(ensure_ascii=False).encode
 """``json.dumps(value, ensure_ascii=False)`` without making an encoder per call."""
 
@@ -100,6 +103,7 @@ def check_rows(rows: Iterable[tuple[int, Any]], *, limit: int | None = None) -> 
     ``TooManyRows`` is raised.
     """
     checked = CheckedRows()
+    now = utcnow()  # the moment of a consent given without one
     shared: dict[Any, Any] = {}  # one copy of each set of fields, tag list, zone name
     count = 0
     for number, raw in rows:
@@ -129,6 +133,11 @@ def check_rows(rows: Iterable[tuple[int, Any]], *, limit: int | None = None) -> 
             continue
         given = frozenset(client.model_fields_set)
         tags = _to_json(client.tags)
+        email_consent_at, sms_consent_at = client.email_consent_at, client.sms_consent_at
+        if email_consent_at is None and "email_consent" in given:
+            email_consent_at = now
+        if sms_consent_at is None and "sms_consent" in given:
+            sms_consent_at = now
         values = (
             client.first_name,
             client.last_name,
@@ -139,6 +148,14 @@ def check_rows(rows: Iterable[tuple[int, Any]], *, limit: int | None = None) -> 
             shared.setdefault(tags, tags),
             _to_json(client.attributes),
             client.opted_out,
+            client.email_opted_out,
+            client.sms_opted_out,
+            client.email_consent,
+            email_consent_at,
+            client.email_consent_source,
+            client.sms_consent,
+            sms_consent_at,
+            client.sms_consent_source,
             zone,
             client.guid,
         )

@@ -33,6 +33,14 @@ CREATE_COLUMNS = (
     "tags",
     "attributes",
     "opted_out",
+    "email_opted_out",
+    "sms_opted_out",
+    "email_consent",
+    "email_consent_at",
+    "email_consent_source",
+    "sms_consent",
+    "sms_consent_at",
+    "sms_consent_source",
     "phone_timezone",
     "created_at",
     "updated_at",
@@ -162,6 +170,10 @@ _PG_TYPES = {
     "tags": "json",
     "attributes": "json",
     "opted_out": "boolean",
+    "email_opted_out": "boolean",
+    "sms_opted_out": "boolean",
+    "email_consent_at": "timestamptz",
+    "sms_consent_at": "timestamptz",
     "created_at": "timestamptz",
 }
 _ARRAY_TYPES = {"tags": "text", "attributes": "text"}
@@ -407,6 +419,38 @@ async def delete(session: AsyncSession, client: Client) -> None:
 COPY_COLUMNS = (*UPSERT_COLUMNS, "guid", "batch")
 """The import's staging table (PostgreSQL): a client's columns and the batch of rows that
 carry the same fields (they change the same columns of an existing client)."""
+_COPIED = (*UPSERT_COLUMNS, "guid")
+_COPY_TYPES = {
+    "opted_out": "boolean",
+    "email_opted_out": "boolean",
+    "sms_opted_out": "boolean",
+    "email_consent_at": "timestamptz",
+    "sms_consent_at": "timestamptz",
+    "batch": "integer",
+}
+
+
+def _assignments(update: Collection[str]) -> list[str]:
+    """``SET`` items of an upsert for the columns a batch carries (see ``stamped_moments``)."""
+    assignments = [f"{column} = excluded.{column}" for column in UPSERT_COLUMNS if column in update]
+    for moment, consent in stamped_moments(update):
+        assignments.append(
+            f"{moment} = CASE WHEN client.{consent} = excluded.{consent}"
+            f" THEN client.{moment} ELSE excluded.{moment} END"
+        )
+    return assignments
+
+
+def stamped_moments(update: Collection[str]) -> list[tuple[str, str]]:
+    """(moment column, consent column) of each consent a batch carries without its moment:
+    its rows hold the moment they were checked (``importing.check_rows``), which replaces
+    the stored one only when the consent changes, so a CRM that sends the same consent again
+    does not move when it was given."""
+    return [
+        (f"{channel}_consent_at", f"{channel}_consent")
+        for channel in ("email", "sms")
+        if f"{channel}_consent" in update and f"{channel}_consent_at" not in update
+    ]
 
 
 async def copy_upsert(
@@ -428,9 +472,8 @@ async def copy_upsert(
     assert raw is not None
     await raw.execute(
         "CREATE TEMPORARY TABLE client_import ("
-        " first_name text, last_name text, middle_name text, email text, phone text,"
-        " timezone text, tags text, attributes text, opted_out boolean, phone_timezone text,"
-        " guid text, batch integer) ON COMMIT DROP"
+        + ", ".join(f"{name} {_COPY_TYPES.get(name, 'text')}" for name in COPY_COLUMNS)
+        + ") ON COMMIT DROP"
     )
     await raw.copy_records_to_table(
         "client_import",
@@ -440,16 +483,13 @@ async def copy_upsert(
     created = 0
     now = utcnow()
     for number, (update, _) in enumerate(batches):
-        changed = [column for column in UPSERT_COLUMNS if column in update]
-        assignments = ", ".join(f"{column} = excluded.{column}" for column in changed)
+        assignments = ", ".join(_assignments(update))
         created += await raw.fetchval(
             "WITH stored AS ("
-            " INSERT INTO client (project_id, guid, first_name, last_name, middle_name, email,"
-            "  phone, timezone, tags, attributes, opted_out, phone_timezone, created_at,"
-            "  updated_at)"
-            " SELECT $1::bigint, guid, first_name, last_name, middle_name, email, phone,"
-            "  timezone, tags::json, attributes::json, opted_out, phone_timezone,"
-            "  $2::timestamptz, $2::timestamptz"
+            f" INSERT INTO client (project_id, {', '.join(_COPIED)}, created_at, updated_at)"
+            " SELECT $1::bigint, "
+            + ", ".join(f"{name}::json" if name in _ARRAY_TYPES else name for name in _COPIED)
+            + ", $2::timestamptz, $2::timestamptz"
             " FROM client_import WHERE batch = $3::integer"
             " ON CONFLICT (project_id, guid) DO UPDATE SET"
             f" {assignments + ', ' if assignments else ''}updated_at = excluded.updated_at"
@@ -490,6 +530,16 @@ async def upsert_many(
         index_elements=[CLIENT_TABLE.c.project_id, CLIENT_TABLE.c.guid],
         set_={
             **{column: statement.excluded[column] for column in UPSERT_COLUMNS if column in update},
+            **{
+                moment: case(
+                    (
+                        CLIENT_TABLE.c[consent] == statement.excluded[consent],
+                        CLIENT_TABLE.c[moment],
+                    ),
+                    else_=statement.excluded[moment],
+                )
+                for moment, consent in stamped_moments(update)
+            },
             "updated_at": statement.excluded.updated_at,
         },
     ).returning(CLIENT_TABLE.c.guid, CLIENT_TABLE.c.created_at)

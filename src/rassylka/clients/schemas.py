@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Annotated, Any
 
@@ -16,8 +16,16 @@ from email_validator.rfc_constants import (
     LOCAL_PART_MAX_LENGTH,
 )
 from phonenumbers import PhoneMetadata
-from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    Field,
+    StringConstraints,
+    WithJsonSchema,
+)
 
+from rassylka.clients.models import Consent
 from rassylka.config import get_settings
 from rassylka.errors import FieldError
 from rassylka.scheduling.zones import number_zone
@@ -146,6 +154,35 @@ def _parse_flag(value: Any) -> Any:
     return value
 
 
+CONSENT_VALUES = tuple(consent.value for consent in Consent)
+CLOCK_SKEW = timedelta(minutes=1)
+"""How far ahead of ours a CRM's clock may be when it stamps a consent "now"."""
+
+
+def _parse_consent(value: Any) -> Any:
+    if isinstance(value, str) and value.strip().lower() in CONSENT_VALUES:
+        return value.strip().lower()
+    raise ValueError("Согласие: granted (дано), denied (отозвано) или unknown (неизвестно)")
+
+
+def _check_consent_at(value: datetime) -> datetime:
+    """A moment in UTC (one without an offset is read as UTC), not in the future."""
+    try:
+        moment = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00+01:00: before the first moment there is
+        raise ValueError("Момент согласия вне допустимого диапазона") from None
+    if moment > datetime.now(UTC) + CLOCK_SKEW:
+        raise ValueError("Момент согласия не может быть в будущем")
+    return moment
+
+
+def consent_stamps(fields: dict[str, Any], given: Any, now: datetime) -> None:
+    """A consent given without its moment gets ``now`` (the moment it is recorded)."""
+    for channel in ("email", "sms"):
+        if f"{channel}_consent" in given and f"{channel}_consent_at" not in given:
+            fields[f"{channel}_consent_at"] = now
+
+
 def contact_problems(*, email: str | None, phone: str | None) -> list[FieldError]:
     """Why a client cannot be reached, if it has neither an email nor a phone."""
     if email or phone:
@@ -165,6 +202,13 @@ Phone = Annotated[
 Tag = Annotated[str, StringConstraints(max_length=64)]
 Tags = Annotated[list[Tag], AfterValidator(_clean_tags)]
 Flag = Annotated[bool, BeforeValidator(_parse_flag)]
+ConsentValue = Annotated[
+    str,
+    BeforeValidator(_parse_consent),
+    WithJsonSchema({"type": "string", "enum": list(CONSENT_VALUES)}),
+]
+ConsentMoment = Annotated[datetime, AfterValidator(_check_consent_at)]
+ConsentSource = Annotated[str, StringConstraints(strip_whitespace=True, max_length=255)]
 
 
 def _check_attributes(attributes: Any) -> Any:
@@ -207,6 +251,32 @@ class ClientFields(RequestModel):
         description="Клиент отказался от рассылок: его сообщения пропускаются (skipped)",
         examples=[False],
     )
+    email_opted_out: Flag = Field(
+        default=False, description="Клиент отписался от писем проекта (и сервисных тоже)"
+    )
+    sms_opted_out: Flag = Field(
+        default=False, description="Клиент отписался от SMS проекта (и сервисных тоже)"
+    )
+    email_consent: ConsentValue = Field(
+        default=Consent.UNKNOWN.value,
+        description="Согласие на рекламу по email (38-ФЗ ст. 18): granted, denied или unknown",
+    )
+    email_consent_at: ConsentMoment | None = Field(
+        default=None, description="Когда согласие дано или отозвано; по умолчанию — сейчас"
+    )
+    email_consent_source: ConsentSource | None = Field(
+        default=None, description="Откуда согласие (форма на сайте, договор…)"
+    )
+    sms_consent: ConsentValue = Field(
+        default=Consent.UNKNOWN.value,
+        description="Согласие на рекламу по SMS (38-ФЗ ст. 18): granted, denied или unknown",
+    )
+    sms_consent_at: ConsentMoment | None = Field(
+        default=None, description="Когда согласие дано или отозвано; по умолчанию — сейчас"
+    )
+    sms_consent_source: ConsentSource | None = Field(
+        default=None, description="Откуда согласие (форма на сайте, договор…)"
+    )
 
 
 class ImportFields(ClientFields):
@@ -237,6 +307,14 @@ class ClientUpdate(UpdateModel):
     tags: Tags | None = None
     attributes: Attributes | None = None
     opted_out: Flag | None = None
+    email_opted_out: Flag | None = None
+    sms_opted_out: Flag | None = None
+    email_consent: ConsentValue | None = None
+    email_consent_at: ConsentMoment | None = None
+    email_consent_source: ConsentSource | None = None
+    sms_consent: ConsentValue | None = None
+    sms_consent_at: ConsentMoment | None = None
+    sms_consent_source: ConsentSource | None = None
 
 
 class ClientRead(ReadModel):
@@ -252,6 +330,14 @@ class ClientRead(ReadModel):
     tags: list[str]
     attributes: dict[str, Any]
     opted_out: bool
+    email_opted_out: bool
+    sms_opted_out: bool
+    email_consent: str
+    email_consent_at: datetime | None
+    email_consent_source: str | None
+    sms_consent: str
+    sms_consent_at: datetime | None
+    sms_consent_source: str | None
     created_at: datetime
     updated_at: datetime
 

@@ -9,23 +9,36 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from rassylka.clients import repository
-from rassylka.clients.importing import ROW_GUID, ROW_OPTED_OUT, ValidRow, row_fields
-from rassylka.clients.models import Client
+from rassylka.clients.importing import (
+    ROW_EMAIL_OPTED_OUT,
+    ROW_GUID,
+    ROW_OPTED_OUT,
+    ROW_SMS_OPTED_OUT,
+    ValidRow,
+    row_fields,
+)
+from rassylka.clients.models import Client, Consent
 from rassylka.clients.schemas import (
     ClientCreate,
     ClientUpdate,
+    consent_stamps,
     contact_problems,
     normalize_phone,
 )
 from rassylka.db import utcnow
 from rassylka.errors import Conflict, NotFound, ValidationFailed
+from rassylka.mailings.models import Channel
 from rassylka.messages import queue
 from rassylka.messages import repository as message_repository
-from rassylka.messages.repository import OPTED_OUT
+from rassylka.messages.models import MessageStatus
+from rassylka.messages.repository import OPTED_OUT, OPTED_OUT_OF
 from rassylka.projects import service as project_service
 from rassylka.scheduling import phone_zone
 
 IMPORT_CHUNK = 5000
+OPTED_OUT_OF_CHANNEL = {Channel.EMAIL: "email_opted_out", Channel.SMS: "sms_opted_out"}
+"""A client's opt-out of each channel: setting it skips what is queued for them there;
+clearing it sends them that channel's messages again (a suppression of the address stays)."""
 
 # Also the answer to a key of another project (access.scope): the same, to reveal nothing.
 NOT_FOUND = "Клиент {} не найден"
@@ -44,6 +57,9 @@ async def create(
     """
     fields = data.model_dump(exclude={"project"})
     fields["phone_timezone"] = phone_zone(data.phone)
+    # A new client's consent is unknown unless given: only another value is a change to stamp.
+    changed = {name for name in data.model_fields_set if fields.get(name) != Consent.UNKNOWN}
+    consent_stamps(fields, changed, utcnow())
     code, number = project_service.reference_keys(data.project)
     for _ in range(2):  # a taken guid may be freed between the insert and the check
         if not contact_problems(email=data.email, phone=data.phone):
@@ -72,9 +88,17 @@ async def update(session: AsyncSession, *, client_id: int, data: ClientUpdate) -
         "tags",
         "attributes",
         "opted_out",
+        *OPTED_OUT_OF_CHANNEL.values(),
+        "email_consent",
+        "sms_consent",
     ):
         if required in changes and changes[required] is None:
             raise ValidationFailed.on(required, "Поле нельзя очистить")
+    for prefix in ("email", "sms"):  # a consent that changes without its moment: now
+        consent = f"{prefix}_consent"
+        if consent in changes and changes[consent] == getattr(client, consent):
+            del changes[consent]
+    consent_stamps(changes, set(changes), utcnow())
     if "guid" in changes and changes["guid"] != client.guid:
         await _ensure_guid_free(session, project_id=client.project_id, guid=changes["guid"])
     email = changes.get("email", client.email)
@@ -86,15 +110,13 @@ async def update(session: AsyncSession, *, client_id: int, data: ClientUpdate) -
     if "phone" in changes:
         client.phone_timezone = phone_zone(client.phone)
     await session.flush()
-    if changes.get("opted_out"):
-        await queue.skip_queued(
-            session,
-            project_id=client.project_id,
-            reason=OPTED_OUT,
-            now=utcnow(),
-            opted_out=True,
-            client_id=client.id,
-        )
+    await _skip_opted_out(
+        session,
+        project_id=client.project_id,
+        client_id=client.id,
+        everything=bool(changes.get("opted_out")),
+        channels=[channel for channel, field in OPTED_OUT_OF_CHANNEL.items() if changes.get(field)],
+    )
     return client
 
 
@@ -192,11 +214,60 @@ async def upsert(
                 )
             )
     updated -= created
-    if any("opted_out" in row.given and row.values[ROW_OPTED_OUT] for row in latest.values()):
-        await queue.skip_queued(
-            session, project_id=project_id, reason=OPTED_OUT, now=utcnow(), opted_out=True
-        )
+    await _skip_opted_out(
+        session,
+        project_id=project_id,
+        client_id=None,
+        everything=any(
+            "opted_out" in row.given and row.values[ROW_OPTED_OUT] for row in latest.values()
+        ),
+        channels=[
+            channel
+            for channel, field, index in (
+                (Channel.EMAIL, "email_opted_out", ROW_EMAIL_OPTED_OUT),
+                (Channel.SMS, "sms_opted_out", ROW_SMS_OPTED_OUT),
+            )
+            if any(field in row.given and row.values[index] for row in latest.values())
+        ],
+    )
     return created, updated
+
+
+async def _skip_opted_out(
+    session: AsyncSession,
+    *,
+    project_id: int,
+    client_id: int | None,
+    everything: bool,
+    channels: Sequence[Channel],
+) -> None:
+    """Skip what is queued for the project's clients (one, or all) now opted out of
+    ``everything`` or of ``channels``, each with its reason; the events once, last."""
+    now = utcnow()
+    skipped: list[int] = []
+    if everything:
+        skipped += await queue.mark_skipped(
+            session,
+            project_id=project_id,
+            reason=OPTED_OUT,
+            now=now,
+            opted_out=True,
+            client_id=client_id,
+        )
+    for channel in channels:
+        skipped += await queue.mark_skipped(
+            session,
+            project_id=project_id,
+            reason=OPTED_OUT_OF[channel],
+            now=now,
+            opted_out=True,
+            client_id=client_id,
+            channel=channel,
+        )
+    if skipped:
+        await queue.log_events(
+            session, ids=sorted(skipped), old_status=MessageStatus.QUEUED, now=now
+        )
 
 
 async def _ensure_guid_free(session: AsyncSession, *, project_id: int, guid: str) -> None:

@@ -81,6 +81,12 @@ def _fields(values: dict[str, Any]) -> tuple[dict[str, Any], list[FieldError]]:
                     FieldError(field="attributes", message='Ожидается объект JSON: {"имя": …}')
                 )
     data["opted_out"] = "opted_out" in values
+    for prefix in ("email", "sms"):
+        data[f"{prefix}_opted_out"] = f"{prefix}_opted_out" in values
+        if f"{prefix}_consent" in values:
+            data[f"{prefix}_consent"] = values[f"{prefix}_consent"]
+        if f"{prefix}_consent_source" in values:
+            data[f"{prefix}_consent_source"] = str(values[f"{prefix}_consent_source"]) or None
     return data, problems
 
 
@@ -93,6 +99,11 @@ def _shown(client: Client) -> dict[str, Any]:
     )
     if client.opted_out:
         values["opted_out"] = "on"
+    for prefix in ("email", "sms"):
+        values[f"{prefix}_consent"] = getattr(client, f"{prefix}_consent")
+        values[f"{prefix}_consent_source"] = getattr(client, f"{prefix}_consent_source") or ""
+        if getattr(client, f"{prefix}_opted_out"):
+            values[f"{prefix}_opted_out"] = "on"
     return values
 
 

@@ -190,7 +190,7 @@ def request_of(
         "project_id": project_id,
         "status": int(MailingStatus.ACTIVE) if values.get("start") == "1" else 0,
     }
-    for name in ("name", "template_id", "timezone"):
+    for name in ("name", "template_id", "timezone", "kind"):
         if name in values:
             body[name] = values[name]
     # No box ticked: the schema's own message ("Укажите хотя бы один канал…").

@@ -17,7 +17,7 @@ from pydantic import (
 )
 
 from rassylka.mailings.audience import Audience
-from rassylka.mailings.models import Channel, MailingStatus
+from rassylka.mailings.models import Channel, MailingKind, MailingStatus
 from rassylka.schemas import EntityId, Name, ReadModel, RequestModel, TimeZoneName, UpdateModel
 
 _CHANNEL_NAMES = {"email": Channel.EMAIL, "sms": Channel.SMS}
@@ -116,6 +116,29 @@ Event = Annotated[
 Status = Annotated[int, AfterValidator(_check_status)]
 
 
+def _check_kind(value: Any) -> Any:
+    if isinstance(value, str) and value.strip().lower() in MailingKind._value2member_map_:
+        return value.strip().lower()
+    raise ValueError(
+        "Допустимые виды: advertising — реклама (только с согласием),"
+        " service — сервисная (всем, кто не отписался)"
+    )
+
+
+Kind = Annotated[
+    Literal["advertising", "service"],
+    BeforeValidator(_check_kind),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "enum": ["advertising", "service"],
+            "description": "advertising — реклама (38-ФЗ ст. 18: только клиентам с согласием);"
+            " service — сервисная (всем, кто не отписался от канала)",
+        }
+    ),
+]
+
+
 class ScheduleIn(RequestModel):
     """A recurring schedule: exactly one of ``cron`` and ``rrule``, in the mailing's zone."""
 
@@ -179,6 +202,11 @@ class MailingCreate(RequestModel):
         examples=[1],
     )
     channels: Channels
+    kind: Kind = Field(
+        default="service",
+        description="Вид: advertising — реклама, только клиентам с согласием на канал;"
+        " service — сервисная (по умолчанию)",
+    )
     event: Event | None = Field(
         default=None,
         description="Момент разовой рассылки или начало повторений; по умолчанию — сейчас",
@@ -203,6 +231,7 @@ class MailingUpdate(UpdateModel):
     template_id: EntityId | None = None
     status: Status | None = None
     channels: Channels | None = None
+    kind: Kind | None = None
     event: Event | None = None
     timezone: TimeZoneName | None = None
     schedule: ScheduleIn | None = None
@@ -221,6 +250,7 @@ class MailingRead(ReadModel):
         default=None, description="Почему сервис сам сменил статус (например, пауза из-за ошибок)"
     )
     channels: list[int]
+    kind: str = Field(default="service", description="advertising или service")
     event: str
     timezone: str
     schedule: dict[str, Any] | None = Field(

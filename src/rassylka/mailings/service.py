@@ -65,6 +65,7 @@ async def create(session: AsyncSession, *, data: MailingCreate) -> Mailing:
         name=data.name,
         status=data.status,
         channels=data.channels,
+        kind=data.kind,
         timezone=timezone,
         send_window=window,
         audience=_dump(data.audience),

@@ -636,7 +636,7 @@ async def not_sending(
     return set(rows)
 
 
-async def skip_queued(
+async def mark_skipped(
     session: AsyncSession,
     *,
     project_id: int,
@@ -647,11 +647,13 @@ async def skip_queued(
     client_id: int | None = None,
     channel: int | None = None,
     or_clients: Sequence[int] = (),
-) -> int:
-    """Skip the queued messages of a project that may no longer go: to a newly suppressed
+) -> list[int]:
+    """Mark skipped the queued messages of a project that may no longer go: to a newly suppressed
     ``address``, or (``opted_out``) to clients who opted out — one client or all of them; with
     ``channel``, only that channel's messages, and opted out means out of that channel. With
-    ``or_clients``, the messages to ``address`` or to those clients."""
+    ``or_clients``, the messages to ``address`` or to those clients. Their ids; no events
+    (``skip_queued`` writes them): a transaction that skips for several reasons writes all its
+    events once, after every message update."""
     of_project = select(MAILING.c.id).where(MAILING.c.project_id == project_id)
     where = [MESSAGE.c.status == MessageStatus.QUEUED, MESSAGE.c.mailing_id.in_(of_project)]
     if address is not None:
@@ -677,7 +679,33 @@ async def skip_queued(
     )
     rows = result.all()
     metrics.on_commit(session, ((channel, MessageStatus.SKIPPED) for _, channel in rows))
-    ids = [row[0] for row in rows]
+    return [row[0] for row in rows]
+
+
+async def skip_queued(
+    session: AsyncSession,
+    *,
+    project_id: int,
+    reason: str,
+    now: datetime,
+    address: str | None = None,
+    opted_out: bool = False,
+    client_id: int | None = None,
+    channel: int | None = None,
+    or_clients: Sequence[int] = (),
+) -> int:
+    """``mark_skipped``, then the skipped messages' events (the transaction's last rows)."""
+    ids = await mark_skipped(
+        session,
+        project_id=project_id,
+        reason=reason,
+        now=now,
+        address=address,
+        opted_out=opted_out,
+        client_id=client_id,
+        channel=channel,
+        or_clients=or_clients,
+    )
     await log_events(session, ids=ids, old_status=MessageStatus.QUEUED, now=now)
     return len(ids)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import (
@@ -32,9 +32,9 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from rassylka.clients.models import Client
+from rassylka.clients.models import Client, Consent
 from rassylka.db import UTCDateTime
-from rassylka.mailings.models import Channel
+from rassylka.mailings.models import Channel, Mailing, MailingKind
 from rassylka.messages import queue
 from rassylka.messages.models import Message, MessageEvent, MessageStatus, Run, RunStatus
 from rassylka.metrics import definitions as metrics
@@ -44,6 +44,7 @@ from rassylka.suppressions.models import Suppression
 MESSAGE = cast(Table, Message.__table__)
 EVENT = cast(Table, MessageEvent.__table__)
 RUN = cast(Table, Run.__table__)
+MAILING = cast(Table, Mailing.__table__)
 SUPPRESSION = cast(Table, Suppression.__table__)
 NO_CONTACT = {
     Channel.EMAIL: "У клиента нет email",
@@ -55,6 +56,25 @@ OPTED_OUT_OF = {
     Channel.SMS: "Клиент отписался от SMS проекта",
 }
 SUPPRESSED = "Адрес в списке подавления"
+NO_CONSENT = {
+    Channel.EMAIL: "Нет согласия на рекламу по email",
+    Channel.SMS: "Нет согласия на рекламу по SMS",
+}
+FREQUENCY_CAPPED = {
+    Channel.EMAIL: "Превышен лимит частоты: не более {} email за 24 часа",
+    Channel.SMS: "Превышен лимит частоты: не более {} SMS за 24 часа",
+}
+CAP_PERIOD = timedelta(hours=24)
+CAP_COUNTED = (
+    MessageStatus.QUEUED,
+    MessageStatus.SENDING,
+    MessageStatus.SENT,
+    MessageStatus.DELIVERED,
+    MessageStatus.UNDELIVERED,
+    MessageStatus.BOUNCED,
+)
+"""The messages a frequency cap counts: those that went, or may still go, to the peer; not
+the skipped, failed or expired ones, which never left (docs/consent.md)."""
 
 
 def _insert(session: AsyncSession, table: Table) -> postgresql.Insert | sqlite.Insert:
@@ -92,6 +112,8 @@ async def materialize(
     mailing_timezone: str,
     now: datetime,
     window: SendWindow | None = None,
+    kind: str = MailingKind.SERVICE,
+    caps: Mapping[int, int | None] | None = None,
 ) -> None:
     """One message per client of the project in the ``audience`` per channel, inside the
     database; the ``skipped`` ones with their creation event (``None`` → ``skipped``).
@@ -108,8 +130,11 @@ async def materialize(
     picks its zone's moment — no second pass that rewrites the messages.
 
     A client the message cannot or must not go to gets a ``skipped`` message with the first
-    reason that applies: no contact for the channel, opted out, the address suppressed in the
-    project. So the mailing's statistics account for every client of its audience. Each
+    reason that applies: no contact for the channel, opted out (of all mailings, then of the
+    channel), the address suppressed in the project, no consent to advertising for the
+    channel (an ``advertising`` ``kind`` only), the project's frequency cap for the channel
+    (``caps``, channel → messages per 24 hours) reached. So the mailing's statistics account
+    for every client of its audience. Each
     message keeps the recipient's zone: the client's own, else the phone's, else the
     mailing's. Call it once per run, in the transaction that created the run: nothing checks
     for copies (the run is new, its clients distinct), which is what makes it fast.
@@ -141,9 +166,24 @@ async def materialize(
         # cost 4 s per million.
         await session.execute(text("SET LOCAL enable_nestloop = off"))
     made: dict[int, int] = {}
+    recent_runs = await _recent_runs(
+        session, project_id=project_id, run_id=run_id, caps=caps or {}, now=now
+    )
     for channel in channels:
+        cap = (caps or {}).get(channel)
+        capped = (
+            _capped(channel=channel, cap=cap, runs=recent_runs)
+            if cap is not None and recent_runs
+            else None
+        )
         recipients = _recipients(
-            channel=channel, project_id=project_id, chosen=chosen, zone=zone, due=due
+            channel=channel,
+            project_id=project_id,
+            chosen=chosen,
+            zone=zone,
+            due=due,
+            advertising=kind == MailingKind.ADVERTISING,
+            capped=(capped, cap) if capped is not None and cap is not None else None,
         )
         rows = _message_rows(
             recipients.subquery("recipient"),
@@ -217,6 +257,54 @@ MESSAGE_COLUMNS = [
 ]
 
 
+async def _recent_runs(
+    session: AsyncSession,
+    *,
+    project_id: int,
+    run_id: int,
+    caps: Mapping[int, int | None],
+    now: datetime,
+) -> list[tuple[int, int]]:
+    """(mailing id, run id) of the project's other runs started in the last 24 hours, when a
+    channel has a cap (else nothing is read): a run's messages are made when it starts, so
+    these hold every message of the project made since. Few (one per occurrence), so their
+    ids go into the count's query as values, and it reads their messages through
+    ``ix_message_mailing_run_status`` however the planner is told to join."""
+    if all(cap is None for cap in caps.values()):
+        return []
+    rows = await session.execute(
+        select(RUN.c.mailing_id, RUN.c.id)
+        .join(MAILING, MAILING.c.id == RUN.c.mailing_id)
+        .where(
+            MAILING.c.project_id == project_id,
+            RUN.c.started_at > now - CAP_PERIOD,
+            RUN.c.id != run_id,
+        )
+    )
+    return [(mailing_id, run) for mailing_id, run in rows]
+
+
+def _capped(*, channel: int, cap: int, runs: Sequence[tuple[int, int]]) -> Any:
+    """The clients with ``cap`` or more counted messages of ``channel`` in ``runs``: one row
+    each (a subquery ``client_id``), to join to the audience by hash."""
+    mailing_ids = sorted({mailing_id for mailing_id, _ in runs})
+    run_ids = sorted(run for _, run in runs)
+    # mailing_id narrows the index's range; run_id alone names the runs (its ids are unique).
+    return (
+        select(MESSAGE.c.client_id)
+        .where(
+            MESSAGE.c.mailing_id.in_(mailing_ids),
+            MESSAGE.c.run_id.in_(run_ids),
+            MESSAGE.c.status.in_([status.value for status in CAP_COUNTED]),
+            MESSAGE.c.channel == channel,
+            MESSAGE.c.client_id.is_not(None),
+        )
+        .group_by(MESSAGE.c.client_id)
+        .having(func.count() >= cap)
+        .subquery("capped")
+    )
+
+
 def _recipients(
     *,
     channel: int,
@@ -224,14 +312,19 @@ def _recipients(
     chosen: list[ColumnElement[bool]],
     zone: ColumnElement[Any],
     due: ColumnElement[Any],
+    advertising: bool = False,
+    capped: tuple[Any, int] | None = None,
 ) -> Select[Any]:
     """The audience's clients for ``channel``: client id, address, zone, when it is due and
-    the reason to skip (NULL: send)."""
+    the reason to skip (NULL: send). ``advertising``: only with consent for the channel;
+    ``capped``: the subquery of ``_capped`` and its cap."""
     client = cast(Table, Client.__table__)
-    address = client.c.email if channel == Channel.EMAIL else client.c.phone
-    opted_out = client.c.email_opted_out if channel == Channel.EMAIL else client.c.sms_opted_out
+    email = channel == Channel.EMAIL
+    address = client.c.email if email else client.c.phone
+    opted_out = client.c.email_opted_out if email else client.c.sms_opted_out
+    consent = client.c.email_consent if email else client.c.sms_consent
     suppressed = SUPPRESSION.alias("suppressed")
-    reason = case(
+    whens: list[tuple[ColumnElement[bool], ColumnElement[Any]]] = [
         (address.is_(None), literal(NO_CONTACT[Channel(channel)], String)),
         (client.c.opted_out, literal(OPTED_OUT, String)),
         (opted_out, literal(OPTED_OUT_OF[Channel(channel)], String)),
@@ -240,8 +333,20 @@ def _recipients(
             literal(SUPPRESSED, String)
             + func.coalesce(literal(": ", String) + suppressed.c.reason, literal("", String)),
         ),
-        else_=null(),
-    )
+    ]
+    if advertising:
+        whens.append(
+            (consent != Consent.GRANTED.value, literal(NO_CONSENT[Channel(channel)], String))
+        )
+    if capped is not None:
+        over, cap = capped
+        whens.append(
+            (
+                over.c.client_id.is_not(None),
+                literal(FREQUENCY_CAPPED[Channel(channel)].format(cap), String),
+            )
+        )
+    reason = case(*whens, else_=null())
     columns: list[ColumnElement[Any]] = [
         client.c.id.label("client_id"),
         address.label("address"),
@@ -254,6 +359,8 @@ def _recipients(
         suppressed,
         and_(suppressed.c.project_id == project_id, suppressed.c.address == func.lower(address)),
     )
+    if capped is not None:
+        joined = joined.outerjoin(capped[0], capped[0].c.client_id == client.c.id)
     return select(*columns).select_from(joined).where(client.c.project_id == project_id, *chosen)
 
 

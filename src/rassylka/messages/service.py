@@ -9,8 +9,9 @@ from typing import cast
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from rassylka.mailings import timing
-from rassylka.mailings.models import Mailing, MailingStatus
+from rassylka.mailings.models import Channel, Mailing, MailingStatus
 from rassylka.messages import repository
+from rassylka.projects import repository as project_repository
 from rassylka.scheduling import CatchUp, ScheduleError, WindowError, due_occurrence
 
 
@@ -49,6 +50,10 @@ async def advance(session: AsyncSession, mailing: Mailing, *, now: datetime) -> 
     )
     if run_id is None:
         return None
+    project = await project_repository.get(session, mailing.project_id)
+    caps: dict[int, int | None] = {}
+    if project is not None:  # the project's caps: messages per client per channel per 24 h
+        caps = {Channel.EMAIL: project.email_frequency_cap, Channel.SMS: project.sms_frequency_cap}
     await repository.materialize(
         session,
         run_id=run_id,
@@ -59,5 +64,7 @@ async def advance(session: AsyncSession, mailing: Mailing, *, now: datetime) -> 
         mailing_timezone=mailing.timezone,
         now=now,
         window=window,
+        kind=mailing.kind,
+        caps=caps,
     )
     return run_id
