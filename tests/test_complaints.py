@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from conftest import FAST_RETRY, StartServer
+from conftest import FAST_RETRY, StartServer, StartWorker
 from helpers import assert_error, assert_ok
 from rassylka.bounces import arf
 from rassylka.bounces.listener import BounceListener
@@ -90,7 +90,9 @@ async def sent_mail(
     channel = SmtpChannel(
         SmtpConfig(host="127.0.0.1", port=smtp.port, verp=VERP, message_ids=MESSAGE_IDS)
     )
-    config = DispatchConfig(poll_interval=0.05, retry=FAST_RETRY, error_rate_window=1000)
+    config = DispatchConfig(
+        poll_interval=0.05, retry=FAST_RETRY, error_rate_window=1000, secret_key=SECRET
+    )
     worker = Worker(engine, {1: channel}, config)
     task = asyncio.create_task(run_until_stopped(worker, grace=10))
 
@@ -258,3 +260,22 @@ def test_the_parser_reads_a_report_and_never_raises_on_junk() -> None:
     assert ids.message_id_of(made.upper().replace("SHOP", "shop")) == 42
     assert MessageIds(b"other-key" * 4).message_id_of(made) is None
     assert ids.message_id_of("<42.00000000000000000000@shop.example.ru>") is None
+
+
+async def test_without_a_secret_key_a_complaint_is_found_by_its_message_id(
+    api: httpx.AsyncClient, engine: AsyncEngine, smtp: SmtpPeer, start_worker: StartWorker
+) -> None:
+    """No bounce domain, no key: Message-IDs are tagged with the stored installation key, by
+    which ``POST /webhook/bounce`` finds the message of an ARF report."""
+    await arrange(api, [client(1, "anna@example.ru")])
+    await start_worker()
+    await until(lambda: all_final(engine))
+    anna = (await statuses(engine))["anna@example.ru"]
+    [mail] = smtp.received
+    report = make_arf(mail, mail_from=None)
+    response = await api.post(
+        "/webhook/bounce", content=report, headers={"content-type": "message/rfc822"}
+    )
+    data = assert_ok(response, 200)
+    assert (data["message_id"], data["suppressed"]) == (anna["id"], "anna@example.ru")
+    assert (await opted_out(engine, "anna@example.ru"))[0]

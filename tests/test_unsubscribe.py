@@ -25,7 +25,7 @@ from helpers import assert_ok, make_project
 from rassylka.bounces.listener import BounceListener
 from rassylka.bounces.verp import Verp
 from rassylka.channels.base import ChannelKind, OutboundMessage, PermanentChannelError
-from rassylka.channels.email_message import compose
+from rassylka.channels.email_message import MessageIds, compose
 from rassylka.clients.models import Client
 from rassylka.config import Settings
 from rassylka.db import create_engine, create_sessionmaker
@@ -506,3 +506,19 @@ async def test_a_broken_or_oversized_body_is_no_one_click(
         assert broken.status_code == 200, "the page's answer: a person's browser, say"
         assert "Вы отписаны" in broken.text
         assert (await the_client(engine, "c1")).email_opted_out
+
+
+async def test_without_a_secret_key_message_ids_come_from_the_stored_key(
+    api: httpx.AsyncClient, engine: AsyncEngine, smtp: SmtpPeer, start_worker: StartWorker
+) -> None:
+    """The same Message-ID in every worker and after a restart: a retry is the same mail."""
+    await arrange(api, [client(1, "anna@example.ru")])
+    await start_worker()
+    await until(lambda: all_final(engine))
+    key = await stored_key_of(create_sessionmaker(engine))
+    anna = (await statuses(engine))["anna@example.ru"]
+    [raw] = smtp.raw
+    mail = parsed(raw)
+    domain = str(mail["From"]).rpartition("@")[2].rstrip(">")
+    assert mail["Message-ID"] == MessageIds(key).of(anna["id"], domain)
+    assert MessageIds(key).message_id_of(str(mail["Message-ID"])) == anna["id"]

@@ -18,15 +18,20 @@ from rassylka.channels.email_message import MessageIds
 from rassylka.config import Settings
 from rassylka.errors import NotFound, openapi_error_responses
 from rassylka.schemas import Envelope, ok
+from rassylka.unsubscribe.tokens import stored_key_of
 
 router = APIRouter(prefix="/webhook", tags=["Bounces"])
 DSN_TYPES = {"message/rfc822", "multipart/report"}
 
 
-def message_ids_of(settings: Settings) -> MessageIds:
-    """How this installation's Message-IDs are tagged (the process's own key without one)."""
-    secret = settings.secret_key.get_secret_value() if settings.secret_key else None
-    return MessageIds.keyed(secret) or MessageIds()
+async def message_ids_of(
+    settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]
+) -> MessageIds:
+    """How this installation's Message-IDs are tagged: by RASSYLKA_SECRET_KEY, else by the key
+    stored in the database (as the dispatcher tags them)."""
+    if settings.secret_key:
+        return MessageIds(settings.secret_key.get_secret_value().encode())
+    return MessageIds(await stored_key_of(sessionmaker))
 
 
 _BINARY: dict[str, Any] = {"schema": {"type": "string", "format": "binary"}}
@@ -71,7 +76,7 @@ async def report_bounce(request: Request) -> dict[str, object]:
             raw = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode() + body
         if (feedback := arf.parse(raw)) is not None:
             found = service.find_complained(
-                feedback, verp=verp, message_ids=message_ids_of(settings)
+                feedback, verp=verp, message_ids=await message_ids_of(settings, sessionmaker)
             )
             if found is None:
                 raise NotFound.on(

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from rassylka.channels.dkim import DkimKey
+    from rassylka.channels.email_message import MessageIds
 
 
 class ChannelKind(StrEnum):
@@ -46,6 +47,9 @@ class OutboundMessage:
     """The email's From (its project's); None: the channel's own (``RASSYLKA_EMAIL_FROM``)."""
     reply_to: str | None = None
     """The email's Reply-To (its project's); None: the channel's own, if any."""
+    message_ids: MessageIds | None = None
+    """How its Message-ID is made (the installation's stored key, when no
+    ``RASSYLKA_SECRET_KEY`` keys the channel's); None: the channel's own."""
     unsubscribe: tuple[str, ...] = ()
     """The email's ``List-Unsubscribe`` URIs (the https link, then a mailto), RFC 2369/8058."""
 

@@ -116,8 +116,9 @@ class MessageIds:
     a retry is the same mail to the recipient's server and to threading. The tag keeps ids of
     two installations sending from one domain apart (their keys differ) and lets no one outside
     guess another message's id from one they hold. The key is ``RASSYLKA_SECRET_KEY``; without
-    one, a random key of this process: stable over the retries it makes, not across restarts or
-    workers (docs/engine.md).
+    one, the dispatcher gives each message the installation's stored key
+    (``OutboundMessage.message_ids``), and a channel used alone a random key of its process
+    (docs/engine.md).
     """
 
     key: bytes = _PROCESS_KEY
@@ -321,7 +322,8 @@ def compose(message: OutboundMessage, *, sender: Sender | str) -> ComposedEmail:
     from_sender = parse_sender(sender) if isinstance(sender, str) else sender
     from_mailbox = from_sender.mailbox
     recipient = _parse_address(message.to, "recipient")
-    message_id = from_sender.message_ids.of(message.id, from_mailbox.domain)
+    message_ids = message.message_ids or from_sender.message_ids
+    message_id = message_ids.of(message.id, from_mailbox.domain)
     try:
         headers: dict[str, bytes] = {
             "from": from_sender.from_header,

@@ -42,6 +42,7 @@ from rassylka.channels.base import (
     TransientChannelError,
 )
 from rassylka.channels.dkim import DkimKey
+from rassylka.channels.email_message import MessageIds
 from rassylka.clients.models import Client
 from rassylka.config import DEFAULT_PUBLIC_URL, Settings
 from rassylka.db import utcnow
@@ -214,6 +215,9 @@ class Dispatcher:
         self._pauses_to_write: dict[int, str] = {}
         self._paused_at: dict[int, float] = {}
         self._unsubscribe: Unsubscribe | None = None
+        self.stored_message_ids: MessageIds | None = None
+        """Without ``RASSYLKA_SECRET_KEY``: Message-IDs keyed by the stored installation key
+        (read with the unsubscribe key), so every process makes the same ones."""
 
     @property
     def config(self) -> DispatchConfig:
@@ -226,6 +230,8 @@ class Dispatcher:
             key = config.secret_key.encode() if config.secret_key else b""
             if not key:
                 key = await stored_key_of(self._sessionmaker)
+                # Message-IDs too: the same on a retry after a restart, or by another worker.
+                self.stored_message_ids = MessageIds(key)
             self._unsubscribe = Unsubscribe(key, config.public_url, config.bounce_domain)
         return self._unsubscribe
 
@@ -511,6 +517,7 @@ class _Lane:
                     sender=mailing.email_from,
                     reply_to=mailing.email_reply_to,
                     unsubscribe=unsubscribe.uris(message.id),
+                    message_ids=self.dispatcher.stored_message_ids,
                 )
             return OutboundMessage(
                 id=message.id,
