@@ -20,7 +20,7 @@ from rassylka.bounces.dsn import Kind, Report, Verdict
 from rassylka.bounces.schemas import BounceReport
 from rassylka.bounces.verp import Verp
 from rassylka.channels.email_message import MessageIds
-from rassylka.clients.optout import opt_out
+from rassylka.clients.optout import normalized, opt_out
 from rassylka.db import utcnow
 from rassylka.errors import NotFound, ValidationFailed
 from rassylka.mailings.models import Channel
@@ -29,7 +29,7 @@ from rassylka.messages.models import MessageStatus
 from rassylka.metrics import definitions as metrics
 from rassylka.projects import service as project_service
 from rassylka.suppressions import service as suppression_service
-from rassylka.suppressions.schemas import MAX_REASON, normalize_address
+from rassylka.suppressions.schemas import MAX_REASON
 
 STATUS_OF = {
     Kind.HARD: MessageStatus.BOUNCED,
@@ -94,7 +94,7 @@ async def _apply(
         if target.status != MessageStatus.SENT:
             return Applied(target.id, target.status, False, None)
         if verdict.kind is Kind.HARD and target.address:
-            suppressed = _normalized(target.address)
+            suppressed = normalized(target.address)
             reason = f"{SUPPRESSION_PREFIX}: {verdict.describe()}"[:MAX_REASON]
             await suppression_service.suppress(
                 session, project_id=target.project_id, address=suppressed, reason=reason
@@ -137,7 +137,7 @@ async def find(session: AsyncSession, *, report: BounceReport, verp: Verp | None
     assert report.email is not None
     project = await project_service.resolve(session, reference=report.project, field="project")
     message_id = await repository.latest_email_to(
-        session, project_id=project.id, address=_normalized(report.email)
+        session, project_id=project.id, address=normalized(report.email)
     )
     if message_id is None:
         raise NotFound.on("email", f"В проекте нет писем на {report.email}")
@@ -165,14 +165,6 @@ def find_in_dsn(report: Report | None, *, verp: Verp | None) -> tuple[int, Verdi
         if message_id is not None:
             return message_id, verdict
     raise NotFound.on("body", "Отчёт не называет ни одного сообщения Rassylka (ENVID или адрес)")
-
-
-def _normalized(address: str) -> str:
-    """The address as the suppression list holds it."""
-    try:
-        return normalize_address(address)
-    except ValueError:  # stored before today's rules, or a phone in a provider's own format
-        return address.strip().lower()
 
 
 COMPLAINT = "complaint"

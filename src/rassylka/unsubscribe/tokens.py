@@ -13,6 +13,7 @@ The key is ``RASSYLKA_SECRET_KEY`` when set; otherwise one made once and kept in
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import re
@@ -127,11 +128,10 @@ async def stored_key_of(sessionmaker: async_sessionmaker[AsyncSession]) -> bytes
         return _stored[engine]
     value = await _read(sessionmaker)
     if value is None:
-        try:
+        # IntegrityError: another process stored one first, and that one is the key.
+        with contextlib.suppress(IntegrityError):
             async with sessionmaker() as session, session.begin():
                 session.add(InstallationKey(name=KEY_NAME, value=secrets.token_hex(32)))
-        except IntegrityError:
-            pass  # another process stored one first: that one is the key
         value = await _read(sessionmaker)
         if value is None:  # pragma: no cover - stored or raced above
             raise RuntimeError("the unsubscribe key could not be stored")
