@@ -14,6 +14,7 @@ from cli_console import channel_counts, free_port, invoke, invoke_async
 from conftest import LiveServer, StartServer, StartWorker
 from helpers import assert_ok, make_project, make_template
 from rassylka.config import Settings
+from rassylka.events import bus
 from smtp_peer import SmtpPeer
 from test_dispatcher import arrange, client, until
 
@@ -102,6 +103,30 @@ async def test_watch_follows_a_mailing_until_it_is_done(
     assert events is not None
     assert int(events.group(1)) == 8
     assert "sending → sent" in result.stdout
+
+
+@SQLITE_ONLY
+async def test_watch_waits_for_the_last_events_of_a_lagging_stream(
+    monkeypatch: pytest.MonkeyPatch,
+    api: httpx.AsyncClient,
+    live_server: LiveServer,
+    smtp: SmtpPeer,
+    start_worker: StartWorker,
+) -> None:
+    """The server's stream reads new events every 1.5 s here (a loaded machine's lag), longer
+    than the watch's look at the mailing's status: the watch still ends with every event."""
+    monkeypatch.setattr(bus, "POLL_INTERVAL", 1.5)
+    mailing_id = await arrange(api, [client(n, f"user{n}@example.ru") for n in range(4)])
+    watching = asyncio.create_task(
+        invoke_async("mailing", "watch", str(mailing_id), "--url", str(api.base_url))
+    )
+    await stream_opened(live_server)
+    await start_worker()
+    async with asyncio.timeout(30):
+        result = await watching
+    assert result.exit_code == 0, result.output
+    assert "событий: 4" in result.stdout, result.stdout
+    assert channel_counts(result.stdout, "email") == [0, 4, 0, 0, 0, 0, 0, 0, 4], result.stdout
 
 
 async def test_watch_resumes_a_stream_the_server_ends_without_losing_an_event(

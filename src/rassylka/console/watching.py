@@ -9,6 +9,7 @@ run's messages show up only then). A dropped stream is resumed with ``Last-Event
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections import Counter, deque
@@ -46,6 +47,11 @@ LAST_EVENTS = 8
 RECONNECT_DELAY = 1.0
 GIVE_UP_AFTER = 30.0
 """Seconds of failed reconnects after which the API counts as gone."""
+DRAIN_QUIET = 1.0
+DRAIN_MAX = 5.0
+"""Once the mailing is done, its last events may still be on their way (the server's stream
+reads new events by polling): the watch ends after ``DRAIN_QUIET`` seconds with none, or
+``DRAIN_MAX`` at most."""
 
 
 @dataclass
@@ -60,6 +66,8 @@ class Tally:
     sent_at: deque[float] = field(default_factory=deque)
     seen: int = 0
     stats_rate: float = 0.0
+    last_event_at: float = 0.0
+    """When the stream last told something (monotonic)."""
 
     def take_stats(self, stats: dict[str, Any]) -> None:
         self.counts.clear()
@@ -80,11 +88,13 @@ class Tally:
             self.sent_at.append(time.monotonic())
         self.events.append(event)
         self.seen += 1
+        self.last_event_at = time.monotonic()
 
     def note(self, event: dict[str, Any]) -> None:
         """An event that changes no count (an opt-out): listed among the latest only."""
         self.events.append(event)
         self.seen += 1
+        self.last_event_at = time.monotonic()
 
     def rate(self) -> float:
         """Messages handed to a peer per second, over the last ``RATE_WINDOW`` seconds."""
@@ -225,6 +235,10 @@ async def watch(
                 continue
             failing_since = None
             if finished(tally):
+                await _drained(tally)
+                # The counts as the server has them, whatever came during the drain.
+                with contextlib.suppress(CliFailure):
+                    tally.take_stats(await api.get(f"/mailing/{mailing_id}/stats"))
                 return
 
     with Live(render(tally), console=console, refresh_per_second=4) as live:
@@ -247,6 +261,16 @@ async def watch(
     if not console.is_terminal:  # Live's last picture there ends without a line break
         console.line()
     return tally
+
+
+async def _drained(tally: Tally) -> None:
+    """Until the stream has been quiet ``DRAIN_QUIET`` seconds (``DRAIN_MAX`` at most)."""
+    start = time.monotonic()
+    while True:
+        now = time.monotonic()
+        if now - max(start, tally.last_event_at) >= DRAIN_QUIET or now - start >= DRAIN_MAX:
+            return
+        await asyncio.sleep(0.05)
 
 
 async def _refresh(live: Live, tally: Tally) -> None:
